@@ -1,0 +1,117 @@
+//! Command-line definitions (clap) and nothing else.
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use cairn::config::{Setting, Source};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "cairn",
+    version,
+    about = "Keeps PostgreSQL clusters recoverable to any moment: WAL archiving and restore to a local directory, S3 or GCS",
+    after_help = "Configuration: YAML file (--config or CAIRN_CONFIG) < CAIRN_* environment variables < flags.\n\
+                  See config/cairn.example.yaml for every key."
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Options every command takes; each overrides the configuration key of the same name.
+#[derive(Debug, Args, Clone)]
+pub struct GlobalArgs {
+    /// YAML configuration file [env: CAIRN_CONFIG]
+    #[arg(long, global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Storage URL: file:///path, s3://bucket/prefix or gs://bucket/prefix
+    #[arg(long, global = true, value_name = "URL")]
+    pub storage: Option<String>,
+    /// Compression of new objects: none, lz4 or zstd
+    #[arg(long, global = true, value_name = "NAME")]
+    pub compression: Option<String>,
+    /// zstd level (1-22)
+    #[arg(long, global = true, value_name = "N")]
+    pub zstd_level: Option<String>,
+    /// error, warn, info, debug or trace
+    #[arg(long, global = true, value_name = "LEVEL")]
+    pub log_level: Option<String>,
+    /// text or json
+    #[arg(long, global = true, value_name = "FORMAT")]
+    pub log_format: Option<String>,
+}
+
+impl GlobalArgs {
+    /// The flags as configuration settings (highest precedence).
+    pub fn settings(&self) -> Vec<Setting> {
+        let mut out = Vec::new();
+        for (key, v) in self.pairs() {
+            out.push(Setting {
+                key: key.to_string(),
+                value: serde_yaml::Value::String(v.clone()),
+                source: Source::Flag(key.replace('_', "-")),
+            });
+        }
+        out
+    }
+
+    fn pairs(&self) -> Vec<(&'static str, &String)> {
+        [
+            ("storage", &self.storage),
+            ("compression", &self.compression),
+            ("zstd_level", &self.zstd_level),
+            ("log_level", &self.log_level),
+            ("log_format", &self.log_format),
+        ]
+        .into_iter()
+        .filter_map(|(k, v)| v.as_ref().map(|v| (k, v)))
+        .collect()
+    }
+
+    /// The same options as arguments, for a child cairn process.
+    pub fn to_args(&self) -> Vec<OsString> {
+        let mut args = Vec::new();
+        if let Some(c) = &self.config {
+            args.push("--config".into());
+            args.push(c.clone().into_os_string());
+        }
+        for (k, v) in self.pairs() {
+            args.push(format!("--{}", k.replace('_', "-")).into());
+            args.push(v.into());
+        }
+        args
+    }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Archive one WAL file (archive_command = 'cairn wal-push %p')
+    WalPush {
+        /// The WAL file, as PostgreSQL passes it (%p)
+        path: PathBuf,
+        /// Push up to N other .ready segments ahead, concurrently [config: wal_push_lookahead]
+        #[arg(long, value_name = "N")]
+        lookahead: Option<String>,
+    },
+    /// Restore one WAL file (restore_command = 'cairn wal-fetch %f %p')
+    WalFetch {
+        /// The WAL file name (%f)
+        name: String,
+        /// Where to write it (%p)
+        dest: PathBuf,
+        /// Prefetch the next M segments in the background [config: wal_fetch_prefetch]
+        #[arg(long, value_name = "M")]
+        prefetch: Option<String>,
+    },
+    /// Internal: the background worker wal-fetch starts for prefetching
+    #[command(hide = true)]
+    WalPrefetch {
+        #[arg(long)]
+        dir: PathBuf,
+        names: Vec<String>,
+    },
+}

@@ -1,0 +1,174 @@
+//! Reading side of the codec: decrypt → decompress → verify, as one `Read` adapter.
+//! The last `TRAILER_LEN` bytes of the decompressed stream are held back until the
+//! end, where they must match the length and BLAKE3 of everything before them; only
+//! then does `read` return 0. A caller that writes to a temporary file and renames
+//! it after EOF therefore never publishes unverified bytes.
+
+use std::io::{self, BufReader, Read};
+
+use super::format::{self, Header, PlainDigest, TRAILER_LEN};
+use super::{CodecError, Compression, Keyring};
+
+enum Decrypt<R: Read> {
+    None(R),
+    Age(age::stream::StreamReader<R>),
+}
+
+impl<R: Read> Read for Decrypt<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Decrypt::None(r) => r.read(buf),
+            Decrypt::Age(r) => r.read(buf),
+        }
+    }
+}
+
+enum Decompress<R: Read> {
+    None(R),
+    Lz4(lz4_flex::frame::FrameDecoder<R>),
+    Zstd(zstd::stream::read::Decoder<'static, BufReader<R>>),
+}
+
+impl<R: Read> Read for Decompress<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Decompress::None(r) => r.read(buf),
+            Decompress::Lz4(r) => r.read(buf),
+            Decompress::Zstd(r) => r.read(buf),
+        }
+    }
+}
+
+const BUF: usize = 1 << 20;
+
+/// Decodes a cairn object read from `R` into its verified plain bytes.
+pub struct Decoder<R: Read> {
+    inner: Decompress<Decrypt<R>>,
+    object: String,
+    header: Header,
+    hasher: blake3::Hasher,
+    len: u64,
+    buf: Vec<u8>,
+    /// `buf[pos..ready]` is verified-safe to hand out; `buf[ready..filled]` is held back.
+    pos: usize,
+    ready: usize,
+    filled: usize,
+    done: bool,
+}
+
+impl<R: Read> Decoder<R> {
+    /// Reads the header and sets up decryption (needs `keyring` only for encrypted
+    /// objects) and decompression. `object` names the object in errors.
+    pub fn new(mut src: R, keyring: Option<&Keyring>, object: &str) -> Result<Self, CodecError> {
+        let header = Header::read_from(&mut src, object)?;
+        let dec = if header.encrypted {
+            let keyring = keyring.ok_or_else(|| CodecError::NoIdentity { object: object.into() })?;
+            let d = age::Decryptor::new(src).map_err(|e| age_error(e, object, keyring))?;
+            Decrypt::Age(d.decrypt(keyring.identities()).map_err(|e| age_error(e, object, keyring))?)
+        } else {
+            Decrypt::None(src)
+        };
+        let inner = match header.compression {
+            Compression::None => Decompress::None(dec),
+            Compression::Lz4 => Decompress::Lz4(lz4_flex::frame::FrameDecoder::new(dec)),
+            Compression::Zstd => Decompress::Zstd(zstd::stream::read::Decoder::new(dec)?),
+        };
+        Ok(Decoder {
+            inner,
+            object: object.into(),
+            header,
+            hasher: blake3::Hasher::new(),
+            len: 0,
+            buf: vec![0; BUF + TRAILER_LEN],
+            pos: 0,
+            ready: 0,
+            filled: 0,
+            done: false,
+        })
+    }
+
+    pub fn header(&self) -> &Header {
+        &self.header
+    }
+
+    fn corrupt(&self, detail: impl Into<String>) -> io::Error {
+        CodecError::Corrupt { object: self.object.clone(), detail: detail.into() }.into_io()
+    }
+
+    /// Refills `buf`; returns false at the verified end of the object.
+    fn refill(&mut self) -> io::Result<bool> {
+        // Keep the held-back tail at the front.
+        self.buf.copy_within(self.ready..self.filled, 0);
+        self.filled -= self.ready;
+        self.pos = 0;
+        self.ready = 0;
+        loop {
+            let n = match self.inner.read(&mut self.buf[self.filled..]) {
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    // Errors of the decompressor or decryptor mean damaged data.
+                    return Err(match e.kind() {
+                        io::ErrorKind::InvalidData | io::ErrorKind::UnexpectedEof | io::ErrorKind::Other
+                            if !e.get_ref().is_some_and(|i| i.is::<CodecError>()) =>
+                        {
+                            self.corrupt(e.to_string())
+                        }
+                        _ => e,
+                    });
+                }
+            };
+            if n == 0 {
+                return self.verify_end().map(|()| false);
+            }
+            self.filled += n;
+            if self.filled > TRAILER_LEN {
+                self.ready = self.filled - TRAILER_LEN;
+                self.hasher.update(&self.buf[..self.ready]);
+                self.len += self.ready as u64;
+                return Ok(true);
+            }
+        }
+    }
+
+    fn verify_end(&mut self) -> io::Result<()> {
+        let Some(stored) = format::parse_trailer(&self.buf[..self.filled]) else {
+            return Err(self.corrupt("it ends without its trailer"));
+        };
+        let actual = PlainDigest { len: self.len, blake3: *self.hasher.finalize().as_bytes() };
+        if stored != actual {
+            return Err(self.corrupt(format!("checksum mismatch: trailer says {stored}, data is {actual}")));
+        }
+        if let Some(h) = self.header.digest
+            && h != actual
+        {
+            return Err(self.corrupt(format!("checksum mismatch: header says {h}, data is {actual}")));
+        }
+        self.done = true;
+        Ok(())
+    }
+}
+
+impl<R: Read> Read for Decoder<R> {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        while self.pos == self.ready {
+            if self.done || !self.refill()? {
+                return Ok(0);
+            }
+        }
+        let n = out.len().min(self.ready - self.pos);
+        out[..n].copy_from_slice(&self.buf[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
+    }
+}
+
+fn age_error(e: age::DecryptError, object: &str, keyring: &Keyring) -> CodecError {
+    match e {
+        age::DecryptError::NoMatchingKeys => {
+            CodecError::WrongIdentity { object: object.into(), identity_file: keyring.source().to_path_buf() }
+        }
+        age::DecryptError::Io(io) if io.kind() != io::ErrorKind::UnexpectedEof => CodecError::Io(io),
+        other => CodecError::Corrupt { object: object.into(), detail: format!("age: {other}") },
+    }
+}

@@ -1,0 +1,133 @@
+//! Writing side of the codec: hash → compress → encrypt, as one `Write` adapter.
+
+use std::io::{self, Write};
+
+use super::format::{self, Header, PlainDigest};
+use super::{CodecError, CodecSettings, Compression};
+
+enum Encrypt<W: Write> {
+    None(W),
+    Age(age::stream::StreamWriter<W>),
+}
+
+impl<W: Write> Write for Encrypt<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Encrypt::None(w) => w.write(buf),
+            Encrypt::Age(w) => w.write(buf),
+        }
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            Encrypt::None(w) => w.flush(),
+            Encrypt::Age(w) => w.flush(),
+        }
+    }
+}
+
+impl<W: Write> Encrypt<W> {
+    fn finish(self) -> io::Result<W> {
+        match self {
+            Encrypt::None(w) => Ok(w),
+            Encrypt::Age(w) => w.finish(),
+        }
+    }
+}
+
+enum Compress<W: Write> {
+    None(W),
+    Lz4(lz4_flex::frame::FrameEncoder<W>),
+    Zstd(zstd::stream::write::Encoder<'static, W>),
+}
+
+impl<W: Write> Write for Compress<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Compress::None(w) => w.write(buf),
+            Compress::Lz4(w) => w.write(buf),
+            Compress::Zstd(w) => w.write(buf),
+        }
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            Compress::None(w) => w.flush(),
+            Compress::Lz4(w) => w.flush(),
+            Compress::Zstd(w) => w.flush(),
+        }
+    }
+}
+
+impl<W: Write> Compress<W> {
+    fn finish(self) -> io::Result<W> {
+        match self {
+            Compress::None(w) => Ok(w),
+            Compress::Lz4(w) => w.finish().map_err(io::Error::other),
+            Compress::Zstd(w) => w.finish(),
+        }
+    }
+}
+
+/// Encodes plain bytes written to it into a cairn object written to `W`.
+/// Call [`Encoder::finish`]; dropping it leaves an incomplete object.
+pub struct Encoder<W: Write> {
+    inner: Compress<Encrypt<W>>,
+    hasher: blake3::Hasher,
+    len: u64,
+}
+
+impl<W: Write> Encoder<W> {
+    /// Writes the header and sets up the pipeline. Pass `known` when the plain
+    /// bytes' digest is known up front, so that it goes into the header too.
+    pub fn new(mut out: W, settings: &CodecSettings, known: Option<PlainDigest>) -> Result<Self, CodecError> {
+        let header = Header {
+            compression: settings.compression,
+            encrypted: !settings.recipients.is_empty(),
+            digest: known,
+        };
+        out.write_all(&header.to_bytes())?;
+        let enc = if settings.recipients.is_empty() {
+            Encrypt::None(out)
+        } else {
+            let e = age::Encryptor::with_recipients(settings.recipients.iter().map(|r| r as &dyn age::Recipient))
+                .map_err(|e| CodecError::Encrypt(e.to_string()))?;
+            Encrypt::Age(e.wrap_output(out)?)
+        };
+        let inner = match settings.compression {
+            Compression::None => Compress::None(enc),
+            Compression::Lz4 => Compress::Lz4(lz4_flex::frame::FrameEncoder::new(enc)),
+            Compression::Zstd => Compress::Zstd(zstd::stream::write::Encoder::new(enc, settings.zstd_level)?),
+        };
+        Ok(Encoder { inner, hasher: blake3::Hasher::new(), len: 0 })
+    }
+
+    /// Writes the trailer, flushes every layer and returns the sink with the
+    /// digest of what was written.
+    pub fn finish(mut self) -> Result<(W, PlainDigest), CodecError> {
+        let digest = PlainDigest { len: self.len, blake3: *self.hasher.finalize().as_bytes() };
+        self.inner.write_all(&format::trailer(digest))?;
+        let out = self.inner.finish()?.finish()?;
+        Ok((out, digest))
+    }
+}
+
+impl<W: Write> Write for Encoder<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.len += n as u64;
+        Ok(n)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// Encodes a whole in-memory buffer (WAL files), with its digest in the header.
+pub fn encode_to_vec(plain: &[u8], settings: &CodecSettings) -> Result<(Vec<u8>, PlainDigest), CodecError> {
+    let digest = PlainDigest::of(plain);
+    let mut enc = Encoder::new(Vec::with_capacity(plain.len() / 2 + 1024), settings, Some(digest))?;
+    enc.write_all(plain)?;
+    let (out, d) = enc.finish()?;
+    debug_assert_eq!(d, digest);
+    Ok((out, digest))
+}

@@ -1,0 +1,326 @@
+//! One typed [`Config`], layered: YAML file (`--config` or `CAIRN_CONFIG`) <
+//! `CAIRN_*` environment variables < command-line flags, and validated once.
+//! Every key has the same name in YAML, as `CAIRN_<KEY>` and as `--<key>` where a
+//! flag exists; `config/cairn.example.yaml` documents them all. Unknown keys and
+//! bad values are errors that name the key and where it came from.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde_yaml::Value;
+
+use crate::codec::{CodecSettings, Compression};
+use crate::storage::{RetryPolicy, StorageOptions, StorageUrl};
+
+/// Where a setting came from, for error messages.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    Default,
+    File(PathBuf),
+    Env(String),
+    Flag(String),
+}
+
+impl fmt::Display for Source {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Source::Default => f.write_str("default"),
+            Source::File(p) => write!(f, "config file {}", p.display()),
+            Source::Env(v) => write!(f, "environment variable {v}"),
+            Source::Flag(n) => write!(f, "flag --{n}"),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("config file {path}: {message}")]
+    File { path: PathBuf, message: String },
+    #[error("unknown configuration key {key:?} (from {origin}); see config/cairn.example.yaml for the keys")]
+    UnknownKey { key: String, origin: Source },
+    #[error("configuration key {key} (from {origin}): {message}")]
+    BadValue { key: String, origin: Source, message: String },
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub storage: StorageUrl,
+    pub compression: Compression,
+    pub zstd_level: i32,
+    pub age_recipients: Vec<age::x25519::Recipient>,
+    pub age_identity_file: Option<PathBuf>,
+    pub s3_endpoint: Option<String>,
+    pub s3_region: Option<String>,
+    pub s3_force_path_style: bool,
+    pub gcs_endpoint: Option<String>,
+    pub log_level: tracing::Level,
+    pub log_format: LogFormat,
+    pub storage_timeout: Duration,
+    pub upload_part_size: usize,
+    pub wal_push_lookahead: usize,
+    pub wal_fetch_prefetch: usize,
+}
+
+pub const DEFAULT_STORAGE: &str = "file:///var/lib/cairn";
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            storage: StorageUrl::File(PathBuf::from("/var/lib/cairn")),
+            compression: Compression::Lz4,
+            zstd_level: 3,
+            age_recipients: Vec::new(),
+            age_identity_file: None,
+            s3_endpoint: None,
+            s3_region: None,
+            s3_force_path_style: false,
+            gcs_endpoint: None,
+            log_level: tracing::Level::INFO,
+            log_format: LogFormat::Text,
+            storage_timeout: Duration::from_secs(60),
+            upload_part_size: 16 << 20,
+            wal_push_lookahead: 8,
+            wal_fetch_prefetch: 8,
+        }
+    }
+}
+
+/// One setting before validation.
+pub struct Setting {
+    pub key: String,
+    pub value: Value,
+    pub source: Source,
+}
+
+impl Config {
+    /// Loads the file (if any), then `CAIRN_*` variables from `env`, then `flags`.
+    pub fn load(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+        flags: Vec<Setting>,
+    ) -> Result<Config, ConfigError> {
+        let mut settings = Vec::new();
+        if let Some(path) = file {
+            settings.extend(read_file(path)?);
+        }
+        for (var, value) in env {
+            let Some(key) = var.strip_prefix("CAIRN_") else { continue };
+            if key == "CONFIG" {
+                continue;
+            }
+            settings.push(Setting { key: key.to_ascii_lowercase(), value: Value::String(value), source: Source::Env(var) });
+        }
+        settings.extend(flags);
+        let mut config = Config::default();
+        let mut recipients_file = None;
+        for s in settings {
+            config.set(s, &mut recipients_file)?;
+        }
+        if let Some((path, source)) = recipients_file {
+            config.age_recipients.extend(read_recipients_file(&path, &source)?);
+        }
+        Ok(config)
+    }
+
+    fn set(&mut self, s: Setting, recipients_file: &mut Option<(PathBuf, Source)>) -> Result<(), ConfigError> {
+        if s.value.is_null() {
+            return Ok(());
+        }
+        let bad = |message: String| ConfigError::BadValue { key: s.key.clone(), origin: s.source.clone(), message };
+        let v = &s.value;
+        match s.key.as_str() {
+            "storage" => self.storage = StorageUrl::parse(&string(v).map_err(bad)?).map_err(bad)?,
+            "compression" => self.compression = string(v).map_err(bad)?.parse().map_err(bad)?,
+            "zstd_level" => self.zstd_level = number(v, 1, 22).map_err(bad)? as i32,
+            "age_recipients" => {
+                self.age_recipients = list(v)
+                    .map_err(bad)?
+                    .iter()
+                    .map(|r| crate::codec::parse_recipient(r))
+                    .collect::<Result<_, _>>()
+                    .map_err(bad)?;
+            }
+            "age_recipients_file" => *recipients_file = Some((PathBuf::from(string(v).map_err(bad)?), s.source.clone())),
+            "age_identity_file" => self.age_identity_file = Some(PathBuf::from(string(v).map_err(bad)?)),
+            "s3_endpoint" => self.s3_endpoint = Some(string(v).map_err(bad)?),
+            "s3_region" => self.s3_region = Some(string(v).map_err(bad)?),
+            "s3_force_path_style" => self.s3_force_path_style = boolean(v).map_err(bad)?,
+            "gcs_endpoint" => self.gcs_endpoint = Some(string(v).map_err(bad)?),
+            "log_level" => {
+                self.log_level = match string(v).map_err(bad)?.as_str() {
+                    "error" => tracing::Level::ERROR,
+                    "warn" => tracing::Level::WARN,
+                    "info" => tracing::Level::INFO,
+                    "debug" => tracing::Level::DEBUG,
+                    "trace" => tracing::Level::TRACE,
+                    other => return Err(bad(format!("{other:?} is not a log level (error, warn, info, debug, trace)"))),
+                }
+            }
+            "log_format" => {
+                self.log_format = match string(v).map_err(bad)?.as_str() {
+                    "text" => LogFormat::Text,
+                    "json" => LogFormat::Json,
+                    other => return Err(bad(format!("{other:?} is not a log format (text, json)"))),
+                }
+            }
+            "storage_timeout" => self.storage_timeout = Duration::from_secs(number(v, 1, 86_400).map_err(bad)?),
+            "upload_part_size" => self.upload_part_size = number(v, 5 << 20, 5 << 30).map_err(bad)? as usize,
+            "wal_push_lookahead" => self.wal_push_lookahead = number(v, 0, 256).map_err(bad)? as usize,
+            "wal_fetch_prefetch" => self.wal_fetch_prefetch = number(v, 0, 256).map_err(bad)? as usize,
+            _ => return Err(ConfigError::UnknownKey { key: s.key, origin: s.source }),
+        }
+        Ok(())
+    }
+
+    pub fn codec(&self) -> CodecSettings {
+        CodecSettings { compression: self.compression, zstd_level: self.zstd_level, recipients: self.age_recipients.clone() }
+    }
+
+    pub fn storage_options(&self) -> StorageOptions {
+        StorageOptions {
+            retry: RetryPolicy { deadline: self.storage_timeout, ..RetryPolicy::default() },
+            s3_endpoint: self.s3_endpoint.clone(),
+            s3_region: self.s3_region.clone(),
+            s3_force_path_style: self.s3_force_path_style,
+            gcs_endpoint: self.gcs_endpoint.clone(),
+            part_size: self.upload_part_size,
+        }
+    }
+}
+
+fn read_file(path: &Path) -> Result<Vec<Setting>, ConfigError> {
+    let err = |message: String| ConfigError::File { path: path.to_path_buf(), message };
+    let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
+    let doc: Value = serde_yaml::from_str(&text).map_err(|e| err(e.to_string()))?;
+    let map = match doc {
+        Value::Null => return Ok(Vec::new()),
+        Value::Mapping(m) => m,
+        _ => return Err(err("expected a mapping of keys to values at the top level".into())),
+    };
+    map.into_iter()
+        .map(|(k, value)| match k {
+            Value::String(key) => Ok(Setting { key, value, source: Source::File(path.to_path_buf()) }),
+            other => Err(err(format!("key {other:?} is not a string"))),
+        })
+        .collect()
+}
+
+fn read_recipients_file(path: &Path, source: &Source) -> Result<Vec<age::x25519::Recipient>, ConfigError> {
+    let bad = |message: String| ConfigError::BadValue { key: "age_recipients_file".into(), origin: source.clone(), message };
+    let text = std::fs::read_to_string(path).map_err(|e| bad(format!("{}: {e}", path.display())))?;
+    text.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(|l| crate::codec::parse_recipient(l).map_err(|e| bad(format!("{}: {e}", path.display()))))
+        .collect()
+}
+
+fn string(v: &Value) -> Result<String, String> {
+    match v {
+        Value::String(s) if !s.trim().is_empty() => Ok(s.trim().to_string()),
+        Value::String(_) => Err("must not be empty".into()),
+        Value::Number(n) => Ok(n.to_string()),
+        Value::Bool(b) => Ok(b.to_string()),
+        _ => Err("expected a string".into()),
+    }
+}
+
+fn number(v: &Value, min: u64, max: u64) -> Result<u64, String> {
+    let n = match v {
+        Value::Number(n) => n.as_u64(),
+        Value::String(s) => s.trim().parse().ok(),
+        _ => None,
+    }
+    .ok_or_else(|| format!("expected a whole number from {min} to {max}"))?;
+    if (min..=max).contains(&n) { Ok(n) } else { Err(format!("{n} is out of range ({min} to {max})")) }
+}
+
+fn boolean(v: &Value) -> Result<bool, String> {
+    match v {
+        Value::Bool(b) => Ok(*b),
+        Value::String(s) => match s.trim().to_ascii_lowercase().as_str() {
+            "true" | "1" | "yes" | "on" => Ok(true),
+            "false" | "0" | "no" | "off" => Ok(false),
+            _ => Err(format!("{s:?} is not true or false")),
+        },
+        _ => Err("expected true or false".into()),
+    }
+}
+
+/// A YAML list, or a comma-separated string (as environment variables carry lists).
+fn list(v: &Value) -> Result<Vec<String>, String> {
+    match v {
+        Value::Sequence(items) => items.iter().map(string).collect(),
+        Value::String(s) => Ok(s.split(',').map(str::trim).filter(|s| !s.is_empty()).map(String::from).collect()),
+        _ => Err("expected a list of strings".into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    fn flag(key: &str, v: &str) -> Setting {
+        Setting { key: key.into(), value: Value::String(v.into()), source: Source::Flag(key.replace('_', "-")) }
+    }
+
+    #[test]
+    fn layers_file_then_env_then_flags() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("c.yaml");
+        std::fs::write(&p, "storage: s3://b/p\ncompression: zstd\nzstd_level: 9\nwal_push_lookahead: 4\ns3_force_path_style: true\n").unwrap();
+        let c = Config::load(Some(&p), env(&[("CAIRN_COMPRESSION", "none"), ("CAIRN_ZSTD_LEVEL", "5"), ("OTHER", "x")]), vec![flag("zstd_level", "7")]).unwrap();
+        assert_eq!(c.storage, StorageUrl::S3 { bucket: "b".into(), prefix: "p/".into() });
+        assert_eq!(c.compression, Compression::None);
+        assert_eq!(c.zstd_level, 7);
+        assert_eq!(c.wal_push_lookahead, 4);
+        assert!(c.s3_force_path_style);
+        assert_eq!(c.wal_fetch_prefetch, 8);
+    }
+
+    #[test]
+    fn errors_name_the_key_and_its_source() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("c.yaml");
+        std::fs::write(&p, "storage: file:///x\nstorag: oops\n").unwrap();
+        let e = Config::load(Some(&p), vec![], vec![]).unwrap_err().to_string();
+        assert!(e.contains("\"storag\"") && e.contains("c.yaml"), "{e}");
+        let e = Config::load(None, env(&[("CAIRN_ZSTD_LEVEL", "99")]), vec![]).unwrap_err().to_string();
+        assert!(e.contains("zstd_level") && e.contains("CAIRN_ZSTD_LEVEL") && e.contains("out of range"), "{e}");
+        let e = Config::load(None, env(&[("CAIRN_COMPRESSION", "brotli")]), vec![]).unwrap_err().to_string();
+        assert!(e.contains("compression") && e.contains("brotli"), "{e}");
+        let e = Config::load(None, env(&[("CAIRN_BOGUS", "1")]), vec![]).unwrap_err().to_string();
+        assert!(e.contains("bogus") && e.contains("CAIRN_BOGUS"), "{e}");
+        let e = Config::load(None, vec![], vec![flag("storage", "ftp://x")]).unwrap_err().to_string();
+        assert!(e.contains("--storage") && e.contains("ftp"), "{e}");
+        let e = Config::load(None, env(&[("CAIRN_AGE_RECIPIENTS", "age1nope")]), vec![]).unwrap_err().to_string();
+        assert!(e.contains("age_recipients"), "{e}");
+    }
+
+    #[test]
+    fn recipients_from_list_string_and_file() {
+        let a = age::x25519::Identity::generate().to_public().to_string();
+        let b = age::x25519::Identity::generate().to_public().to_string();
+        let c = Config::load(None, env(&[("CAIRN_AGE_RECIPIENTS", &format!("{a}, {b}"))]), vec![]).unwrap();
+        assert_eq!(c.age_recipients.len(), 2);
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("r.txt");
+        std::fs::write(&f, format!("# ops\n{a}\n\n")).unwrap();
+        let p = dir.path().join("c.yaml");
+        std::fs::write(&p, format!("age_recipients: [{b}]\nage_recipients_file: {}\n", f.display())).unwrap();
+        assert_eq!(Config::load(Some(&p), vec![], vec![]).unwrap().age_recipients.len(), 2);
+    }
+}

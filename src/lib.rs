@@ -1,0 +1,43 @@
+//! cairn keeps PostgreSQL clusters recoverable to any moment: it archives WAL and
+//! (in later versions) base backups, compressed and encrypted, to a local
+//! directory, S3 or GCS, and brings them back. The library never prints; the
+//! binary (`main.rs`) owns presentation and exit codes.
+
+pub mod codec;
+pub mod config;
+pub mod pg;
+pub mod storage;
+pub mod wal;
+
+use std::sync::{Arc, OnceLock};
+
+use codec::{CodecError, Keyring};
+use config::Config;
+use storage::{Storage, StorageError};
+
+/// What a command runs with: the configuration and the opened storage.
+pub struct Context {
+    pub config: Config,
+    pub storage: Arc<dyn Storage>,
+    keyring: OnceLock<Option<Keyring>>,
+}
+
+impl Context {
+    pub async fn open(config: Config) -> Result<Self, StorageError> {
+        let storage = storage::open(&config.storage, &config.storage_options()).await?;
+        Ok(Context { config, storage, keyring: OnceLock::new() })
+    }
+
+    /// The identities for reading encrypted objects, loaded on first use so that
+    /// commands that only write never need the secret key.
+    pub fn keyring(&self) -> Result<Option<Keyring>, CodecError> {
+        if let Some(k) = self.keyring.get() {
+            return Ok(k.clone());
+        }
+        let loaded = match &self.config.age_identity_file {
+            Some(p) => Some(Keyring::from_file(p)?),
+            None => None,
+        };
+        Ok(self.keyring.get_or_init(|| loaded).clone())
+    }
+}

@@ -1,0 +1,127 @@
+//! The cairn binary: parses arguments, loads configuration, runs one command and
+//! maps its outcome to the exit status PostgreSQL expects. The only place that
+//! prints or chooses exit codes.
+
+mod cli;
+
+use std::path::Path;
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use clap::Parser;
+
+use cairn::config::{Config, LogFormat};
+use cairn::wal::{self, WalError};
+use cairn::Context;
+use cli::{Cli, Command};
+
+/// wal-fetch: the archive definitely lacks the file (and in standby mode: any failure).
+const EXIT_NOT_FOUND: u8 = 1;
+/// wal-fetch during archive recovery: anything but "not found". PostgreSQL treats an
+/// exit status above 125 as fatal and stops, instead of ending recovery early.
+const EXIT_FATAL_TO_RECOVERY: u8 = 128;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let is_fetch = matches!(cli.command, Command::WalFetch { .. });
+    let config = match load_config(&cli) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("cairn: {e:#}");
+            return failure_code(is_fetch, false);
+        }
+    };
+    init_logging(&config);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::error!("cannot start the async runtime: {e}");
+            return failure_code(is_fetch, false);
+        }
+    };
+    match runtime.block_on(run(cli, config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            let not_found = matches!(e.downcast_ref::<WalError>(), Some(WalError::NotInArchive { .. }));
+            if not_found {
+                // Normal at the end of the archive and for .history probes.
+                tracing::info!("{e:#}");
+            } else {
+                tracing::error!("{e:#}");
+            }
+            failure_code(is_fetch, not_found)
+        }
+    }
+}
+
+/// Exit status per DESIGN.md §1.
+fn failure_code(is_fetch: bool, not_found: bool) -> ExitCode {
+    if !is_fetch || not_found {
+        return ExitCode::from(EXIT_NOT_FOUND);
+    }
+    // restore_command runs in the data directory, where the signal files are.
+    if Path::new("standby.signal").exists() {
+        ExitCode::from(EXIT_NOT_FOUND)
+    } else {
+        ExitCode::from(EXIT_FATAL_TO_RECOVERY)
+    }
+}
+
+fn load_config(cli: &Cli) -> anyhow::Result<Config> {
+    let file = cli.global.config.clone().or_else(|| std::env::var_os("CAIRN_CONFIG").map(Into::into));
+    let mut flags = cli.global.settings();
+    let (key, value) = match &cli.command {
+        Command::WalPush { lookahead, .. } => ("wal_push_lookahead", lookahead),
+        Command::WalFetch { prefetch, .. } => ("wal_fetch_prefetch", prefetch),
+        Command::WalPrefetch { .. } => ("", &None),
+    };
+    if let Some(v) = value {
+        flags.push(cairn::config::Setting {
+            key: key.into(),
+            value: serde_yaml::Value::String(v.clone()),
+            source: cairn::config::Source::Flag(if key.starts_with("wal_push") { "lookahead" } else { "prefetch" }.into()),
+        });
+    }
+    let env = std::env::vars_os().filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)));
+    Ok(Config::load(file.as_deref(), env, flags)?)
+}
+
+fn init_logging(config: &Config) {
+    let builder = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_max_level(config.log_level)
+        .with_target(false);
+    match config.log_format {
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+        // PostgreSQL's log adds its own timestamps.
+        LogFormat::Text => builder.without_time().init(),
+    }
+}
+
+async fn run(cli: Cli, config: Config) -> anyhow::Result<()> {
+    let ctx = Context::open(config).await?;
+    match cli.command {
+        Command::WalPush { path, .. } => {
+            let report = wal::push::push(&ctx, &path, ctx.config.wal_push_lookahead).await?;
+            tracing::debug!(file = %report.name, outcome = ?report.outcome, pushed_ahead = report.pushed_ahead, "archived");
+        }
+        Command::WalFetch { name, dest, .. } => {
+            let (source, next) = wal::fetch::fetch(&ctx, &name, &dest, ctx.config.wal_fetch_prefetch).await?;
+            tracing::debug!(file = %name, ?source, "restored");
+            if !next.is_empty()
+                && let Err(e) = wal::fetch::spawn_prefetcher(&dest, &next, &cli.global.to_args())
+            {
+                tracing::warn!("cannot start prefetch worker: {e}");
+            }
+        }
+        Command::WalPrefetch { dir, names } => {
+            let names = names
+                .iter()
+                .map(|n| n.parse())
+                .collect::<Result<Vec<_>, _>>()
+                .context("wal-prefetch got a bad segment name")?;
+            wal::fetch::prefetch_worker(&ctx, &dir, &names).await;
+        }
+    }
+    Ok(())
+}

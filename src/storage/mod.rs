@@ -1,0 +1,294 @@
+//! Object storage: one streaming [`Storage`] trait and its backends (local directory,
+//! S3, GCS), picked from the storage URL. Keys are relative to the URL's prefix.
+//! Errors say whether an object is missing, already there, or whether the failure
+//! is worth retrying; the retry policy itself lives in [`retry`].
+
+pub mod file;
+pub mod gcs;
+pub mod retry;
+pub mod s3;
+
+use std::fmt;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures::Stream;
+
+pub use retry::RetryPolicy;
+
+/// A stream of bytes, as bodies travel in and out of storage.
+pub type ByteStream = Pin<Box<dyn Stream<Item = std::io::Result<Bytes>> + Send>>;
+
+/// A validated object key relative to the storage prefix: `/`-separated, no empty,
+/// `.` or `..` segments, so that no key can address anything outside the prefix.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ObjectKey(String);
+
+impl ObjectKey {
+    pub fn new(key: impl Into<String>) -> Result<Self, StorageError> {
+        let key = key.into();
+        let ok = !key.is_empty()
+            && key
+                .split('/')
+                .all(|s| !s.is_empty() && s != "." && s != ".." && !s.contains('\0'));
+        if ok {
+            Ok(ObjectKey(key))
+        } else {
+            Err(StorageError::InvalidKey { key })
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for ObjectKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// What a listing or `head` tells about an object.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectMeta {
+    pub key: ObjectKey,
+    pub size: u64,
+}
+
+/// The body of a put: whole bytes in memory (length known, cheap to resend on retry)
+/// or a stream of unknown length (sent in parts, each of which can be resent).
+pub enum PutBody {
+    Bytes(Bytes),
+    Stream(ByteStream),
+}
+
+/// Whether a put may replace an existing object.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PutMode {
+    Overwrite,
+    /// Fail with [`StorageError::AlreadyExists`] if the key exists, atomically where
+    /// the backend can do so.
+    CreateIfAbsent,
+}
+
+/// How a storage operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    #[error("object {key} not found in {location}")]
+    NotFound { key: String, location: String },
+    #[error("object {key} already exists in {location}")]
+    AlreadyExists { key: String, location: String },
+    #[error("{key:?} is not a valid object key")]
+    InvalidKey { key: String },
+    /// Worth retrying (connection refused, timeout, 5xx, throttling); after the
+    /// retry deadline it is reported as is.
+    #[error("{op} {key} in {location} failed: {message}")]
+    Transient { op: &'static str, key: String, location: String, message: String },
+    /// Retrying will not help (bad credentials, missing bucket, local I/O error).
+    #[error("{op} {key} in {location} failed: {message}")]
+    Permanent { op: &'static str, key: String, location: String, message: String },
+}
+
+impl StorageError {
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, StorageError::NotFound { .. })
+    }
+
+    pub fn is_transient(&self) -> bool {
+        matches!(self, StorageError::Transient { .. })
+    }
+}
+
+/// Streaming object storage. Implementations retry single requests through
+/// [`RetryPolicy`]; callers never retry.
+#[async_trait]
+pub trait Storage: Send + Sync + fmt::Debug {
+    /// The storage URL, for messages (never contains credentials).
+    fn location(&self) -> &str;
+
+    /// Stores `body` under `key`; the object is visible only once complete.
+    async fn put(&self, key: &ObjectKey, body: PutBody, mode: PutMode) -> Result<(), StorageError>;
+
+    /// Streams the object's bytes; `NotFound` only when the object (not the bucket)
+    /// is missing.
+    async fn get(&self, key: &ObjectKey) -> Result<ByteStream, StorageError>;
+
+    /// The object's metadata, or `None` when it does not exist.
+    async fn head(&self, key: &ObjectKey) -> Result<Option<ObjectMeta>, StorageError>;
+
+    /// Objects whose key starts with `prefix` and sorts after `start_after`, in key
+    /// order, at most `limit` of them; pagination is the backend's business.
+    async fn list(
+        &self,
+        prefix: &str,
+        start_after: Option<&str>,
+        limit: Option<usize>,
+    ) -> Result<Vec<ObjectMeta>, StorageError>;
+
+    /// Deletes the objects; keys that do not exist are not an error.
+    async fn delete_many(&self, keys: &[ObjectKey]) -> Result<(), StorageError>;
+}
+
+/// Settings the backends need besides the URL.
+#[derive(Debug, Clone)]
+pub struct StorageOptions {
+    pub retry: RetryPolicy,
+    pub s3_endpoint: Option<String>,
+    pub s3_region: Option<String>,
+    pub s3_force_path_style: bool,
+    pub gcs_endpoint: Option<String>,
+    /// Bodies larger than this go up in parts (S3 multipart, GCS resumable chunks).
+    pub part_size: usize,
+}
+
+impl Default for StorageOptions {
+    fn default() -> Self {
+        StorageOptions {
+            retry: RetryPolicy::default(),
+            s3_endpoint: None,
+            s3_region: None,
+            s3_force_path_style: false,
+            gcs_endpoint: None,
+            part_size: 16 << 20,
+        }
+    }
+}
+
+/// A parsed storage URL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StorageUrl {
+    File(std::path::PathBuf),
+    S3 { bucket: String, prefix: String },
+    Gcs { bucket: String, prefix: String },
+}
+
+impl StorageUrl {
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let url = url::Url::parse(s).map_err(|e| format!("{s:?} is not a URL: {e}"))?;
+        let prefix = || {
+            let p = url.path().trim_matches('/');
+            if p.is_empty() { String::new() } else { format!("{p}/") }
+        };
+        let bucket = || match url.host_str() {
+            Some(b) if !b.is_empty() => Ok(b.to_string()),
+            _ => Err(format!("{s:?} names no bucket (expected {}://bucket/prefix)", url.scheme())),
+        };
+        match url.scheme() {
+            "file" => {
+                if url.host_str().is_some_and(|h| !h.is_empty()) {
+                    return Err(format!("{s:?}: a file URL needs an absolute path (file:///path)"));
+                }
+                let path = url
+                    .to_file_path()
+                    .map_err(|_| format!("{s:?}: a file URL needs an absolute path (file:///path)"))?;
+                Ok(StorageUrl::File(path))
+            }
+            "s3" => Ok(StorageUrl::S3 { bucket: bucket()?, prefix: prefix() }),
+            "gs" => Ok(StorageUrl::Gcs { bucket: bucket()?, prefix: prefix() }),
+            other => Err(format!(
+                "{s:?}: unsupported storage scheme {other:?} (use file://, s3:// or gs://)"
+            )),
+        }
+    }
+}
+
+/// Opens the backend that the URL names.
+pub async fn open(url: &StorageUrl, opts: &StorageOptions) -> Result<Arc<dyn Storage>, StorageError> {
+    Ok(match url {
+        StorageUrl::File(root) => Arc::new(file::FileStorage::new(root.clone())),
+        StorageUrl::S3 { bucket, prefix } => {
+            Arc::new(s3::S3Storage::connect(bucket, prefix, opts).await?)
+        }
+        StorageUrl::Gcs { bucket, prefix } => {
+            Arc::new(gcs::GcsStorage::connect(bucket, prefix, opts).await?)
+        }
+    })
+}
+
+/// Reads a whole object into memory; for small objects only.
+pub async fn get_bytes(storage: &dyn Storage, key: &ObjectKey) -> Result<Bytes, StorageError> {
+    use futures::TryStreamExt;
+    let mut stream = storage.get(key).await?;
+    let mut buf = bytes::BytesMut::new();
+    while let Some(chunk) = stream.try_next().await.map_err(|e| StorageError::Transient {
+        op: "read",
+        key: key.to_string(),
+        location: storage.location().to_string(),
+        message: e.to_string(),
+    })? {
+        buf.extend_from_slice(&chunk);
+    }
+    Ok(buf.freeze())
+}
+
+/// Splits a stream into chunks of exactly `size` bytes (the last may be shorter),
+/// which is what multipart and resumable uploads need.
+pub(crate) struct Chunker {
+    stream: ByteStream,
+    size: usize,
+    pending: bytes::BytesMut,
+    done: bool,
+}
+
+impl Chunker {
+    pub(crate) fn new(stream: ByteStream, size: usize) -> Self {
+        Chunker { stream, size, pending: bytes::BytesMut::new(), done: false }
+    }
+
+    /// The next chunk, or `None` at the end of the stream.
+    pub(crate) async fn next_chunk(&mut self) -> std::io::Result<Option<Bytes>> {
+        use futures::TryStreamExt;
+        while !self.done && self.pending.len() < self.size {
+            match self.stream.try_next().await? {
+                Some(b) => self.pending.extend_from_slice(&b),
+                None => self.done = true,
+            }
+        }
+        if self.pending.is_empty() {
+            return Ok(None);
+        }
+        let n = self.pending.len().min(self.size);
+        Ok(Some(self.pending.split_to(n).freeze()))
+    }
+}
+
+/// Connect and request timeouts shared by the network backends, so that an
+/// unreachable endpoint fails within the retry deadline instead of hanging.
+pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_cannot_escape_the_prefix() {
+        assert!(ObjectKey::new("wal/000000010000000000000001").is_ok());
+        for bad in ["", "/wal", "wal/", "wal//x", "../x", "wal/../../x", "./x"] {
+            assert!(ObjectKey::new(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn parses_storage_urls() {
+        assert_eq!(
+            StorageUrl::parse("file:///var/lib/cairn").unwrap(),
+            StorageUrl::File("/var/lib/cairn".into())
+        );
+        assert_eq!(
+            StorageUrl::parse("s3://bkt/a/b/").unwrap(),
+            StorageUrl::S3 { bucket: "bkt".into(), prefix: "a/b/".into() }
+        );
+        assert_eq!(
+            StorageUrl::parse("gs://bkt").unwrap(),
+            StorageUrl::Gcs { bucket: "bkt".into(), prefix: String::new() }
+        );
+        assert!(StorageUrl::parse("ftp://x/y").is_err());
+        assert!(StorageUrl::parse("s3:///nobucket").is_err());
+        assert!(StorageUrl::parse("/var/lib/cairn").is_err());
+        assert!(StorageUrl::parse("file://host/x").is_err());
+    }
+}

@@ -1,0 +1,362 @@
+//! S3 backend (AWS and S3-compatible servers). Small bodies go up in one PutObject;
+//! larger or streamed ones as multipart uploads. Create-if-absent uses
+//! `If-None-Match: *`, which AWS and current S3-compatible servers enforce atomically.
+//! The SDK's own retries are off: every request goes through [`RetryPolicy`].
+
+use std::error::Error as _;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use aws_config::BehaviorVersion;
+use aws_sdk_s3::Client;
+use aws_sdk_s3::config::{ProvideCredentials, Region};
+use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::primitives::ByteStream as SdkBody;
+use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart, Delete, ObjectIdentifier};
+use bytes::Bytes;
+
+use super::{
+    ByteStream, CONNECT_TIMEOUT, Chunker, ObjectKey, ObjectMeta, PutBody, PutMode, RetryPolicy, Storage,
+    StorageError, StorageOptions,
+};
+
+#[derive(Debug)]
+pub struct S3Storage {
+    client: Client,
+    bucket: String,
+    prefix: String,
+    location: String,
+    retry: RetryPolicy,
+    part_size: usize,
+}
+
+/// How long resolving credentials may take before cairn says there are none; the
+/// instance-metadata probe is the slow part off EC2.
+const CREDENTIALS_TIMEOUT: Duration = Duration::from_secs(5);
+
+impl S3Storage {
+    pub async fn connect(bucket: &str, prefix: &str, opts: &StorageOptions) -> Result<Self, StorageError> {
+        let location = format!("s3://{bucket}/{prefix}");
+        let fail = |message: String| StorageError::Permanent {
+            op: "connect to",
+            key: String::new(),
+            location: location.clone(),
+            message,
+        };
+        // A short, single-attempt metadata client: off EC2 the probe must fail fast.
+        let imds = aws_config::imds::Client::builder()
+            .connect_timeout(Duration::from_millis(500))
+            .read_timeout(Duration::from_millis(500))
+            .max_attempts(1)
+            .build();
+        let region = match &opts.s3_region {
+            Some(r) => Region::new(r.clone()),
+            None => aws_config::default_provider::region::DefaultRegionChain::builder()
+                .imds_client(imds.clone())
+                .build()
+                .region()
+                .await
+                .unwrap_or_else(|| Region::new("us-east-1")),
+        };
+        let credentials = aws_config::default_provider::credentials::DefaultCredentialsChain::builder()
+            .imds_client(imds)
+            .region(region.clone())
+            .build()
+            .await;
+        match tokio::time::timeout(CREDENTIALS_TIMEOUT, credentials.provide_credentials()).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => {
+                return Err(fail(format!(
+                    "no AWS credentials found ({}); set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, \
+                     AWS_PROFILE, or run with an instance or web-identity role",
+                    DisplayErrorContext(&e)
+                )));
+            }
+            Err(_) => return Err(fail("timed out looking for AWS credentials".into())),
+        }
+        let timeouts = aws_config::timeout::TimeoutConfig::builder()
+            .connect_timeout(CONNECT_TIMEOUT)
+            .read_timeout(Duration::from_secs(60))
+            .build();
+        let sdk = aws_config::defaults(BehaviorVersion::latest())
+            .region(region)
+            .credentials_provider(credentials)
+            .retry_config(aws_config::retry::RetryConfig::disabled())
+            .timeout_config(timeouts)
+            .load()
+            .await;
+        let mut conf = aws_sdk_s3::config::Builder::from(&sdk).force_path_style(opts.s3_force_path_style);
+        if let Some(ep) = &opts.s3_endpoint {
+            conf = conf.endpoint_url(ep);
+        }
+        Ok(S3Storage {
+            client: Client::from_conf(conf.build()),
+            bucket: bucket.to_string(),
+            prefix: prefix.to_string(),
+            location,
+            retry: opts.retry,
+            part_size: opts.part_size.max(5 << 20),
+        })
+    }
+
+    fn full_key(&self, key: &str) -> String {
+        format!("{}{key}", self.prefix)
+    }
+
+    fn error<E>(&self, op: &'static str, key: &str, e: SdkError<E, aws_smithy_runtime_api::http::Response>) -> StorageError
+    where
+        E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+    {
+        let (key, location) = (key.to_string(), self.location.clone());
+        let status = e.raw_response().map(|r| r.status().as_u16());
+        let code = e.code().map(str::to_string);
+        let transient = match &e {
+            SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) | SdkError::ResponseError(_) => true,
+            SdkError::ServiceError(_) => matches!(status, Some(408 | 429 | 500..=599)),
+            _ => false,
+        };
+        let message = match (&code, e.message()) {
+            (Some(c), Some(m)) => format!("{c}: {m}"),
+            (Some(c), None) => c.clone(),
+            _ => match (status, e.source()) {
+                (Some(s), _) => format!("HTTP {s}"),
+                (None, _) => DisplayErrorContext(&e).to_string(),
+            },
+        };
+        match (code.as_deref(), status) {
+            (Some("NoSuchKey"), _) => StorageError::NotFound { key, location },
+            (Some("PreconditionFailed"), _) | (_, Some(412)) => StorageError::AlreadyExists { key, location },
+            _ if transient => StorageError::Transient { op, key, location, message },
+            _ => StorageError::Permanent { op, key, location, message },
+        }
+    }
+
+    async fn put_single(&self, key: &str, body: Bytes, mode: PutMode) -> Result<(), StorageError> {
+        let full = self.full_key(key);
+        self.retry
+            .run(|| async {
+                let mut req = self.client.put_object().bucket(&self.bucket).key(&full).body(SdkBody::from(body.clone()));
+                if mode == PutMode::CreateIfAbsent {
+                    req = req.if_none_match("*");
+                }
+                req.send().await.map(|_| ()).map_err(|e| self.error("put", key, e))
+            })
+            .await
+    }
+
+    async fn put_multipart(&self, key: &str, first: Bytes, mut rest: Chunker, mode: PutMode) -> Result<(), StorageError> {
+        let full = self.full_key(key);
+        let upload_id = self
+            .retry
+            .run(|| async {
+                self.client
+                    .create_multipart_upload()
+                    .bucket(&self.bucket)
+                    .key(&full)
+                    .send()
+                    .await
+                    .map_err(|e| self.error("start upload of", key, e))
+            })
+            .await?
+            .upload_id
+            .ok_or_else(|| StorageError::Permanent {
+                op: "start upload of",
+                key: key.to_string(),
+                location: self.location.clone(),
+                message: "server returned no upload id".into(),
+            })?;
+        let result = async {
+            let mut parts = Vec::new();
+            let mut next = Some(first);
+            let mut number = 1;
+            while let Some(chunk) = next {
+                let etag = self
+                    .retry
+                    .run(|| async {
+                        self.client
+                            .upload_part()
+                            .bucket(&self.bucket)
+                            .key(&full)
+                            .upload_id(&upload_id)
+                            .part_number(number)
+                            .body(SdkBody::from(chunk.clone()))
+                            .send()
+                            .await
+                            .map_err(|e| self.error("upload part of", key, e))
+                    })
+                    .await?
+                    .e_tag;
+                parts.push(CompletedPart::builder().part_number(number).set_e_tag(etag).build());
+                number += 1;
+                next = rest.next_chunk().await.map_err(|e| StorageError::Permanent {
+                    op: "read body for",
+                    key: key.to_string(),
+                    location: self.location.clone(),
+                    message: e.to_string(),
+                })?;
+            }
+            let done = CompletedMultipartUpload::builder().set_parts(Some(parts)).build();
+            self.retry
+                .run(|| async {
+                    let mut req = self
+                        .client
+                        .complete_multipart_upload()
+                        .bucket(&self.bucket)
+                        .key(&full)
+                        .upload_id(&upload_id)
+                        .multipart_upload(done.clone());
+                    if mode == PutMode::CreateIfAbsent {
+                        req = req.if_none_match("*");
+                    }
+                    req.send().await.map(|_| ()).map_err(|e| self.error("complete upload of", key, e))
+                })
+                .await
+        }
+        .await;
+        if result.is_err() {
+            // Best effort: an abandoned upload costs storage until a lifecycle rule ends it.
+            let _ = self.client.abort_multipart_upload().bucket(&self.bucket).key(&full).upload_id(&upload_id).send().await;
+        }
+        result
+    }
+}
+
+#[async_trait]
+impl Storage for S3Storage {
+    fn location(&self) -> &str {
+        &self.location
+    }
+
+    async fn put(&self, key: &ObjectKey, body: PutBody, mode: PutMode) -> Result<(), StorageError> {
+        let key = key.as_str();
+        let stream: ByteStream = match body {
+            PutBody::Bytes(b) if b.len() <= self.part_size => return self.put_single(key, b, mode).await,
+            PutBody::Bytes(b) => Box::pin(futures::stream::iter([Ok(b)])),
+            PutBody::Stream(s) => s,
+        };
+        let mut chunks = Chunker::new(stream, self.part_size);
+        let read_err = |e: std::io::Error| StorageError::Permanent {
+            op: "read body for",
+            key: key.to_string(),
+            location: self.location.clone(),
+            message: e.to_string(),
+        };
+        let first = chunks.next_chunk().await.map_err(read_err)?.unwrap_or_default();
+        if first.len() < self.part_size {
+            return self.put_single(key, first, mode).await;
+        }
+        self.put_multipart(key, first, chunks, mode).await
+    }
+
+    async fn get(&self, key: &ObjectKey) -> Result<ByteStream, StorageError> {
+        let full = self.full_key(key.as_str());
+        let out = self
+            .retry
+            .run(|| async {
+                self.client.get_object().bucket(&self.bucket).key(&full).send().await.map_err(|e| self.error("get", key.as_str(), e))
+            })
+            .await?;
+        let body = out.body;
+        Ok(Box::pin(futures::stream::unfold(body, |mut body| async move {
+            match body.next().await {
+                Some(Ok(b)) => Some((Ok(b), body)),
+                Some(Err(e)) => Some((Err(std::io::Error::other(e)), body)),
+                None => None,
+            }
+        })))
+    }
+
+    async fn head(&self, key: &ObjectKey) -> Result<Option<ObjectMeta>, StorageError> {
+        let full = self.full_key(key.as_str());
+        let r = self
+            .retry
+            .run(|| async {
+                match self.client.head_object().bucket(&self.bucket).key(&full).send().await {
+                    Ok(o) => Ok(Some(o.content_length.unwrap_or(0).max(0) as u64)),
+                    Err(e) if e.raw_response().map(|r| r.status().as_u16()) == Some(404) => Ok(None),
+                    Err(e) => Err(self.error("head", key.as_str(), e)),
+                }
+            })
+            .await?;
+        Ok(r.map(|size| ObjectMeta { key: key.clone(), size }))
+    }
+
+    async fn list(&self, prefix: &str, start_after: Option<&str>, limit: Option<usize>) -> Result<Vec<ObjectMeta>, StorageError> {
+        let full_prefix = self.full_key(prefix);
+        let start_after = start_after.map(|s| self.full_key(s));
+        let mut out = Vec::new();
+        let mut token: Option<String> = None;
+        loop {
+            let want = limit.map(|l| (l - out.len()).min(1000) as i32);
+            let page = self
+                .retry
+                .run(|| async {
+                    self.client
+                        .list_objects_v2()
+                        .bucket(&self.bucket)
+                        .prefix(&full_prefix)
+                        .set_start_after(start_after.clone())
+                        .set_continuation_token(token.clone())
+                        .set_max_keys(want)
+                        .send()
+                        .await
+                        .map_err(|e| self.error("list", prefix, e))
+                })
+                .await?;
+            for o in page.contents() {
+                let Some(k) = o.key().and_then(|k| k.strip_prefix(&self.prefix)) else { continue };
+                if let Ok(key) = ObjectKey::new(k) {
+                    out.push(ObjectMeta { key, size: o.size().unwrap_or(0).max(0) as u64 });
+                }
+            }
+            token = page.next_continuation_token().map(str::to_string);
+            let full = limit.is_some_and(|l| out.len() >= l);
+            if token.is_none() || full || !page.is_truncated().unwrap_or(false) {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    async fn delete_many(&self, keys: &[ObjectKey]) -> Result<(), StorageError> {
+        for batch in keys.chunks(1000) {
+            let objects = batch
+                .iter()
+                .map(|k| ObjectIdentifier::builder().key(self.full_key(k.as_str())).build())
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| StorageError::Permanent {
+                    op: "delete",
+                    key: batch[0].to_string(),
+                    location: self.location.clone(),
+                    message: e.to_string(),
+                })?;
+            let delete = Delete::builder().set_objects(Some(objects)).quiet(true).build().map_err(|e| StorageError::Permanent {
+                op: "delete",
+                key: batch[0].to_string(),
+                location: self.location.clone(),
+                message: e.to_string(),
+            })?;
+            let out = self
+                .retry
+                .run(|| async {
+                    self.client
+                        .delete_objects()
+                        .bucket(&self.bucket)
+                        .delete(delete.clone())
+                        .send()
+                        .await
+                        .map_err(|e| self.error("delete", batch[0].as_str(), e))
+                })
+                .await?;
+            if let Some(err) = out.errors().iter().find(|e| e.code() != Some("NoSuchKey")) {
+                return Err(StorageError::Permanent {
+                    op: "delete",
+                    key: err.key().unwrap_or_default().to_string(),
+                    location: self.location.clone(),
+                    message: format!("{}: {}", err.code().unwrap_or("error"), err.message().unwrap_or_default()),
+                });
+            }
+        }
+        Ok(())
+    }
+}

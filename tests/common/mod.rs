@@ -1,0 +1,492 @@
+//! Test harness: real PostgreSQL clusters (initdb on free ports in temp dirs, run
+//! as the unprivileged `postgres` user when the tests run as root), a real S3
+//! server (s3s-fs) and a real GCS emulator on 127.0.0.1. Everything a test starts
+//! stops when its handle drops. `scripts/test.sh` installs the servers.
+#![allow(dead_code)]
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub fn cairn_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_cairn"))
+}
+
+fn tools_dir() -> PathBuf {
+    std::env::var_os("TEST_TOOLS_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(std::env::var("HOME").unwrap_or_else(|_| "/root".into())).join(".cache/cairn-test-tools"))
+}
+
+fn tool(rel: &str, name: &str) -> PathBuf {
+    let p = tools_dir().join(rel);
+    if p.exists() {
+        return p;
+    }
+    panic!("{name} is not installed at {}: run scripts/test.sh, which installs it", p.display());
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn wait_for_port(port: u16, child: &mut Child, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("{what} exited before listening: {status}");
+        }
+        assert!(Instant::now() < deadline, "{what} did not listen on port {port}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn is_root() -> bool {
+    // SAFETY-free: read our uid from /proc rather than calling libc.
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("Uid:")).map(|l| l.split_whitespace().nth(1) == Some("0")))
+        .unwrap_or(false)
+}
+
+fn postgres_ids() -> (u32, u32) {
+    let id = |flag: &str| -> u32 {
+        let out = Command::new("id").arg(flag).arg("postgres").output().expect("id postgres");
+        String::from_utf8_lossy(&out.stdout).trim().parse().expect("the postgres user must exist (scripts/test.sh creates it)")
+    };
+    (id("-u"), id("-g"))
+}
+
+/// A temp directory the PostgreSQL user can write (PostgreSQL refuses to run as root).
+pub struct TestDir {
+    dir: tempfile::TempDir,
+}
+
+impl TestDir {
+    pub fn new() -> Self {
+        let dir = tempfile::Builder::new().prefix("cairn-test-").tempdir().unwrap();
+        if is_root() {
+            let (u, g) = postgres_ids();
+            std::os::unix::fs::chown(dir.path(), Some(u), Some(g)).unwrap();
+        }
+        TestDir { dir }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// A subdirectory, also writable by the PostgreSQL user.
+    pub fn sub(&self, name: &str) -> PathBuf {
+        let p = self.path().join(name);
+        std::fs::create_dir_all(&p).unwrap();
+        chown_pg(&p);
+        p
+    }
+}
+
+pub fn chown_pg(p: &Path) {
+    if is_root() {
+        let (u, g) = postgres_ids();
+        Command::new("chown").arg("-R").arg(format!("{u}:{g}")).arg(p).status().unwrap();
+    }
+}
+
+/// A command run as the PostgreSQL user with exactly the given extra environment.
+pub fn as_pg(program: &Path, env: &[(String, String)]) -> Command {
+    let mut c = if is_root() {
+        let mut c = Command::new("runuser");
+        c.args(["-u", "postgres", "--", "env"]);
+        c
+    } else {
+        Command::new("env")
+    };
+    for (k, v) in env {
+        c.arg(format!("{k}={v}"));
+    }
+    c.arg(program);
+    c
+}
+
+pub fn pg_bindir() -> PathBuf {
+    if let Some(d) = std::env::var_os("PG_BINDIR") {
+        return d.into();
+    }
+    let mut found: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .map(|rd| rd.filter_map(|e| e.ok()).map(|e| e.path().join("bin")).filter(|b| b.join("initdb").exists()).collect())
+        .unwrap_or_default();
+    found.sort_by_key(|p| p.parent().and_then(|v| v.file_name()).and_then(|v| v.to_str()?.parse::<u32>().ok()));
+    found.pop().expect("PostgreSQL server binaries not found under /usr/lib/postgresql: run scripts/test.sh")
+}
+
+#[track_caller]
+pub fn check(out: Output, what: &str) -> String {
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{what} failed with {}:\nstdout: {stdout}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+/// An S3-protocol server (s3s-fs) that checks signatures, with one bucket.
+pub struct S3Server {
+    child: Option<Child>,
+    pub port: u16,
+    pub bucket: String,
+    root: tempfile::TempDir,
+}
+
+pub const S3_KEY: &str = "cairntest";
+pub const S3_SECRET: &str = "cairntestsecret";
+
+impl S3Server {
+    pub fn start() -> Self {
+        let root = tempfile::tempdir().unwrap();
+        let bucket = "cairn-test".to_string();
+        std::fs::create_dir(root.path().join(&bucket)).unwrap();
+        let port = free_port();
+        let mut s = S3Server { child: None, port, bucket, root };
+        s.spawn();
+        s
+    }
+
+    fn spawn(&mut self) {
+        let mut child = Command::new(tool("bin/s3s-fs", "s3s-fs"))
+            .args(["--host", "127.0.0.1", "--port", &self.port.to_string(), "--access-key", S3_KEY, "--secret-key", S3_SECRET])
+            .arg(self.root.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        wait_for_port(self.port, &mut child, "s3s-fs");
+        self.child = Some(child);
+    }
+
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn restart(&mut self) {
+        self.stop();
+        self.spawn();
+    }
+
+    pub fn bucket_dir(&self) -> PathBuf {
+        self.root.path().join(&self.bucket)
+    }
+}
+
+impl Drop for S3Server {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// The GCS emulator (gcp-storage-emulator), in memory, with one bucket.
+pub struct GcsServer {
+    child: Child,
+    pub port: u16,
+    pub bucket: String,
+}
+
+impl GcsServer {
+    pub fn start() -> Self {
+        let port = free_port();
+        let bucket = "cairn-test".to_string();
+        let mut child = Command::new(tool("gcs-venv/bin/gcp-storage-emulator", "gcp-storage-emulator"))
+            .args(["start", "--host", "127.0.0.1", "--port", &port.to_string(), "--in-memory", "--quiet", "--default-bucket", &bucket])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        wait_for_port(port, &mut child, "gcp-storage-emulator");
+        GcsServer { child, port, bucket }
+    }
+}
+
+impl Drop for GcsServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Which storage an archive lives on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    File,
+    S3,
+    Gcs,
+}
+
+/// A fresh archive on one backend, with the environment cairn needs to reach it.
+pub struct Archive {
+    pub backend: Backend,
+    pub env: Vec<(String, String)>,
+    pub s3: Option<S3Server>,
+    pub gcs: Option<GcsServer>,
+    pub dir: Option<PathBuf>,
+    _tmp: TestDir,
+}
+
+impl Archive {
+    pub fn new(backend: Backend) -> Self {
+        let tmp = TestDir::new();
+        let mut env = vec![("CAIRN_STORAGE_TIMEOUT".to_string(), "5".to_string())];
+        let (mut s3, mut gcs, mut dir) = (None, None, None);
+        match backend {
+            Backend::File => {
+                let d = tmp.sub("archive");
+                env.push(("CAIRN_STORAGE".into(), format!("file://{}", d.display())));
+                dir = Some(d);
+            }
+            Backend::S3 => {
+                let s = S3Server::start();
+                env.extend([
+                    ("CAIRN_STORAGE".into(), format!("s3://{}/cluster-a", s.bucket)),
+                    ("CAIRN_S3_ENDPOINT".into(), format!("http://127.0.0.1:{}", s.port)),
+                    ("CAIRN_S3_REGION".into(), "us-east-1".into()),
+                    ("CAIRN_S3_FORCE_PATH_STYLE".into(), "true".into()),
+                    ("AWS_ACCESS_KEY_ID".into(), S3_KEY.into()),
+                    ("AWS_SECRET_ACCESS_KEY".into(), S3_SECRET.into()),
+                ]);
+                s3 = Some(s);
+            }
+            Backend::Gcs => {
+                let g = GcsServer::start();
+                env.extend([
+                    ("CAIRN_STORAGE".into(), format!("gs://{}/cluster-a", g.bucket)),
+                    ("CAIRN_GCS_ENDPOINT".into(), format!("http://127.0.0.1:{}", g.port)),
+                ]);
+                gcs = Some(g);
+            }
+        }
+        Archive { backend, env, s3, gcs, dir, _tmp: tmp }
+    }
+
+    pub fn with(mut self, k: &str, v: &str) -> Self {
+        self.env.retain(|(key, _)| key != k);
+        self.env.push((k.into(), v.into()));
+        self
+    }
+
+    /// The same archive (its servers stay owned by `self`) with one variable changed.
+    pub fn clone_with(&self, k: &str, v: &str) -> Archive {
+        let mut env = self.env.clone();
+        env.retain(|(key, _)| key != k);
+        env.push((k.into(), v.into()));
+        Archive { backend: self.backend, env, s3: None, gcs: None, dir: self.dir.clone(), _tmp: TestDir::new() }
+    }
+
+    /// Runs cairn (as the test user) with this archive's environment.
+    pub fn cairn(&self, args: &[&str], cwd: &Path) -> Output {
+        let mut c = Command::new(cairn_bin());
+        c.args(args).current_dir(cwd).env_clear();
+        c.env("PATH", std::env::var("PATH").unwrap_or_default());
+        c.env("HOME", std::env::var("HOME").unwrap_or_default());
+        c.envs(self.env.iter().map(|(k, v)| (k, v)));
+        c.output().unwrap()
+    }
+}
+
+/// An age key pair in files the PostgreSQL user can read.
+pub struct AgeKey {
+    pub recipient: String,
+    pub identity_file: PathBuf,
+}
+
+impl AgeKey {
+    pub fn new(dir: &Path) -> Self {
+        use age::secrecy::ExposeSecret;
+        let id = age::x25519::Identity::generate();
+        let identity_file = dir.join(format!("age-{}.key", free_port()));
+        std::fs::write(&identity_file, format!("{}\n", id.to_string().expose_secret())).unwrap();
+        chown_pg(&identity_file);
+        AgeKey { recipient: id.to_public().to_string(), identity_file }
+    }
+}
+
+/// A PostgreSQL cluster in a temp dir on a free port.
+pub struct Cluster {
+    pub datadir: PathBuf,
+    pub port: u16,
+    bindir: PathBuf,
+    log: PathBuf,
+    env: Vec<(String, String)>,
+    running: bool,
+}
+
+impl Cluster {
+    /// `initdb` with extra options (e.g. `--wal-segsize=32`).
+    pub fn init(dir: &TestDir, name: &str, initdb_opts: &[&str]) -> Self {
+        let bindir = pg_bindir();
+        let datadir = dir.path().join(name);
+        let out = as_pg(&bindir.join("initdb"), &[])
+            .args(["-D"])
+            .arg(&datadir)
+            .args(["-A", "trust", "-U", "postgres", "--no-sync"])
+            .args(initdb_opts)
+            .output()
+            .unwrap();
+        check(out, "initdb");
+        Self::existing(dir, datadir)
+    }
+
+    /// A data directory made some other way (pg_basebackup).
+    pub fn existing(dir: &TestDir, datadir: PathBuf) -> Self {
+        let port = free_port();
+        let log = dir.path().join(format!("{}.log", datadir.file_name().unwrap().to_string_lossy()));
+        let c = Cluster { datadir, port, bindir: pg_bindir(), log, env: Vec::new(), running: false };
+        c.set(&[("port", &port.to_string()), ("listen_addresses", "'127.0.0.1'"), ("unix_socket_directories", "''")]);
+        c
+    }
+
+    /// Appends settings to postgresql.auto.conf (later lines win).
+    pub fn set(&self, settings: &[(&str, &str)]) {
+        use std::io::Write;
+        let p = self.datadir.join("postgresql.auto.conf");
+        let mut f = std::fs::OpenOptions::new().append(true).create(true).open(&p).unwrap();
+        for (k, v) in settings {
+            writeln!(f, "{k} = {v}").unwrap();
+        }
+    }
+
+    /// archive_command / restore_command calling cairn with the archive's settings.
+    pub fn archive_to(&mut self, archive: &Archive) {
+        self.env = archive.env.clone();
+        let cmd = format!("'{} wal-push %p'", cairn_bin().display());
+        self.set(&[("archive_mode", "on"), ("archive_command", &cmd), ("wal_level", "replica")]);
+    }
+
+    pub fn restore_from(&mut self, archive: &Archive) {
+        self.env = archive.env.clone();
+        let cmd = format!("'{} wal-fetch %f %p'", cairn_bin().display());
+        self.set(&[("restore_command", &cmd)]);
+    }
+
+    pub fn bin(&self, name: &str) -> PathBuf {
+        self.bindir.join(name)
+    }
+
+    pub fn start(&mut self) {
+        let out = as_pg(&self.bin("pg_ctl"), &self.env)
+            .arg("-D")
+            .arg(&self.datadir)
+            .arg("-l")
+            .arg(&self.log)
+            .args(["-w", "-t", "120", "start"])
+            .output()
+            .unwrap();
+        self.running = true;
+        if !out.status.success() {
+            panic!("pg_ctl start failed:\n{}\nlog:\n{}", String::from_utf8_lossy(&out.stderr), self.log_text());
+        }
+    }
+
+    /// Starts without waiting (for recoveries that may stop the server).
+    pub fn start_no_wait(&mut self) {
+        let out = as_pg(&self.bin("pg_ctl"), &self.env).arg("-D").arg(&self.datadir).arg("-l").arg(&self.log).arg("start").output().unwrap();
+        self.running = true;
+        check(out, "pg_ctl start");
+    }
+
+    pub fn stop(&mut self) {
+        if self.running {
+            let _ = as_pg(&self.bin("pg_ctl"), &[]).arg("-D").arg(&self.datadir).args(["-m", "fast", "-w", "stop"]).output();
+            self.running = false;
+        }
+    }
+
+    pub fn is_running(&self) -> bool {
+        as_pg(&self.bin("pg_ctl"), &[]).arg("-D").arg(&self.datadir).arg("status").output().map(|o| o.status.success()).unwrap_or(false)
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn conn(&self) -> Vec<String> {
+        vec!["-h".into(), "127.0.0.1".into(), "-p".into(), self.port.to_string(), "-U".into(), "postgres".into()]
+    }
+
+    /// Runs SQL and returns unaligned, tuples-only output.
+    #[track_caller]
+    pub fn sql(&self, sql: &str) -> String {
+        let out = Command::new(self.bin("psql")).args(self.conn()).args(["-d", "postgres", "-XAtq", "-v", "ON_ERROR_STOP=1", "-c", sql]).output().unwrap();
+        check(out, &format!("psql {sql:?}")).trim().to_string()
+    }
+
+    pub fn try_sql(&self, sql: &str) -> Option<String> {
+        let out = Command::new(self.bin("psql")).args(self.conn()).args(["-d", "postgres", "-XAtq", "-c", sql]).output().ok()?;
+        out.status.success().then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+    }
+
+    pub fn pgbench(&self, args: &[&str]) {
+        let out = Command::new(self.bin("pgbench")).args(self.conn()).args(args).arg("postgres").output().unwrap();
+        check(out, "pgbench");
+    }
+
+    pub fn dumpall(&self) -> String {
+        let out = Command::new(self.bin("pg_dumpall")).args(self.conn()).output().unwrap();
+        check(out, "pg_dumpall")
+    }
+
+    /// A base backup (plain format, no WAL) into `dest`.
+    pub fn basebackup(&self, dest: &Path) {
+        let out = Command::new(self.bin("pg_basebackup"))
+            .args(self.conn())
+            .arg("-D")
+            .arg(dest)
+            .args(["-X", "none", "-c", "fast", "--no-sync"])
+            .output()
+            .unwrap();
+        check(out, "pg_basebackup");
+        chown_pg(dest);
+    }
+
+    /// Waits for `cond` on this server, failing with the server log on timeout.
+    #[track_caller]
+    pub fn wait_until(&self, what: &str, timeout: Duration, mut cond: impl FnMut(&Cluster) -> bool) {
+        let deadline = Instant::now() + timeout;
+        while !cond(self) {
+            assert!(Instant::now() < deadline, "timed out waiting for {what}; server log:\n{}", self.log_text());
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        if self.running {
+            let _ = as_pg(&self.bin("pg_ctl"), &[]).arg("-D").arg(&self.datadir).args(["-m", "immediate", "-w", "stop"]).output();
+        }
+    }
+}
+
+/// A syntactically valid WAL segment (long page header, given size), with
+/// pseudo-random filler so that its contents are unique per `seed`.
+pub fn fake_segment(size: usize, tli: u32, seed: u64) -> Vec<u8> {
+    let mut b = vec![0u8; size];
+    b[0..2].copy_from_slice(&0xD110u16.to_le_bytes());
+    b[2..4].copy_from_slice(&0x0002u16.to_le_bytes());
+    b[4..8].copy_from_slice(&tli.to_le_bytes());
+    b[24..32].copy_from_slice(&7u64.to_le_bytes());
+    b[32..36].copy_from_slice(&(size as u32).to_le_bytes());
+    b[36..40].copy_from_slice(&8192u32.to_le_bytes());
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    for chunk in b[64..].chunks_mut(8) {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let v = (x % 64) as u8; // compressible, not trivially so
+        chunk.iter_mut().for_each(|c| *c = b'a' + v % 26);
+    }
+    b
+}
