@@ -229,8 +229,9 @@ impl LongPageHeader {
         let u16_at = |o: usize| u16::from_le_bytes([b[o], b[o + 1]]);
         let u32_at = |o: usize| u32::from_le_bytes([b[o], b[o + 1], b[o + 2], b[o + 3]]);
         let u64_at = |o: usize| u64::from(u32_at(o)) | (u64::from(u32_at(o + 4)) << 32);
-        // PostgreSQL's WAL magic numbers are 0xD0xx (0xD110 for 15, 0xD113 for 16, ...).
-        if u16_at(0) & 0xFF00 != 0xD000 {
+        // PostgreSQL's WAL magic numbers are 0xD0xx..0xD1xx (0xD10D for 14, 0xD110 for 15,
+        // 0xD113 for 16, 0xD116 for 17).
+        if u16_at(0) & 0xFE00 != 0xD000 {
             return Err(WalNameError::BadPageHeader("no WAL page magic number"));
         }
         if u16_at(2) & XLP_LONG_HEADER == 0 {
@@ -292,7 +293,7 @@ mod tests {
         let s: Segment = Segment { timeline: TimelineId(1), log: 0, seg: 0x3F };
         assert_eq!(s.next(s64).to_string(), "000000010000000100000000");
         let one_gib = SegmentSize::new(1 << 30).unwrap();
-        let s = Segment { timeline: TimelineId(3), log: 7, seg: 2 };
+        let s = Segment { timeline: TimelineId(3), log: 7, seg: 3 };
         assert_eq!(s.next(one_gib).to_string(), "000000030000000800000000");
         assert!(SegmentSize::new(3 << 20).is_err());
         assert!(SegmentSize::new(512 << 10).is_err());

@@ -127,7 +127,15 @@ impl GcsStorage {
 
     async fn put_single(&self, key: &str, body: Bytes, mode: PutMode) -> Result<(), StorageError> {
         let req = self.upload_request(mode);
-        let media = UploadType::Simple(Media::new(self.full_key(key)));
+        let media = if body.is_empty() {
+            // Metadata-and-media form: some emulators reject an empty media upload.
+            UploadType::Multipart(Box::new(gcloud_storage::http::objects::Object {
+                name: self.full_key(key),
+                ..Default::default()
+            }))
+        } else {
+            UploadType::Simple(Media::new(self.full_key(key)))
+        };
         self.retry
             .run(|| async {
                 self.client.upload_object(&req, body.clone(), &media).await.map(|_| ()).map_err(|e| self.error("put", key, e))
@@ -306,7 +314,7 @@ impl Storage for GcsStorage {
 
     async fn delete_many(&self, keys: &[ObjectKey]) -> Result<(), StorageError> {
         // The JSON API has no multi-delete; a bounded number run at once.
-        futures::stream::iter(keys)
+        futures::stream::iter(keys.iter().cloned())
             .map(|key| async move {
                 let req = DeleteObjectRequest { bucket: self.bucket.clone(), object: self.full_key(key.as_str()), ..Default::default() };
                 self.retry

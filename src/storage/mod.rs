@@ -113,8 +113,9 @@ pub trait Storage: Send + Sync + fmt::Debug {
     /// Stores `body` under `key`; the object is visible only once complete.
     async fn put(&self, key: &ObjectKey, body: PutBody, mode: PutMode) -> Result<(), StorageError>;
 
-    /// Streams the object's bytes; `NotFound` only when the object (not the bucket)
-    /// is missing.
+    /// Streams the object's bytes; `NotFound` when the object is missing. Some
+    /// servers say the same for a missing bucket: callers that must tell the two
+    /// apart list, which fails for a missing bucket.
     async fn get(&self, key: &ObjectKey) -> Result<ByteStream, StorageError>;
 
     /// The object's metadata, or `None` when it does not exist.

@@ -51,12 +51,17 @@ impl S3Storage {
             .build();
         let region = match &opts.s3_region {
             Some(r) => Region::new(r.clone()),
-            None => aws_config::default_provider::region::DefaultRegionChain::builder()
-                .imds_client(imds.clone())
-                .build()
-                .region()
-                .await
-                .unwrap_or_else(|| Region::new("us-east-1")),
+            // Environment, then profile; never the metadata service, which hangs off EC2.
+            None => {
+                use aws_config::meta::region::ProvideRegion;
+                match aws_config::environment::EnvironmentVariableRegionProvider::new().region().await {
+                    Some(r) => r,
+                    None => aws_config::profile::ProfileFileRegionProvider::new()
+                        .region()
+                        .await
+                        .unwrap_or_else(|| Region::new("us-east-1")),
+                }
+            }
         };
         let credentials = aws_config::default_provider::credentials::DefaultCredentialsChain::builder()
             .imds_client(imds)
