@@ -313,7 +313,8 @@ impl Storage for GcsStorage {
     }
 
     async fn delete_many(&self, keys: &[ObjectKey]) -> Result<(), StorageError> {
-        // The JSON API has no multi-delete; a bounded number run at once.
+        // The JSON API has no multi-delete (the batch endpoint is not in the client);
+        // a few run at once, which the emulator's small listen backlog also needs.
         futures::stream::iter(keys.iter().cloned())
             .map(|key| async move {
                 let req = DeleteObjectRequest { bucket: self.bucket.clone(), object: self.full_key(key.as_str()), ..Default::default() };
@@ -329,7 +330,7 @@ impl Storage for GcsStorage {
                     })
                     .await
             })
-            .buffer_unordered(16)
+            .buffer_unordered(4)
             .try_collect::<Vec<()>>()
             .await
             .map(|_| ())
