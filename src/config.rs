@@ -37,10 +37,16 @@ impl fmt::Display for Source {
 pub enum ConfigError {
     #[error("config file {path}: {message}")]
     File { path: PathBuf, message: String },
-    #[error("unknown configuration key {key:?} (from {origin}); see config/cairn.example.yaml for the keys")]
+    #[error(
+        "unknown configuration key {key:?} (from {origin}); see config/cairn.example.yaml for the keys"
+    )]
     UnknownKey { key: String, origin: Source },
     #[error("configuration key {key} (from {origin}): {message}")]
-    BadValue { key: String, origin: Source, message: String },
+    BadValue {
+        key: String,
+        origin: Source,
+        message: String,
+    },
 }
 
 /// Log output format.
@@ -113,11 +119,17 @@ impl Config {
             settings.extend(read_file(path)?);
         }
         for (var, value) in env {
-            let Some(key) = var.strip_prefix("CAIRN_") else { continue };
+            let Some(key) = var.strip_prefix("CAIRN_") else {
+                continue;
+            };
             if key == "CONFIG" {
                 continue;
             }
-            settings.push(Setting { key: key.to_ascii_lowercase(), value: Value::String(value), source: Source::Env(var) });
+            settings.push(Setting {
+                key: key.to_ascii_lowercase(),
+                value: Value::String(value),
+                source: Source::Env(var),
+            });
         }
         settings.extend(flags);
         let mut config = Config::default();
@@ -126,16 +138,26 @@ impl Config {
             config.set(s, &mut recipients_file)?;
         }
         if let Some((path, source)) = recipients_file {
-            config.age_recipients.extend(read_recipients_file(&path, &source)?);
+            config
+                .age_recipients
+                .extend(read_recipients_file(&path, &source)?);
         }
         Ok(config)
     }
 
-    fn set(&mut self, s: Setting, recipients_file: &mut Option<(PathBuf, Source)>) -> Result<(), ConfigError> {
+    fn set(
+        &mut self,
+        s: Setting,
+        recipients_file: &mut Option<(PathBuf, Source)>,
+    ) -> Result<(), ConfigError> {
         if s.value.is_null() {
             return Ok(());
         }
-        let bad = |message: String| ConfigError::BadValue { key: s.key.clone(), origin: s.source.clone(), message };
+        let bad = |message: String| ConfigError::BadValue {
+            key: s.key.clone(),
+            origin: s.source.clone(),
+            message,
+        };
         let v = &s.value;
         match s.key.as_str() {
             "storage" => self.storage = StorageUrl::parse(&string(v).map_err(bad)?).map_err(bad)?,
@@ -149,8 +171,12 @@ impl Config {
                     .collect::<Result<_, _>>()
                     .map_err(bad)?;
             }
-            "age_recipients_file" => *recipients_file = Some((PathBuf::from(string(v).map_err(bad)?), s.source.clone())),
-            "age_identity_file" => self.age_identity_file = Some(PathBuf::from(string(v).map_err(bad)?)),
+            "age_recipients_file" => {
+                *recipients_file = Some((PathBuf::from(string(v).map_err(bad)?), s.source.clone()))
+            }
+            "age_identity_file" => {
+                self.age_identity_file = Some(PathBuf::from(string(v).map_err(bad)?))
+            }
             "s3_endpoint" => self.s3_endpoint = Some(string(v).map_err(bad)?),
             "s3_region" => self.s3_region = Some(string(v).map_err(bad)?),
             "s3_force_path_style" => self.s3_force_path_style = boolean(v).map_err(bad)?,
@@ -162,32 +188,58 @@ impl Config {
                     "info" => tracing::Level::INFO,
                     "debug" => tracing::Level::DEBUG,
                     "trace" => tracing::Level::TRACE,
-                    other => return Err(bad(format!("{other:?} is not a log level (error, warn, info, debug, trace)"))),
+                    other => {
+                        return Err(bad(format!(
+                            "{other:?} is not a log level (error, warn, info, debug, trace)"
+                        )));
+                    }
                 }
             }
             "log_format" => {
                 self.log_format = match string(v).map_err(bad)?.as_str() {
                     "text" => LogFormat::Text,
                     "json" => LogFormat::Json,
-                    other => return Err(bad(format!("{other:?} is not a log format (text, json)"))),
+                    other => {
+                        return Err(bad(format!("{other:?} is not a log format (text, json)")));
+                    }
                 }
             }
-            "storage_timeout" => self.storage_timeout = Duration::from_secs(number(v, 1, 86_400).map_err(bad)?),
-            "upload_part_size" => self.upload_part_size = number(v, 5 << 20, 5 << 30).map_err(bad)? as usize,
-            "wal_push_lookahead" => self.wal_push_lookahead = number(v, 0, 256).map_err(bad)? as usize,
-            "wal_fetch_prefetch" => self.wal_fetch_prefetch = number(v, 0, 256).map_err(bad)? as usize,
-            _ => return Err(ConfigError::UnknownKey { key: s.key, origin: s.source }),
+            "storage_timeout" => {
+                self.storage_timeout = Duration::from_secs(number(v, 1, 86_400).map_err(bad)?)
+            }
+            "upload_part_size" => {
+                self.upload_part_size = number(v, 5 << 20, 5 << 30).map_err(bad)? as usize
+            }
+            "wal_push_lookahead" => {
+                self.wal_push_lookahead = number(v, 0, 256).map_err(bad)? as usize
+            }
+            "wal_fetch_prefetch" => {
+                self.wal_fetch_prefetch = number(v, 0, 256).map_err(bad)? as usize
+            }
+            _ => {
+                return Err(ConfigError::UnknownKey {
+                    key: s.key,
+                    origin: s.source,
+                });
+            }
         }
         Ok(())
     }
 
     pub fn codec(&self) -> CodecSettings {
-        CodecSettings { compression: self.compression, zstd_level: self.zstd_level, recipients: self.age_recipients.clone() }
+        CodecSettings {
+            compression: self.compression,
+            zstd_level: self.zstd_level,
+            recipients: self.age_recipients.clone(),
+        }
     }
 
     pub fn storage_options(&self) -> StorageOptions {
         StorageOptions {
-            retry: RetryPolicy { deadline: self.storage_timeout, ..RetryPolicy::default() },
+            retry: RetryPolicy {
+                deadline: self.storage_timeout,
+                ..RetryPolicy::default()
+            },
             s3_endpoint: self.s3_endpoint.clone(),
             s3_region: self.s3_region.clone(),
             s3_force_path_style: self.s3_force_path_style,
@@ -198,29 +250,50 @@ impl Config {
 }
 
 fn read_file(path: &Path) -> Result<Vec<Setting>, ConfigError> {
-    let err = |message: String| ConfigError::File { path: path.to_path_buf(), message };
+    let err = |message: String| ConfigError::File {
+        path: path.to_path_buf(),
+        message,
+    };
     let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
     let doc: Value = serde_yaml::from_str(&text).map_err(|e| err(e.to_string()))?;
     let map = match doc {
         Value::Null => return Ok(Vec::new()),
         Value::Mapping(m) => m,
-        _ => return Err(err("expected a mapping of keys to values at the top level".into())),
+        _ => {
+            return Err(err(
+                "expected a mapping of keys to values at the top level".into()
+            ));
+        }
     };
     map.into_iter()
         .map(|(k, value)| match k {
-            Value::String(key) => Ok(Setting { key, value, source: Source::File(path.to_path_buf()) }),
+            Value::String(key) => Ok(Setting {
+                key,
+                value,
+                source: Source::File(path.to_path_buf()),
+            }),
             other => Err(err(format!("key {other:?} is not a string"))),
         })
         .collect()
 }
 
-fn read_recipients_file(path: &Path, source: &Source) -> Result<Vec<age::x25519::Recipient>, ConfigError> {
-    let bad = |message: String| ConfigError::BadValue { key: "age_recipients_file".into(), origin: source.clone(), message };
-    let text = std::fs::read_to_string(path).map_err(|e| bad(format!("{}: {e}", path.display())))?;
+fn read_recipients_file(
+    path: &Path,
+    source: &Source,
+) -> Result<Vec<age::x25519::Recipient>, ConfigError> {
+    let bad = |message: String| ConfigError::BadValue {
+        key: "age_recipients_file".into(),
+        origin: source.clone(),
+        message,
+    };
+    let text =
+        std::fs::read_to_string(path).map_err(|e| bad(format!("{}: {e}", path.display())))?;
     text.lines()
         .map(str::trim)
         .filter(|l| !l.is_empty() && !l.starts_with('#'))
-        .map(|l| crate::codec::parse_recipient(l).map_err(|e| bad(format!("{}: {e}", path.display()))))
+        .map(|l| {
+            crate::codec::parse_recipient(l).map_err(|e| bad(format!("{}: {e}", path.display())))
+        })
         .collect()
 }
 
@@ -241,7 +314,11 @@ fn number(v: &Value, min: u64, max: u64) -> Result<u64, String> {
         _ => None,
     }
     .ok_or_else(|| format!("expected a whole number from {min} to {max}"))?;
-    if (min..=max).contains(&n) { Ok(n) } else { Err(format!("{n} is out of range ({min} to {max})")) }
+    if (min..=max).contains(&n) {
+        Ok(n)
+    } else {
+        Err(format!("{n} is out of range ({min} to {max})"))
+    }
 }
 
 fn boolean(v: &Value) -> Result<bool, String> {
@@ -260,7 +337,12 @@ fn boolean(v: &Value) -> Result<bool, String> {
 fn list(v: &Value) -> Result<Vec<String>, String> {
     match v {
         Value::Sequence(items) => items.iter().map(string).collect(),
-        Value::String(s) => Ok(s.split(',').map(str::trim).filter(|s| !s.is_empty()).map(String::from).collect()),
+        Value::String(s) => Ok(s
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(String::from)
+            .collect()),
         _ => Err("expected a list of strings".into()),
     }
 }
@@ -270,11 +352,18 @@ mod tests {
     use super::*;
 
     fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     fn flag(key: &str, v: &str) -> Setting {
-        Setting { key: key.into(), value: Value::String(v.into()), source: Source::Flag(key.replace('_', "-")) }
+        Setting {
+            key: key.into(),
+            value: Value::String(v.into()),
+            source: Source::Flag(key.replace('_', "-")),
+        }
     }
 
     #[test]
@@ -282,8 +371,23 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("c.yaml");
         std::fs::write(&p, "storage: s3://b/p\ncompression: zstd\nzstd_level: 9\nwal_push_lookahead: 4\ns3_force_path_style: true\n").unwrap();
-        let c = Config::load(Some(&p), env(&[("CAIRN_COMPRESSION", "none"), ("CAIRN_ZSTD_LEVEL", "5"), ("OTHER", "x")]), vec![flag("zstd_level", "7")]).unwrap();
-        assert_eq!(c.storage, StorageUrl::S3 { bucket: "b".into(), prefix: "p/".into() });
+        let c = Config::load(
+            Some(&p),
+            env(&[
+                ("CAIRN_COMPRESSION", "none"),
+                ("CAIRN_ZSTD_LEVEL", "5"),
+                ("OTHER", "x"),
+            ]),
+            vec![flag("zstd_level", "7")],
+        )
+        .unwrap();
+        assert_eq!(
+            c.storage,
+            StorageUrl::S3 {
+                bucket: "b".into(),
+                prefix: "p/".into()
+            }
+        );
         assert_eq!(c.compression, Compression::None);
         assert_eq!(c.zstd_level, 7);
         assert_eq!(c.wal_push_lookahead, 4);
@@ -296,17 +400,34 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("c.yaml");
         std::fs::write(&p, "storage: file:///x\nstorag: oops\n").unwrap();
-        let e = Config::load(Some(&p), vec![], vec![]).unwrap_err().to_string();
+        let e = Config::load(Some(&p), vec![], vec![])
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("\"storag\"") && e.contains("c.yaml"), "{e}");
-        let e = Config::load(None, env(&[("CAIRN_ZSTD_LEVEL", "99")]), vec![]).unwrap_err().to_string();
-        assert!(e.contains("zstd_level") && e.contains("CAIRN_ZSTD_LEVEL") && e.contains("out of range"), "{e}");
-        let e = Config::load(None, env(&[("CAIRN_COMPRESSION", "brotli")]), vec![]).unwrap_err().to_string();
+        let e = Config::load(None, env(&[("CAIRN_ZSTD_LEVEL", "99")]), vec![])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("zstd_level")
+                && e.contains("CAIRN_ZSTD_LEVEL")
+                && e.contains("out of range"),
+            "{e}"
+        );
+        let e = Config::load(None, env(&[("CAIRN_COMPRESSION", "brotli")]), vec![])
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("compression") && e.contains("brotli"), "{e}");
-        let e = Config::load(None, env(&[("CAIRN_BOGUS", "1")]), vec![]).unwrap_err().to_string();
+        let e = Config::load(None, env(&[("CAIRN_BOGUS", "1")]), vec![])
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("bogus") && e.contains("CAIRN_BOGUS"), "{e}");
-        let e = Config::load(None, vec![], vec![flag("storage", "ftp://x")]).unwrap_err().to_string();
+        let e = Config::load(None, vec![], vec![flag("storage", "ftp://x")])
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("--storage") && e.contains("ftp"), "{e}");
-        let e = Config::load(None, env(&[("CAIRN_AGE_RECIPIENTS", "age1nope")]), vec![]).unwrap_err().to_string();
+        let e = Config::load(None, env(&[("CAIRN_AGE_RECIPIENTS", "age1nope")]), vec![])
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("age_recipients"), "{e}");
     }
 
@@ -314,13 +435,31 @@ mod tests {
     fn recipients_from_list_string_and_file() {
         let a = age::x25519::Identity::generate().to_public().to_string();
         let b = age::x25519::Identity::generate().to_public().to_string();
-        let c = Config::load(None, env(&[("CAIRN_AGE_RECIPIENTS", &format!("{a}, {b}"))]), vec![]).unwrap();
+        let c = Config::load(
+            None,
+            env(&[("CAIRN_AGE_RECIPIENTS", &format!("{a}, {b}"))]),
+            vec![],
+        )
+        .unwrap();
         assert_eq!(c.age_recipients.len(), 2);
         let dir = tempfile::tempdir().unwrap();
         let f = dir.path().join("r.txt");
         std::fs::write(&f, format!("# ops\n{a}\n\n")).unwrap();
         let p = dir.path().join("c.yaml");
-        std::fs::write(&p, format!("age_recipients: [{b}]\nage_recipients_file: {}\n", f.display())).unwrap();
-        assert_eq!(Config::load(Some(&p), vec![], vec![]).unwrap().age_recipients.len(), 2);
+        std::fs::write(
+            &p,
+            format!(
+                "age_recipients: [{b}]\nage_recipients_file: {}\n",
+                f.display()
+            ),
+        )
+        .unwrap();
+        assert_eq!(
+            Config::load(Some(&p), vec![], vec![])
+                .unwrap()
+                .age_recipients
+                .len(),
+            2
+        );
     }
 }

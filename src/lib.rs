@@ -25,7 +25,11 @@ pub struct Context {
 impl Context {
     pub async fn open(config: Config) -> Result<Self, StorageError> {
         let storage = storage::open(&config.storage, &config.storage_options()).await?;
-        Ok(Context { config, storage, keyring: OnceLock::new() })
+        Ok(Context {
+            config,
+            storage,
+            keyring: OnceLock::new(),
+        })
     }
 
     /// The identities for reading encrypted objects, loaded on first use so that

@@ -10,9 +10,9 @@ use std::process::ExitCode;
 use anyhow::Context as _;
 use clap::Parser;
 
+use cairn::Context;
 use cairn::config::{Config, LogFormat};
 use cairn::wal::{self, WalError};
-use cairn::Context;
 use cli::{Cli, Command};
 
 /// wal-fetch: the archive definitely lacks the file (and in standby mode: any failure).
@@ -32,7 +32,10 @@ fn main() -> ExitCode {
         }
     };
     init_logging(&config);
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             tracing::error!("cannot start the async runtime: {e}");
@@ -42,7 +45,10 @@ fn main() -> ExitCode {
     match runtime.block_on(run(cli, config)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            let not_found = matches!(e.downcast_ref::<WalError>(), Some(WalError::NotInArchive { .. }));
+            let not_found = matches!(
+                e.downcast_ref::<WalError>(),
+                Some(WalError::NotInArchive { .. })
+            );
             if not_found {
                 // Normal at the end of the archive and for .history probes.
                 tracing::info!("{e:#}");
@@ -68,7 +74,11 @@ fn failure_code(is_fetch: bool, not_found: bool) -> ExitCode {
 }
 
 fn load_config(cli: &Cli) -> anyhow::Result<Config> {
-    let file = cli.global.config.clone().or_else(|| std::env::var_os("CAIRN_CONFIG").map(Into::into));
+    let file = cli
+        .global
+        .config
+        .clone()
+        .or_else(|| std::env::var_os("CAIRN_CONFIG").map(Into::into));
     let mut flags = cli.global.settings();
     let (key, value) = match &cli.command {
         Command::WalPush { lookahead, .. } => ("wal_push_lookahead", lookahead),
@@ -79,10 +89,18 @@ fn load_config(cli: &Cli) -> anyhow::Result<Config> {
         flags.push(cairn::config::Setting {
             key: key.into(),
             value: serde_yaml::Value::String(v.clone()),
-            source: cairn::config::Source::Flag(if key.starts_with("wal_push") { "lookahead" } else { "prefetch" }.into()),
+            source: cairn::config::Source::Flag(
+                if key.starts_with("wal_push") {
+                    "lookahead"
+                } else {
+                    "prefetch"
+                }
+                .into(),
+            ),
         });
     }
-    let env = std::env::vars_os().filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)));
+    let env = std::env::vars_os()
+        .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)));
     Ok(Config::load(file.as_deref(), env, flags)?)
 }
 
@@ -90,7 +108,8 @@ fn init_logging(config: &Config) {
     let builder = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_max_level(config.log_level)
-        .with_target(false);
+        .with_target(false)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     match config.log_format {
         LogFormat::Json => builder.json().flatten_event(true).init(),
         // PostgreSQL's log adds its own timestamps.
@@ -106,7 +125,8 @@ async fn run(cli: Cli, config: Config) -> anyhow::Result<()> {
             tracing::debug!(file = %report.name, outcome = ?report.outcome, pushed_ahead = report.pushed_ahead, "archived");
         }
         Command::WalFetch { name, dest, .. } => {
-            let (source, next) = wal::fetch::fetch(&ctx, &name, &dest, ctx.config.wal_fetch_prefetch).await?;
+            let (source, next) =
+                wal::fetch::fetch(&ctx, &name, &dest, ctx.config.wal_fetch_prefetch).await?;
             tracing::debug!(file = %name, ?source, "restored");
             if !next.is_empty()
                 && let Err(e) = wal::fetch::spawn_prefetcher(&dest, &next, &cli.global.to_args())

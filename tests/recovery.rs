@@ -25,13 +25,23 @@ fn archive_workload(t: &TestDir, archive: &Archive, initdb_opts: &[&str]) -> (Cl
     }
     let last = primary.sql("select pg_walfile_name(pg_current_wal_lsn())");
     primary.sql("select pg_switch_wal()");
-    primary.wait_until("the last segment to be archived", Duration::from_secs(180), |c| {
-        c.sql("select coalesce(last_archived_wal, '') from pg_stat_archiver") >= last
-    });
+    primary.wait_until(
+        "the last segment to be archived",
+        Duration::from_secs(180),
+        |c| c.sql("select coalesce(last_archived_wal, '') from pg_stat_archiver") >= last,
+    );
     let stats = primary.sql("select archived_count, failed_count from pg_stat_archiver");
     let (archived, failed) = stats.split_once('|').unwrap();
-    assert!(archived.parse::<u32>().unwrap() >= 40, "only {archived} files archived");
-    assert_eq!(failed, "0", "archive_command failed; log:\n{}", primary.log_text());
+    assert!(
+        archived.parse::<u32>().unwrap() >= 40,
+        "only {archived} files archived"
+    );
+    assert_eq!(
+        failed,
+        "0",
+        "archive_command failed; log:\n{}",
+        primary.log_text()
+    );
     let dump = primary.dumpall();
     primary.stop();
     (primary, dump)
@@ -43,9 +53,19 @@ fn restore_and_compare(t: &TestDir, archive: &Archive, dump: &str) {
     std::fs::write(restored.datadir.join("recovery.signal"), "").unwrap();
     common::chown_pg(&restored.datadir);
     restored.start();
-    restored.wait_until("the end of recovery", Duration::from_secs(300), |c| c.try_sql("select pg_is_in_recovery()").as_deref() == Some("f"));
-    assert_eq!(restored.dumpall(), dump, "restored data differs from the original");
-    assert!(restored.log_text().contains("archive recovery complete"), "{}", restored.log_text());
+    restored.wait_until("the end of recovery", Duration::from_secs(300), |c| {
+        c.try_sql("select pg_is_in_recovery()").as_deref() == Some("f")
+    });
+    assert_eq!(
+        restored.dumpall(),
+        dump,
+        "restored data differs from the original"
+    );
+    assert!(
+        restored.log_text().contains("archive recovery complete"),
+        "{}",
+        restored.log_text()
+    );
     restored.stop();
 }
 
@@ -54,7 +74,10 @@ fn drill(backend: Backend, compression: &str, encrypt: bool, initdb_opts: &[&str
     let mut archive = Archive::new(backend).with("CAIRN_COMPRESSION", compression);
     if encrypt {
         let k = AgeKey::new(t.path());
-        archive = archive.with("CAIRN_AGE_RECIPIENTS", &k.recipient).with("CAIRN_AGE_IDENTITY_FILE", &k.identity_file.display().to_string());
+        archive = archive.with("CAIRN_AGE_RECIPIENTS", &k.recipient).with(
+            "CAIRN_AGE_IDENTITY_FILE",
+            &k.identity_file.display().to_string(),
+        );
     }
     let (_primary, dump) = archive_workload(&t, &archive, initdb_opts);
     restore_and_compare(&t, &archive, &dump);
@@ -89,14 +112,23 @@ fn recovery_stops_when_storage_is_unreachable() {
     std::fs::write(restored.datadir.join("recovery.signal"), "").unwrap();
     common::chown_pg(&restored.datadir);
     restored.start_no_wait();
-    restored.wait_until("PostgreSQL to stop on the restore_command failure", Duration::from_secs(120), |c| !c.is_running());
+    restored.wait_until(
+        "PostgreSQL to stop on the restore_command failure",
+        Duration::from_secs(120),
+        |c| !c.is_running(),
+    );
     let log = restored.log_text();
-    assert!(!log.contains("archive recovery complete") && !log.contains("selected new timeline"), "promoted early:\n{log}");
+    assert!(
+        !log.contains("archive recovery complete") && !log.contains("selected new timeline"),
+        "promoted early:\n{log}"
+    );
     assert!(log.contains("could not restore file"), "{log}");
 
     archive.s3.as_mut().unwrap().restart();
     restored.start();
-    restored.wait_until("the end of recovery", Duration::from_secs(300), |c| c.try_sql("select pg_is_in_recovery()").as_deref() == Some("f"));
+    restored.wait_until("the end of recovery", Duration::from_secs(300), |c| {
+        c.try_sql("select pg_is_in_recovery()").as_deref() == Some("f")
+    });
     assert_eq!(restored.dumpall(), dump);
     restored.stop();
 }

@@ -7,7 +7,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use cairn::storage::{self, ObjectKey, PutBody, PutMode, RetryPolicy, Storage, StorageError, StorageOptions, StorageUrl};
+use cairn::storage::{
+    self, ObjectKey, PutBody, PutMode, RetryPolicy, Storage, StorageError, StorageOptions,
+    StorageUrl,
+};
 use common::{GcsServer, S3Server, TestDir};
 use futures::{StreamExt, TryStreamExt};
 
@@ -19,7 +22,10 @@ fn key(s: &str) -> ObjectKey {
 
 fn opts() -> StorageOptions {
     StorageOptions {
-        retry: RetryPolicy { deadline: Duration::from_secs(3), ..RetryPolicy::default() },
+        retry: RetryPolicy {
+            deadline: Duration::from_secs(3),
+            ..RetryPolicy::default()
+        },
         part_size: PART,
         ..StorageOptions::default()
     }
@@ -35,11 +41,16 @@ fn s3_opts(port: u16) -> StorageOptions {
 }
 
 fn gcs_opts(port: u16) -> StorageOptions {
-    StorageOptions { gcs_endpoint: Some(format!("http://127.0.0.1:{port}")), ..opts() }
+    StorageOptions {
+        gcs_endpoint: Some(format!("http://127.0.0.1:{port}")),
+        ..opts()
+    }
 }
 
 fn body(n: usize, seed: u8) -> Vec<u8> {
-    (0..n).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed) ^ (i >> 12) as u8).collect()
+    (0..n)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed) ^ (i >> 12) as u8)
+        .collect()
 }
 
 async fn get_all(s: &dyn Storage, k: &ObjectKey) -> Result<Vec<u8>, StorageError> {
@@ -47,7 +58,10 @@ async fn get_all(s: &dyn Storage, k: &ObjectKey) -> Result<Vec<u8>, StorageError
 }
 
 fn stream_of(data: Vec<u8>, chunk: usize) -> PutBody {
-    let chunks: Vec<std::io::Result<Bytes>> = data.chunks(chunk).map(|c| Ok(Bytes::copy_from_slice(c))).collect();
+    let chunks: Vec<std::io::Result<Bytes>> = data
+        .chunks(chunk)
+        .map(|c| Ok(Bytes::copy_from_slice(c)))
+        .collect();
     PutBody::Stream(Box::pin(futures::stream::iter(chunks)))
 }
 
@@ -55,48 +69,142 @@ fn stream_of(data: Vec<u8>, chunk: usize) -> PutBody {
 async fn conformance(s: Arc<dyn Storage>) {
     let name = s.location().to_string();
     // Missing objects.
-    let e = s.get(&key("wal/missing")).await.err().expect("get of a missing key must fail");
+    let e = s
+        .get(&key("wal/missing"))
+        .await
+        .err()
+        .expect("get of a missing key must fail");
     assert!(e.is_not_found(), "{name}: {e}");
-    assert!(s.head(&key("wal/missing")).await.unwrap().is_none(), "{name}");
+    assert!(
+        s.head(&key("wal/missing")).await.unwrap().is_none(),
+        "{name}"
+    );
 
     // Whole-bytes put, get, head; empty objects.
     let a = body(1000, 1);
-    s.put(&key("wal/a"), PutBody::Bytes(a.clone().into()), PutMode::Overwrite).await.unwrap();
+    s.put(
+        &key("wal/a"),
+        PutBody::Bytes(a.clone().into()),
+        PutMode::Overwrite,
+    )
+    .await
+    .unwrap();
     assert_eq!(get_all(&*s, &key("wal/a")).await.unwrap(), a, "{name}");
-    assert_eq!(s.head(&key("wal/a")).await.unwrap().unwrap().size, 1000, "{name}");
-    s.put(&key("empty"), PutBody::Bytes(Bytes::new()), PutMode::CreateIfAbsent).await.unwrap();
-    assert!(get_all(&*s, &key("empty")).await.unwrap().is_empty(), "{name}");
+    assert_eq!(
+        s.head(&key("wal/a")).await.unwrap().unwrap().size,
+        1000,
+        "{name}"
+    );
+    s.put(
+        &key("empty"),
+        PutBody::Bytes(Bytes::new()),
+        PutMode::CreateIfAbsent,
+    )
+    .await
+    .unwrap();
+    assert!(
+        get_all(&*s, &key("empty")).await.unwrap().is_empty(),
+        "{name}"
+    );
 
     // Create-if-absent never replaces.
-    s.put(&key("wal/once"), PutBody::Bytes(body(10, 2).into()), PutMode::CreateIfAbsent).await.unwrap();
-    let e = s.put(&key("wal/once"), PutBody::Bytes(body(10, 3).into()), PutMode::CreateIfAbsent).await.unwrap_err();
-    assert!(matches!(e, StorageError::AlreadyExists { .. }), "{name}: {e}");
-    assert_eq!(get_all(&*s, &key("wal/once")).await.unwrap(), body(10, 2), "{name}");
+    s.put(
+        &key("wal/once"),
+        PutBody::Bytes(body(10, 2).into()),
+        PutMode::CreateIfAbsent,
+    )
+    .await
+    .unwrap();
+    let e = s
+        .put(
+            &key("wal/once"),
+            PutBody::Bytes(body(10, 3).into()),
+            PutMode::CreateIfAbsent,
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(e, StorageError::AlreadyExists { .. }),
+        "{name}: {e}"
+    );
+    assert_eq!(
+        get_all(&*s, &key("wal/once")).await.unwrap(),
+        body(10, 2),
+        "{name}"
+    );
     // Overwrite does.
-    s.put(&key("wal/once"), PutBody::Bytes(body(10, 4).into()), PutMode::Overwrite).await.unwrap();
-    assert_eq!(get_all(&*s, &key("wal/once")).await.unwrap(), body(10, 4), "{name}");
+    s.put(
+        &key("wal/once"),
+        PutBody::Bytes(body(10, 4).into()),
+        PutMode::Overwrite,
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        get_all(&*s, &key("wal/once")).await.unwrap(),
+        body(10, 4),
+        "{name}"
+    );
 
     // Streams of unknown length, larger than a part (multipart / resumable).
     let big = body(2 * PART + 12345, 5);
-    s.put(&key("big/object"), stream_of(big.clone(), 300_000), PutMode::CreateIfAbsent).await.unwrap();
+    s.put(
+        &key("big/object"),
+        stream_of(big.clone(), 300_000),
+        PutMode::CreateIfAbsent,
+    )
+    .await
+    .unwrap();
     let mut got = Vec::new();
     let mut st = s.get(&key("big/object")).await.unwrap();
     while let Some(c) = st.try_next().await.unwrap() {
         got.extend_from_slice(&c);
     }
-    assert!(got == big, "{name}: multipart object differs ({} vs {} bytes)", got.len(), big.len());
-    let e = s.put(&key("big/object"), stream_of(body(PART + 1, 6), 1 << 20), PutMode::CreateIfAbsent).await.unwrap_err();
-    assert!(matches!(e, StorageError::AlreadyExists { .. }), "{name}: {e}");
+    assert!(
+        got == big,
+        "{name}: multipart object differs ({} vs {} bytes)",
+        got.len(),
+        big.len()
+    );
+    let e = s
+        .put(
+            &key("big/object"),
+            stream_of(body(PART + 1, 6), 1 << 20),
+            PutMode::CreateIfAbsent,
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(e, StorageError::AlreadyExists { .. }),
+        "{name}: {e}"
+    );
     // A stream shorter than a part goes up whole.
-    s.put(&key("small/stream"), stream_of(body(4000, 7), 1000), PutMode::Overwrite).await.unwrap();
-    assert_eq!(get_all(&*s, &key("small/stream")).await.unwrap(), body(4000, 7), "{name}");
+    s.put(
+        &key("small/stream"),
+        stream_of(body(4000, 7), 1000),
+        PutMode::Overwrite,
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        get_all(&*s, &key("small/stream")).await.unwrap(),
+        body(4000, 7),
+        "{name}"
+    );
 
     // Listing past one page (1,000 keys), in key order, with start-after and limit.
     let keys: Vec<ObjectKey> = (0..1100).map(|i| key(&format!("many/{i:05}"))).collect();
     futures::stream::iter(keys.clone())
         .map(|k| {
             let s = s.clone();
-            async move { s.put(&k, PutBody::Bytes(Bytes::from_static(b"x")), PutMode::Overwrite).await }
+            async move {
+                s.put(
+                    &k,
+                    PutBody::Bytes(Bytes::from_static(b"x")),
+                    PutMode::Overwrite,
+                )
+                .await
+            }
         })
         // The GCS emulator serves one request at a time; more would only queue.
         .buffer_unordered(8)
@@ -104,10 +212,24 @@ async fn conformance(s: Arc<dyn Storage>) {
         .await
         .unwrap();
     let listed = s.list("many/", None, None).await.unwrap();
-    assert_eq!(listed.iter().map(|m| m.key.clone()).collect::<Vec<_>>(), keys, "{name}: full listing");
+    assert_eq!(
+        listed.iter().map(|m| m.key.clone()).collect::<Vec<_>>(),
+        keys,
+        "{name}: full listing"
+    );
     assert!(listed.iter().all(|m| m.size == 1), "{name}");
     let page = s.list("many/", Some("many/00999"), Some(5)).await.unwrap();
-    assert_eq!(page.iter().map(|m| m.key.as_str()).collect::<Vec<_>>(), ["many/01000", "many/01001", "many/01002", "many/01003", "many/01004"], "{name}");
+    assert_eq!(
+        page.iter().map(|m| m.key.as_str()).collect::<Vec<_>>(),
+        [
+            "many/01000",
+            "many/01001",
+            "many/01002",
+            "many/01003",
+            "many/01004"
+        ],
+        "{name}"
+    );
     let prefixed = s.list("many/0105", None, None).await.unwrap();
     assert_eq!(prefixed.len(), 10, "{name}: prefix inside a file name");
     assert_eq!(s.list("wal/", None, None).await.unwrap().len(), 2, "{name}");
@@ -116,16 +238,26 @@ async fn conformance(s: Arc<dyn Storage>) {
     let mut doomed = keys.clone();
     doomed.push(key("many/not-there"));
     s.delete_many(&doomed).await.unwrap();
-    assert!(s.list("many/", None, None).await.unwrap().is_empty(), "{name}");
+    assert!(
+        s.list("many/", None, None).await.unwrap().is_empty(),
+        "{name}"
+    );
     s.delete_many(&[key("wal/a")]).await.unwrap();
     assert!(s.head(&key("wal/a")).await.unwrap().is_none(), "{name}");
 }
 
 fn run(name: &str, f: impl std::future::Future<Output = ()>, results: &mut Vec<(String, bool)>) {
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     let start = Instant::now();
     let ok = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| rt.block_on(f))).is_ok();
-    println!("test {name} ... {} ({:.1}s)", if ok { "ok" } else { "FAILED" }, start.elapsed().as_secs_f64());
+    println!(
+        "test {name} ... {} ({:.1}s)",
+        if ok { "ok" } else { "FAILED" },
+        start.elapsed().as_secs_f64()
+    );
     results.push((name.to_string(), ok));
 }
 
@@ -135,66 +267,130 @@ fn main() {
         std::env::set_var("AWS_ACCESS_KEY_ID", common::S3_KEY);
         std::env::set_var("AWS_SECRET_ACCESS_KEY", common::S3_SECRET);
     }
-    let filter: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with('-')).collect();
+    let filter: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with('-'))
+        .collect();
     let wanted = |n: &str| filter.is_empty() || filter.iter().any(|f| n.contains(f.as_str()));
     let mut results = Vec::new();
 
     if wanted("file_conformance") {
-        run("file_conformance", async {
-            let dir = TestDir::new();
-            let url = StorageUrl::File(dir.sub("store"));
-            conformance(storage::open(&url, &opts()).await.unwrap()).await;
-        }, &mut results);
+        run(
+            "file_conformance",
+            async {
+                let dir = TestDir::new();
+                let url = StorageUrl::File(dir.sub("store"));
+                conformance(storage::open(&url, &opts()).await.unwrap()).await;
+            },
+            &mut results,
+        );
     }
     if wanted("file_missing_root_is_not_not_found") {
-        run("file_missing_root_is_not_not_found", async {
-            let url = StorageUrl::File("/nonexistent/cairn-archive".into());
-            let s = storage::open(&url, &opts()).await.unwrap();
-            let e = s.get(&key("wal/000000010000000000000001")).await.err().unwrap();
-            assert!(!e.is_not_found() && e.to_string().contains("/nonexistent/cairn-archive"), "{e}");
-        }, &mut results);
+        run(
+            "file_missing_root_is_not_not_found",
+            async {
+                let url = StorageUrl::File("/nonexistent/cairn-archive".into());
+                let s = storage::open(&url, &opts()).await.unwrap();
+                let e = s
+                    .get(&key("wal/000000010000000000000001"))
+                    .await
+                    .err()
+                    .unwrap();
+                assert!(
+                    !e.is_not_found() && e.to_string().contains("/nonexistent/cairn-archive"),
+                    "{e}"
+                );
+            },
+            &mut results,
+        );
     }
     if wanted("s3_conformance") {
-        run("s3_conformance", async {
-            let server = S3Server::start();
-            let url = StorageUrl::S3 { bucket: server.bucket.clone(), prefix: "conf/".into() };
-            conformance(storage::open(&url, &s3_opts(server.port)).await.unwrap()).await;
-        }, &mut results);
+        run(
+            "s3_conformance",
+            async {
+                let server = S3Server::start();
+                let url = StorageUrl::S3 {
+                    bucket: server.bucket.clone(),
+                    prefix: "conf/".into(),
+                };
+                conformance(storage::open(&url, &s3_opts(server.port)).await.unwrap()).await;
+            },
+            &mut results,
+        );
     }
     if wanted("s3_failures_are_classified") {
-        run("s3_failures_are_classified", async {
-            let server = S3Server::start();
-            // A bucket that does not exist is a permanent error when listing (some
-            // servers answer a GET in it with NoSuchKey, so callers list to tell).
-            let url = StorageUrl::S3 { bucket: "no-such-bucket".into(), prefix: String::new() };
-            let s = storage::open(&url, &s3_opts(server.port)).await.unwrap();
-            let e = s.list("wal/", None, None).await.err().unwrap();
-            assert!(!e.is_not_found() && !e.is_transient() && e.to_string().contains("NoSuchBucket"), "missing bucket: {e}");
-            // Nothing listening: transient, given up at the deadline.
-            let port = common::free_port();
-            let url = StorageUrl::S3 { bucket: "b".into(), prefix: String::new() };
-            let s = storage::open(&url, &s3_opts(port)).await.unwrap();
-            let t = Instant::now();
-            let e = s.get(&key("wal/x")).await.err().unwrap();
-            assert!(e.is_transient() && e.to_string().contains("gave up"), "refused: {e}");
-            assert!(t.elapsed() < Duration::from_secs(20), "took {:?}", t.elapsed());
-        }, &mut results);
+        run(
+            "s3_failures_are_classified",
+            async {
+                let server = S3Server::start();
+                // A bucket that does not exist is a permanent error when listing (some
+                // servers answer a GET in it with NoSuchKey, so callers list to tell).
+                let url = StorageUrl::S3 {
+                    bucket: "no-such-bucket".into(),
+                    prefix: String::new(),
+                };
+                let s = storage::open(&url, &s3_opts(server.port)).await.unwrap();
+                let e = s.list("wal/", None, None).await.err().unwrap();
+                assert!(
+                    !e.is_not_found()
+                        && !e.is_transient()
+                        && e.to_string().contains("NoSuchBucket"),
+                    "missing bucket: {e}"
+                );
+                // Nothing listening: transient, given up at the deadline.
+                let port = common::free_port();
+                let url = StorageUrl::S3 {
+                    bucket: "b".into(),
+                    prefix: String::new(),
+                };
+                let s = storage::open(&url, &s3_opts(port)).await.unwrap();
+                let t = Instant::now();
+                let e = s.get(&key("wal/x")).await.err().unwrap();
+                assert!(
+                    e.is_transient() && e.to_string().contains("gave up"),
+                    "refused: {e}"
+                );
+                assert!(
+                    t.elapsed() < Duration::from_secs(20),
+                    "took {:?}",
+                    t.elapsed()
+                );
+            },
+            &mut results,
+        );
     }
     if wanted("gcs_conformance") {
-        run("gcs_conformance", async {
-            let server = GcsServer::start();
-            let url = StorageUrl::Gcs { bucket: server.bucket.clone(), prefix: "conf/".into() };
-            conformance(storage::open(&url, &gcs_opts(server.port)).await.unwrap()).await;
-        }, &mut results);
+        run(
+            "gcs_conformance",
+            async {
+                let server = GcsServer::start();
+                let url = StorageUrl::Gcs {
+                    bucket: server.bucket.clone(),
+                    prefix: "conf/".into(),
+                };
+                conformance(storage::open(&url, &gcs_opts(server.port)).await.unwrap()).await;
+            },
+            &mut results,
+        );
     }
     if wanted("gcs_missing_bucket_is_not_not_found") {
-        run("gcs_missing_bucket_is_not_not_found", async {
-            let server = GcsServer::start();
-            let url = StorageUrl::Gcs { bucket: "no-such-bucket".into(), prefix: String::new() };
-            let s = storage::open(&url, &gcs_opts(server.port)).await.unwrap();
-            let e = s.list("wal/", None, None).await.err().unwrap();
-            assert!(!e.is_not_found() && e.to_string().contains("no-such-bucket"), "{e}");
-        }, &mut results);
+        run(
+            "gcs_missing_bucket_is_not_not_found",
+            async {
+                let server = GcsServer::start();
+                let url = StorageUrl::Gcs {
+                    bucket: "no-such-bucket".into(),
+                    prefix: String::new(),
+                };
+                let s = storage::open(&url, &gcs_opts(server.port)).await.unwrap();
+                let e = s.list("wal/", None, None).await.err().unwrap();
+                assert!(
+                    !e.is_not_found() && e.to_string().contains("no-such-bucket"),
+                    "{e}"
+                );
+            },
+            &mut results,
+        );
     }
 
     let failed = results.iter().filter(|(_, ok)| !ok).count();

@@ -62,9 +62,14 @@ impl<R: Read> Decoder<R> {
     pub fn new(mut src: R, keyring: Option<&Keyring>, object: &str) -> Result<Self, CodecError> {
         let header = Header::read_from(&mut src, object)?;
         let dec = if header.encrypted {
-            let keyring = keyring.ok_or_else(|| CodecError::NoIdentity { object: object.into() })?;
+            let keyring = keyring.ok_or_else(|| CodecError::NoIdentity {
+                object: object.into(),
+            })?;
             let d = age::Decryptor::new(src).map_err(|e| age_error(e, object, keyring))?;
-            Decrypt::Age(d.decrypt(keyring.identities()).map_err(|e| age_error(e, object, keyring))?)
+            Decrypt::Age(
+                d.decrypt(keyring.identities())
+                    .map_err(|e| age_error(e, object, keyring))?,
+            )
         } else {
             Decrypt::None(src)
         };
@@ -92,7 +97,11 @@ impl<R: Read> Decoder<R> {
     }
 
     fn corrupt(&self, detail: impl Into<String>) -> io::Error {
-        CodecError::Corrupt { object: self.object.clone(), detail: detail.into() }.into_io()
+        CodecError::Corrupt {
+            object: self.object.clone(),
+            detail: detail.into(),
+        }
+        .into_io()
     }
 
     /// Refills `buf`; returns false at the verified end of the object.
@@ -109,7 +118,9 @@ impl<R: Read> Decoder<R> {
                 Err(e) => {
                     // Errors of the decompressor or decryptor mean damaged data.
                     return Err(match e.kind() {
-                        io::ErrorKind::InvalidData | io::ErrorKind::UnexpectedEof | io::ErrorKind::Other
+                        io::ErrorKind::InvalidData
+                        | io::ErrorKind::UnexpectedEof
+                        | io::ErrorKind::Other
                             if !e.get_ref().is_some_and(|i| i.is::<CodecError>()) =>
                         {
                             self.corrupt(e.to_string())
@@ -135,14 +146,21 @@ impl<R: Read> Decoder<R> {
         let Some(stored) = format::parse_trailer(&self.buf[..self.filled]) else {
             return Err(self.corrupt("it ends without its trailer"));
         };
-        let actual = PlainDigest { len: self.len, blake3: *self.hasher.finalize().as_bytes() };
+        let actual = PlainDigest {
+            len: self.len,
+            blake3: *self.hasher.finalize().as_bytes(),
+        };
         if stored != actual {
-            return Err(self.corrupt(format!("checksum mismatch: trailer says {stored}, data is {actual}")));
+            return Err(self.corrupt(format!(
+                "checksum mismatch: trailer says {stored}, data is {actual}"
+            )));
         }
         if let Some(h) = self.header.digest
             && h != actual
         {
-            return Err(self.corrupt(format!("checksum mismatch: header says {h}, data is {actual}")));
+            return Err(self.corrupt(format!(
+                "checksum mismatch: header says {h}, data is {actual}"
+            )));
         }
         self.done = true;
         Ok(())
@@ -165,10 +183,16 @@ impl<R: Read> Read for Decoder<R> {
 
 fn age_error(e: age::DecryptError, object: &str, keyring: &Keyring) -> CodecError {
     match e {
-        age::DecryptError::NoMatchingKeys => {
-            CodecError::WrongIdentity { object: object.into(), identity_file: keyring.source().to_path_buf() }
+        age::DecryptError::NoMatchingKeys => CodecError::WrongIdentity {
+            object: object.into(),
+            identity_file: keyring.source().to_path_buf(),
+        },
+        age::DecryptError::Io(io) if io.kind() != io::ErrorKind::UnexpectedEof => {
+            CodecError::Io(io)
         }
-        age::DecryptError::Io(io) if io.kind() != io::ErrorKind::UnexpectedEof => CodecError::Io(io),
-        other => CodecError::Corrupt { object: object.into(), detail: format!("age: {other}") },
+        other => CodecError::Corrupt {
+            object: object.into(),
+            detail: format!("age: {other}"),
+        },
     }
 }

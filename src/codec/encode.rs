@@ -78,7 +78,11 @@ pub struct Encoder<W: Write> {
 impl<W: Write> Encoder<W> {
     /// Writes the header and sets up the pipeline. Pass `known` when the plain
     /// bytes' digest is known up front, so that it goes into the header too.
-    pub fn new(mut out: W, settings: &CodecSettings, known: Option<PlainDigest>) -> Result<Self, CodecError> {
+    pub fn new(
+        mut out: W,
+        settings: &CodecSettings,
+        known: Option<PlainDigest>,
+    ) -> Result<Self, CodecError> {
         let header = Header {
             compression: settings.compression,
             encrypted: !settings.recipients.is_empty(),
@@ -88,22 +92,33 @@ impl<W: Write> Encoder<W> {
         let enc = if settings.recipients.is_empty() {
             Encrypt::None(out)
         } else {
-            let e = age::Encryptor::with_recipients(settings.recipients.iter().map(|r| r as &dyn age::Recipient))
-                .map_err(|e| CodecError::Encrypt(e.to_string()))?;
+            let e = age::Encryptor::with_recipients(
+                settings.recipients.iter().map(|r| r as &dyn age::Recipient),
+            )
+            .map_err(|e| CodecError::Encrypt(e.to_string()))?;
             Encrypt::Age(e.wrap_output(out)?)
         };
         let inner = match settings.compression {
             Compression::None => Compress::None(enc),
             Compression::Lz4 => Compress::Lz4(lz4_flex::frame::FrameEncoder::new(enc)),
-            Compression::Zstd => Compress::Zstd(zstd::stream::write::Encoder::new(enc, settings.zstd_level)?),
+            Compression::Zstd => {
+                Compress::Zstd(zstd::stream::write::Encoder::new(enc, settings.zstd_level)?)
+            }
         };
-        Ok(Encoder { inner, hasher: blake3::Hasher::new(), len: 0 })
+        Ok(Encoder {
+            inner,
+            hasher: blake3::Hasher::new(),
+            len: 0,
+        })
     }
 
     /// Writes the trailer, flushes every layer and returns the sink with the
     /// digest of what was written.
     pub fn finish(mut self) -> Result<(W, PlainDigest), CodecError> {
-        let digest = PlainDigest { len: self.len, blake3: *self.hasher.finalize().as_bytes() };
+        let digest = PlainDigest {
+            len: self.len,
+            blake3: *self.hasher.finalize().as_bytes(),
+        };
         self.inner.write_all(&format::trailer(digest))?;
         let out = self.inner.finish()?.finish()?;
         Ok((out, digest))
@@ -123,9 +138,16 @@ impl<W: Write> Write for Encoder<W> {
 }
 
 /// Encodes a whole in-memory buffer (WAL files), with its digest in the header.
-pub fn encode_to_vec(plain: &[u8], settings: &CodecSettings) -> Result<(Vec<u8>, PlainDigest), CodecError> {
+pub fn encode_to_vec(
+    plain: &[u8],
+    settings: &CodecSettings,
+) -> Result<(Vec<u8>, PlainDigest), CodecError> {
     let digest = PlainDigest::of(plain);
-    let mut enc = Encoder::new(Vec::with_capacity(plain.len() / 2 + 1024), settings, Some(digest))?;
+    let mut enc = Encoder::new(
+        Vec::with_capacity(plain.len() / 2 + 1024),
+        settings,
+        Some(digest),
+    )?;
     enc.write_all(plain)?;
     let (out, d) = enc.finish()?;
     debug_assert_eq!(d, digest);

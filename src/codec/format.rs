@@ -34,7 +34,10 @@ pub struct PlainDigest {
 
 impl PlainDigest {
     pub fn of(bytes: &[u8]) -> Self {
-        PlainDigest { len: bytes.len() as u64, blake3: *blake3::hash(bytes).as_bytes() }
+        PlainDigest {
+            len: bytes.len() as u64,
+            blake3: *blake3::hash(bytes).as_bytes(),
+        }
     }
 
     pub(crate) fn to_bytes(self) -> [u8; DIGEST_FIELD_LEN] {
@@ -49,7 +52,10 @@ impl PlainDigest {
         len.copy_from_slice(&b[..8]);
         let mut blake3 = [0u8; 32];
         blake3.copy_from_slice(&b[8..40]);
-        PlainDigest { len: u64::from_le_bytes(len), blake3 }
+        PlainDigest {
+            len: u64::from_le_bytes(len),
+            blake3,
+        }
     }
 }
 
@@ -82,8 +88,16 @@ impl Header {
             Compression::Lz4 => 1,
             Compression::Zstd => 2,
         });
-        b.push(if self.encrypted { ENCRYPTION_AGE } else { ENCRYPTION_NONE });
-        b.push(if self.digest.is_some() { FLAG_DIGEST } else { 0 });
+        b.push(if self.encrypted {
+            ENCRYPTION_AGE
+        } else {
+            ENCRYPTION_NONE
+        });
+        b.push(if self.digest.is_some() {
+            FLAG_DIGEST
+        } else {
+            0
+        });
         b.extend_from_slice(&[0; 4]);
         if let Some(d) = self.digest {
             b.extend_from_slice(&d.to_bytes());
@@ -94,30 +108,54 @@ impl Header {
     /// Reads and validates a header from the start of an object.
     pub fn read_from<R: Read>(r: &mut R, object: &str) -> Result<Self, CodecError> {
         let short = |e: std::io::Error| match e.kind() {
-            std::io::ErrorKind::UnexpectedEof => CodecError::Corrupt { object: object.into(), detail: "shorter than its header".into() },
+            std::io::ErrorKind::UnexpectedEof => CodecError::Corrupt {
+                object: object.into(),
+                detail: "shorter than its header".into(),
+            },
             _ => CodecError::Io(e),
         };
         let mut b = [0u8; HEADER_LEN];
         r.read_exact(&mut b).map_err(short)?;
         if &b[..8] != MAGIC {
-            return Err(CodecError::NotAnObject { object: object.into() });
+            return Err(CodecError::NotAnObject {
+                object: object.into(),
+            });
         }
         if b[8] != VERSION {
-            return Err(CodecError::UnsupportedVersion { object: object.into(), version: b[8] });
+            return Err(CodecError::UnsupportedVersion {
+                object: object.into(),
+                version: b[8],
+            });
         }
         let compression = match b[9] {
             0 => Compression::None,
             1 => Compression::Lz4,
             2 => Compression::Zstd,
-            id => return Err(CodecError::UnknownCodec { object: object.into(), what: "compression", id }),
+            id => {
+                return Err(CodecError::UnknownCodec {
+                    object: object.into(),
+                    what: "compression",
+                    id,
+                });
+            }
         };
         let encrypted = match b[10] {
             ENCRYPTION_NONE => false,
             ENCRYPTION_AGE => true,
-            id => return Err(CodecError::UnknownCodec { object: object.into(), what: "encryption", id }),
+            id => {
+                return Err(CodecError::UnknownCodec {
+                    object: object.into(),
+                    what: "encryption",
+                    id,
+                });
+            }
         };
         if b[11] & !FLAG_DIGEST != 0 || b[12..16] != [0; 4] {
-            return Err(CodecError::UnknownCodec { object: object.into(), what: "header flag", id: b[11] });
+            return Err(CodecError::UnknownCodec {
+                object: object.into(),
+                what: "header flag",
+                id: b[11],
+            });
         }
         let digest = if b[11] & FLAG_DIGEST != 0 {
             let mut d = [0u8; DIGEST_FIELD_LEN];
@@ -126,7 +164,11 @@ impl Header {
         } else {
             None
         };
-        Ok(Header { compression, encrypted, digest })
+        Ok(Header {
+            compression,
+            encrypted,
+            digest,
+        })
     }
 }
 

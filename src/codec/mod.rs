@@ -69,7 +69,11 @@ impl fmt::Debug for CodecSettings {
 
 impl Default for CodecSettings {
     fn default() -> Self {
-        CodecSettings { compression: Compression::Lz4, zstd_level: 3, recipients: Vec::new() }
+        CodecSettings {
+            compression: Compression::Lz4,
+            zstd_level: 3,
+            recipients: Vec::new(),
+        }
     }
 }
 
@@ -83,14 +87,22 @@ pub struct Keyring {
 
 impl fmt::Debug for Keyring {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Keyring({} identities from {})", self.identities.len(), self.source.display())
+        write!(
+            f,
+            "Keyring({} identities from {})",
+            self.identities.len(),
+            self.source.display()
+        )
     }
 }
 
 impl Keyring {
     /// Reads an age identity file (`AGE-SECRET-KEY-1…` lines; `#` comments).
     pub fn from_file(path: &Path) -> Result<Self, CodecError> {
-        let bad = |detail: String| CodecError::IdentityFile { path: path.to_path_buf(), detail };
+        let bad = |detail: String| CodecError::IdentityFile {
+            path: path.to_path_buf(),
+            detail,
+        };
         let text = std::fs::read_to_string(path).map_err(|e| bad(e.to_string()))?;
         let mut identities = Vec::new();
         for (i, line) in text.lines().enumerate() {
@@ -98,14 +110,21 @@ impl Keyring {
             if line.is_empty() || line.starts_with('#') {
                 continue;
             }
-            let id = age::x25519::Identity::from_str(line)
-                .map_err(|_| bad(format!("line {} is not an age X25519 identity (AGE-SECRET-KEY-1…)", i + 1)))?;
+            let id = age::x25519::Identity::from_str(line).map_err(|_| {
+                bad(format!(
+                    "line {} is not an age X25519 identity (AGE-SECRET-KEY-1…)",
+                    i + 1
+                ))
+            })?;
             identities.push(id);
         }
         if identities.is_empty() {
             return Err(bad("contains no identity".into()));
         }
-        Ok(Keyring { identities, source: path.to_path_buf() })
+        Ok(Keyring {
+            identities,
+            source: path.to_path_buf(),
+        })
     }
 
     pub fn source(&self) -> &Path {
@@ -119,25 +138,37 @@ impl Keyring {
 
 /// Parses an age X25519 public key (`age1…`).
 pub fn parse_recipient(s: &str) -> Result<age::x25519::Recipient, String> {
-    age::x25519::Recipient::from_str(s.trim()).map_err(|e| format!("{:?} is not an age X25519 recipient: {e}", s.trim()))
+    age::x25519::Recipient::from_str(s.trim())
+        .map_err(|e| format!("{:?} is not an age X25519 recipient: {e}", s.trim()))
 }
 
 /// Why an object could not be encoded or decoded.
 #[derive(Debug, thiserror::Error)]
 pub enum CodecError {
-    #[error("{object}: not a cairn object (bad magic bytes); it was not written by cairn or is damaged")]
+    #[error(
+        "{object}: not a cairn object (bad magic bytes); it was not written by cairn or is damaged"
+    )]
     NotAnObject { object: String },
-    #[error("{object}: object format version {version} is newer than this cairn understands; upgrade cairn")]
+    #[error(
+        "{object}: object format version {version} is newer than this cairn understands; upgrade cairn"
+    )]
     UnsupportedVersion { object: String, version: u8 },
     #[error("{object}: unknown {what} id {id} in object header; upgrade cairn")]
-    UnknownCodec { object: String, what: &'static str, id: u8 },
+    UnknownCodec {
+        object: String,
+        what: &'static str,
+        id: u8,
+    },
     #[error(
         "{object} is encrypted with age but no identity is configured; set CAIRN_AGE_IDENTITY_FILE \
          (or age_identity_file) to the file holding its secret key"
     )]
     NoIdentity { object: String },
     #[error("{object}: none of the identities in {identity_file} can decrypt it (wrong age key?)")]
-    WrongIdentity { object: String, identity_file: PathBuf },
+    WrongIdentity {
+        object: String,
+        identity_file: PathBuf,
+    },
     #[error("{object} is corrupt or truncated: {detail}")]
     Corrupt { object: String, detail: String },
     #[error("age identity file {path}: {detail}")]

@@ -3,14 +3,22 @@ use std::io::{Read, Write};
 use super::*;
 
 fn settings(c: Compression, encrypt: Option<&age::x25519::Identity>) -> CodecSettings {
-    CodecSettings { compression: c, zstd_level: 3, recipients: encrypt.map(|i| vec![i.to_public()]).unwrap_or_default() }
+    CodecSettings {
+        compression: c,
+        zstd_level: 3,
+        recipients: encrypt.map(|i| vec![i.to_public()]).unwrap_or_default(),
+    }
 }
 
 fn keyring(id: &age::x25519::Identity) -> Keyring {
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path().join("key.txt");
     use age::secrecy::ExposeSecret;
-    std::fs::write(&p, format!("# test key\n{}\n", id.to_string().expose_secret())).unwrap();
+    std::fs::write(
+        &p,
+        format!("# test key\n{}\n", id.to_string().expose_secret()),
+    )
+    .unwrap();
     Keyring::from_file(&p).unwrap()
 }
 
@@ -22,7 +30,11 @@ fn sample(n: usize) -> Vec<u8> {
             x ^= x << 13;
             x ^= x >> 17;
             x ^= x << 5;
-            if i % 2 == 0 { b'a' + (i % 7) as u8 } else { x as u8 }
+            if i % 2 == 0 {
+                b'a' + (i % 7) as u8
+            } else {
+                x as u8
+            }
         })
         .collect()
 }
@@ -46,8 +58,16 @@ fn round_trips_every_combination_and_size() {
                 let (obj, digest) = encode_to_vec(&plain, &s).unwrap();
                 assert_eq!(digest, PlainDigest::of(&plain));
                 let h = Header::read_from(&mut &obj[..], "o").unwrap();
-                assert_eq!((h.compression, h.encrypted, h.digest), (c, enc.is_some(), Some(digest)));
-                assert_eq!(decode(&obj, Some(&kr)).unwrap(), plain, "{c} {} {n}", enc.is_some());
+                assert_eq!(
+                    (h.compression, h.encrypted, h.digest),
+                    (c, enc.is_some(), Some(digest))
+                );
+                assert_eq!(
+                    decode(&obj, Some(&kr)).unwrap(),
+                    plain,
+                    "{c} {} {n}",
+                    enc.is_some()
+                );
             }
         }
     }
@@ -62,7 +82,12 @@ fn streaming_encoder_without_known_digest() {
     }
     let (obj, d) = e.finish().unwrap();
     assert_eq!(d, PlainDigest::of(&plain));
-    assert!(Header::read_from(&mut &obj[..], "o").unwrap().digest.is_none());
+    assert!(
+        Header::read_from(&mut &obj[..], "o")
+            .unwrap()
+            .digest
+            .is_none()
+    );
     assert_eq!(decode(&obj, None).unwrap(), plain);
 }
 
@@ -70,7 +95,12 @@ fn streaming_encoder_without_known_digest() {
 fn every_flipped_byte_is_detected() {
     let id = age::x25519::Identity::generate();
     let kr = keyring(&id);
-    for (c, enc) in [(Compression::None, None), (Compression::Lz4, None), (Compression::Zstd, None), (Compression::Lz4, Some(&id))] {
+    for (c, enc) in [
+        (Compression::None, None),
+        (Compression::Lz4, None),
+        (Compression::Zstd, None),
+        (Compression::Lz4, Some(&id)),
+    ] {
         let plain = sample(3000);
         let (obj, _) = encode_to_vec(&plain, &settings(c, enc)).unwrap();
         for i in 0..obj.len() {
@@ -79,7 +109,12 @@ fn every_flipped_byte_is_detected() {
             // A flip in framing that decoders ignore may still yield the right bytes;
             // what must never happen is different bytes coming out.
             if let Ok(out) = decode(&bad, Some(&kr)) {
-                assert!(out == plain, "{c} enc={} flip at {i} of {} gave wrong bytes", enc.is_some(), obj.len());
+                assert!(
+                    out == plain,
+                    "{c} enc={} flip at {i} of {} gave wrong bytes",
+                    enc.is_some(),
+                    obj.len()
+                );
             }
         }
     }
@@ -89,13 +124,21 @@ fn every_flipped_byte_is_detected() {
 fn every_truncation_is_detected() {
     let id = age::x25519::Identity::generate();
     let kr = keyring(&id);
-    for (c, enc) in [(Compression::None, None), (Compression::Lz4, None), (Compression::Zstd, Some(&id))] {
+    for (c, enc) in [
+        (Compression::None, None),
+        (Compression::Lz4, None),
+        (Compression::Zstd, Some(&id)),
+    ] {
         let plain = sample(2000);
         let (obj, _) = encode_to_vec(&plain, &settings(c, enc)).unwrap();
         for n in 0..obj.len() {
             // Cutting only an end-of-frame marker loses nothing; any real loss errors.
             if let Ok(out) = decode(&obj[..n], Some(&kr)) {
-                assert!(out == plain && n + 8 >= obj.len(), "{c} truncated to {n} of {} undetected", obj.len());
+                assert!(
+                    out == plain && n + 8 >= obj.len(),
+                    "{c} truncated to {n} of {} undetected",
+                    obj.len()
+                );
             }
         }
     }
@@ -105,7 +148,10 @@ fn every_truncation_is_detected() {
 fn encrypted_objects_need_the_right_identity() {
     let id = age::x25519::Identity::generate();
     let (obj, _) = encode_to_vec(b"secret wal", &settings(Compression::Lz4, Some(&id))).unwrap();
-    assert!(matches!(decode(&obj, None), Err(CodecError::NoIdentity { .. })));
+    assert!(matches!(
+        decode(&obj, None),
+        Err(CodecError::NoIdentity { .. })
+    ));
     let other = keyring(&age::x25519::Identity::generate());
     let e = decode(&obj, Some(&other)).unwrap_err();
     assert!(matches!(e, CodecError::WrongIdentity { .. }), "{e}");
@@ -114,10 +160,16 @@ fn encrypted_objects_need_the_right_identity() {
 
 #[test]
 fn rejects_foreign_and_future_objects() {
-    assert!(matches!(decode(b"hello, this is not an object", None), Err(CodecError::NotAnObject { .. })));
+    assert!(matches!(
+        decode(b"hello, this is not an object", None),
+        Err(CodecError::NotAnObject { .. })
+    ));
     let (mut obj, _) = encode_to_vec(b"x", &CodecSettings::default()).unwrap();
     obj[8] = 2;
-    assert!(matches!(decode(&obj, None), Err(CodecError::UnsupportedVersion { version: 2, .. })));
+    assert!(matches!(
+        decode(&obj, None),
+        Err(CodecError::UnsupportedVersion { version: 2, .. })
+    ));
 }
 
 #[test]
@@ -126,6 +178,9 @@ fn identity_file_errors_name_the_file_not_the_key() {
     let p = dir.path().join("bad.txt");
     std::fs::write(&p, "AGE-SECRET-KEY-1NOTAKEY\n").unwrap();
     let e = Keyring::from_file(&p).unwrap_err().to_string();
-    assert!(e.contains("bad.txt") && e.contains("line 1") && !e.contains("NOTAKEY"), "{e}");
+    assert!(
+        e.contains("bad.txt") && e.contains("line 1") && !e.contains("NOTAKEY"),
+        "{e}"
+    );
     assert!(Keyring::from_file(&dir.path().join("missing")).is_err());
 }

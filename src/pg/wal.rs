@@ -152,7 +152,10 @@ impl WalFileName {
 }
 
 fn hex8(s: &str) -> Option<u32> {
-    if s.len() == 8 && s.bytes().all(|b| b.is_ascii_digit() || (b'A'..=b'F').contains(&b)) {
+    if s.len() == 8
+        && s.bytes()
+            .all(|b| b.is_ascii_digit() || (b'A'..=b'F').contains(&b))
+    {
         u32::from_str_radix(s, 16).ok()
     } else {
         None
@@ -224,7 +227,9 @@ impl LongPageHeader {
     /// seg_size u32 @32, xlog_blcksz u32 @36.
     pub fn parse(b: &[u8]) -> Result<Self, WalNameError> {
         if b.len() < LONG_PAGE_HEADER_LEN {
-            return Err(WalNameError::BadPageHeader("shorter than a WAL page header"));
+            return Err(WalNameError::BadPageHeader(
+                "shorter than a WAL page header",
+            ));
         }
         let u16_at = |o: usize| u16::from_le_bytes([b[o], b[o + 1]]);
         let u32_at = |o: usize| u32::from_le_bytes([b[o], b[o + 1], b[o + 2], b[o + 3]]);
@@ -235,7 +240,9 @@ impl LongPageHeader {
             return Err(WalNameError::BadPageHeader("no WAL page magic number"));
         }
         if u16_at(2) & XLP_LONG_HEADER == 0 {
-            return Err(WalNameError::BadPageHeader("first page lacks the long header"));
+            return Err(WalNameError::BadPageHeader(
+                "first page lacks the long header",
+            ));
         }
         let segment_size = SegmentSize::new(u64::from(u32_at(32)))?;
         Ok(LongPageHeader {
@@ -288,12 +295,23 @@ mod tests {
     fn next_segment_wraps_by_segment_size() {
         let s: WalFileName = "0000000100000000000000FF".parse().unwrap();
         let s = s.segment().unwrap();
-        assert_eq!(s.next(SegmentSize::DEFAULT).to_string(), "000000010000000100000000");
+        assert_eq!(
+            s.next(SegmentSize::DEFAULT).to_string(),
+            "000000010000000100000000"
+        );
         let s64 = SegmentSize::new(64 << 20).unwrap();
-        let s: Segment = Segment { timeline: TimelineId(1), log: 0, seg: 0x3F };
+        let s: Segment = Segment {
+            timeline: TimelineId(1),
+            log: 0,
+            seg: 0x3F,
+        };
         assert_eq!(s.next(s64).to_string(), "000000010000000100000000");
         let one_gib = SegmentSize::new(1 << 30).unwrap();
-        let s = Segment { timeline: TimelineId(3), log: 7, seg: 3 };
+        let s = Segment {
+            timeline: TimelineId(3),
+            log: 7,
+            seg: 3,
+        };
         assert_eq!(s.next(one_gib).to_string(), "000000030000000800000000");
         assert!(SegmentSize::new(3 << 20).is_err());
         assert!(SegmentSize::new(512 << 10).is_err());

@@ -34,10 +34,14 @@ impl FileStorage {
 
     fn err(&self, op: &'static str, key: &str, e: std::io::Error) -> StorageError {
         match e.kind() {
-            ErrorKind::NotFound => StorageError::NotFound { key: key.to_string(), location: self.location.clone() },
-            ErrorKind::AlreadyExists => {
-                StorageError::AlreadyExists { key: key.to_string(), location: self.location.clone() }
-            }
+            ErrorKind::NotFound => StorageError::NotFound {
+                key: key.to_string(),
+                location: self.location.clone(),
+            },
+            ErrorKind::AlreadyExists => StorageError::AlreadyExists {
+                key: key.to_string(),
+                location: self.location.clone(),
+            },
             _ => StorageError::Permanent {
                 op,
                 key: key.to_string(),
@@ -71,7 +75,10 @@ impl FileStorage {
 static TMP_COUNTER: AtomicU64 = AtomicU64::new(0);
 
 fn tmp_path(dest: &Path) -> PathBuf {
-    let name = dest.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let name = dest
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let n = TMP_COUNTER.fetch_add(1, Ordering::Relaxed);
     dest.with_file_name(format!(".{name}{TMP_MARK}{}.{n}", std::process::id()))
 }
@@ -88,12 +95,18 @@ impl Storage for FileStorage {
 
     async fn put(&self, key: &ObjectKey, body: PutBody, mode: PutMode) -> Result<(), StorageError> {
         let dest = self.path(key);
-        let dir = dest.parent().map(Path::to_path_buf).unwrap_or_else(|| self.root.clone());
+        let dir = dest
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| self.root.clone());
         let err = |e| self.err("put", key.as_str(), e);
         tokio::fs::create_dir_all(&dir).await.map_err(err)?;
         let tmp = tmp_path(&dest);
         let result = async {
-            let mut file = std::fs::OpenOptions::new().write(true).create_new(true).open(&tmp)?;
+            let mut file = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&tmp)?;
             match body {
                 PutBody::Bytes(b) => file = write_blocking(file, b).await?,
                 PutBody::Stream(mut s) => {
@@ -128,7 +141,10 @@ impl Storage for FileStorage {
 
     async fn get(&self, key: &ObjectKey) -> Result<ByteStream, StorageError> {
         match tokio::fs::File::open(self.path(key)).await {
-            Ok(f) => Ok(Box::pin(tokio_util::io::ReaderStream::with_capacity(f, 1 << 20))),
+            Ok(f) => Ok(Box::pin(tokio_util::io::ReaderStream::with_capacity(
+                f,
+                1 << 20,
+            ))),
             Err(e) if e.kind() == ErrorKind::NotFound => {
                 self.check_root("get", key.as_str())?;
                 Err(self.err("get", key.as_str(), e))
@@ -139,7 +155,10 @@ impl Storage for FileStorage {
 
     async fn head(&self, key: &ObjectKey) -> Result<Option<ObjectMeta>, StorageError> {
         match tokio::fs::metadata(self.path(key)).await {
-            Ok(m) => Ok(Some(ObjectMeta { key: key.clone(), size: m.len() })),
+            Ok(m) => Ok(Some(ObjectMeta {
+                key: key.clone(),
+                size: m.len(),
+            })),
             Err(e) if e.kind() == ErrorKind::NotFound => {
                 self.check_root("head", key.as_str())?;
                 Ok(None)
@@ -166,11 +185,13 @@ impl Storage for FileStorage {
                 None => "",
             };
             let mut out = Vec::new();
-            walk(&root, &root.join(base), &prefix, &mut out).map_err(|e| StorageError::Permanent {
-                op: "list",
-                key: prefix.clone(),
-                location,
-                message: e.to_string(),
+            walk(&root, &root.join(base), &prefix, &mut out).map_err(|e| {
+                StorageError::Permanent {
+                    op: "list",
+                    key: prefix.clone(),
+                    location,
+                    message: e.to_string(),
+                }
             })?;
             out.sort_by(|a, b| a.key.cmp(&b.key));
             if let Some(after) = start_after {
@@ -202,7 +223,10 @@ impl Storage for FileStorage {
     }
 }
 
-async fn write_blocking(mut file: std::fs::File, b: bytes::Bytes) -> std::io::Result<std::fs::File> {
+async fn write_blocking(
+    mut file: std::fs::File,
+    b: bytes::Bytes,
+) -> std::io::Result<std::fs::File> {
     // Small writes are cheaper inline than a trip to the blocking pool.
     if b.len() <= 1 << 16 {
         file.write_all(&b)?;
@@ -222,7 +246,9 @@ fn walk(root: &Path, dir: &Path, prefix: &str, out: &mut Vec<ObjectMeta>) -> std
     for entry in entries {
         let entry = entry?;
         let path = entry.path();
-        let Ok(rel) = path.strip_prefix(root) else { continue };
+        let Ok(rel) = path.strip_prefix(root) else {
+            continue;
+        };
         let Some(rel) = rel.to_str() else { continue };
         let ft = entry.file_type()?;
         if ft.is_dir() {
@@ -233,7 +259,10 @@ fn walk(root: &Path, dir: &Path, prefix: &str, out: &mut Vec<ObjectMeta>) -> std
             }
         } else if ft.is_file() && rel.starts_with(prefix) && !rel.contains(TMP_MARK) {
             if let Ok(key) = ObjectKey::new(rel) {
-                out.push(ObjectMeta { key, size: entry.metadata()?.len() });
+                out.push(ObjectMeta {
+                    key,
+                    size: entry.metadata()?.len(),
+                });
             }
         }
     }

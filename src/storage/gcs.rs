@@ -19,8 +19,8 @@ use gcloud_storage::http::objects::upload::{Media, UploadObjectRequest, UploadTy
 use gcloud_storage::http::resumable_upload_client::{ChunkSize, UploadStatus};
 
 use super::{
-    ByteStream, CONNECT_TIMEOUT, Chunker, ObjectKey, ObjectMeta, PutBody, PutMode, RetryPolicy, Storage,
-    StorageError, StorageOptions,
+    ByteStream, CONNECT_TIMEOUT, Chunker, ObjectKey, ObjectMeta, PutBody, PutMode, RetryPolicy,
+    Storage, StorageError, StorageOptions,
 };
 
 /// Resumable chunks must be multiples of 256 KiB.
@@ -37,12 +37,18 @@ pub struct GcsStorage {
 
 impl std::fmt::Debug for GcsStorage {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("GcsStorage").field("location", &self.location).finish()
+        f.debug_struct("GcsStorage")
+            .field("location", &self.location)
+            .finish()
     }
 }
 
 impl GcsStorage {
-    pub async fn connect(bucket: &str, prefix: &str, opts: &StorageOptions) -> Result<Self, StorageError> {
+    pub async fn connect(
+        bucket: &str,
+        prefix: &str,
+        opts: &StorageOptions,
+    ) -> Result<Self, StorageError> {
         let location = format!("gs://{bucket}/{prefix}");
         let fail = |message: String| StorageError::Permanent {
             op: "connect to",
@@ -97,23 +103,44 @@ impl GcsStorage {
         match &e {
             GcsError::Response(r) if r.code == 404 => StorageError::NotFound { key, location },
             GcsError::Response(r) if r.code == 412 => StorageError::AlreadyExists { key, location },
-            GcsError::Response(r) if r.is_retriable() => {
-                StorageError::Transient { op, key, location, message: format!("HTTP {}: {}", r.code, r.message) }
-            }
-            GcsError::Response(r) => {
-                StorageError::Permanent { op, key, location, message: format!("HTTP {}: {}", r.code, r.message) }
-            }
+            GcsError::Response(r) if r.is_retriable() => StorageError::Transient {
+                op,
+                key,
+                location,
+                message: format!("HTTP {}: {}", r.code, r.message),
+            },
+            GcsError::Response(r) => StorageError::Permanent {
+                op,
+                key,
+                location,
+                message: format!("HTTP {}: {}", r.code, r.message),
+            },
             GcsError::HttpClient(h) | GcsError::RawResponse(h, _) => {
                 let status = h.status().map(|s| s.as_u16());
                 let message = error_chain(&e);
                 match status {
                     Some(404) => StorageError::NotFound { key, location },
                     Some(412) => StorageError::AlreadyExists { key, location },
-                    Some(408 | 429 | 500..=599) | None => StorageError::Transient { op, key, location, message },
-                    Some(_) => StorageError::Permanent { op, key, location, message },
+                    Some(408 | 429 | 500..=599) | None => StorageError::Transient {
+                        op,
+                        key,
+                        location,
+                        message,
+                    },
+                    Some(_) => StorageError::Permanent {
+                        op,
+                        key,
+                        location,
+                        message,
+                    },
                 }
             }
-            _ => StorageError::Permanent { op, key, location, message: error_chain(&e) },
+            _ => StorageError::Permanent {
+                op,
+                key,
+                location,
+                message: error_chain(&e),
+            },
         }
     }
 
@@ -138,18 +165,31 @@ impl GcsStorage {
         };
         self.retry
             .run(|| async {
-                self.client.upload_object(&req, body.clone(), &media).await.map(|_| ()).map_err(|e| self.error("put", key, e))
+                self.client
+                    .upload_object(&req, body.clone(), &media)
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| self.error("put", key, e))
             })
             .await
     }
 
-    async fn put_resumable(&self, key: &str, first: Bytes, mut rest: Chunker, mode: PutMode) -> Result<(), StorageError> {
+    async fn put_resumable(
+        &self,
+        key: &str,
+        first: Bytes,
+        mut rest: Chunker,
+        mode: PutMode,
+    ) -> Result<(), StorageError> {
         let req = self.upload_request(mode);
         let media = UploadType::Simple(Media::new(self.full_key(key)));
         let session = self
             .retry
             .run(|| async {
-                self.client.prepare_resumable_upload(&req, &media).await.map_err(|e| self.error("start upload of", key, e))
+                self.client
+                    .prepare_resumable_upload(&req, &media)
+                    .await
+                    .map_err(|e| self.error("start upload of", key, e))
             })
             .await?;
         let read_err = |e: std::io::Error| StorageError::Permanent {
@@ -169,19 +209,26 @@ impl GcsStorage {
             let status = self
                 .retry
                 .run(|| async {
-                    session.upload_multiple_chunk(current.clone(), &range).await.map_err(|e| self.error("upload part of", key, e))
+                    session
+                        .upload_multiple_chunk(current.clone(), &range)
+                        .await
+                        .map_err(|e| self.error("upload part of", key, e))
                 })
                 .await?;
             offset += len;
             match (next, status) {
                 (None, UploadStatus::Ok(_)) => return Ok(()),
-                (Some(n), UploadStatus::ResumeIncomplete(_) | UploadStatus::NotStarted) => current = n,
+                (Some(n), UploadStatus::ResumeIncomplete(_) | UploadStatus::NotStarted) => {
+                    current = n
+                }
                 (_, s) => {
                     return Err(StorageError::Permanent {
                         op: "upload",
                         key: key.to_string(),
                         location: self.location.clone(),
-                        message: format!("unexpected resumable upload state {s:?} at byte {offset}"),
+                        message: format!(
+                            "unexpected resumable upload state {s:?} at byte {offset}"
+                        ),
                     });
                 }
             }
@@ -208,11 +255,16 @@ impl Storage for GcsStorage {
 
     async fn put(&self, key: &ObjectKey, body: PutBody, mode: PutMode) -> Result<(), StorageError> {
         if mode == PutMode::CreateIfAbsent && self.head(key).await?.is_some() {
-            return Err(StorageError::AlreadyExists { key: key.to_string(), location: self.location.clone() });
+            return Err(StorageError::AlreadyExists {
+                key: key.to_string(),
+                location: self.location.clone(),
+            });
         }
         let key = key.as_str();
         let stream: ByteStream = match body {
-            PutBody::Bytes(b) if b.len() <= self.part_size => return self.put_single(key, b, mode).await,
+            PutBody::Bytes(b) if b.len() <= self.part_size => {
+                return self.put_single(key, b, mode).await;
+            }
             PutBody::Bytes(b) => Box::pin(futures::stream::iter([Ok(b)])),
             PutBody::Stream(s) => s,
         };
@@ -234,18 +286,31 @@ impl Storage for GcsStorage {
     }
 
     async fn get(&self, key: &ObjectKey) -> Result<ByteStream, StorageError> {
-        let req = GetObjectRequest { bucket: self.bucket.clone(), object: self.full_key(key.as_str()), ..Default::default() };
+        let req = GetObjectRequest {
+            bucket: self.bucket.clone(),
+            object: self.full_key(key.as_str()),
+            ..Default::default()
+        };
         let stream = self
             .retry
             .run(|| async {
-                self.client.download_streamed_object(&req, &Range::default()).await.map_err(|e| self.error("get", key.as_str(), e))
+                self.client
+                    .download_streamed_object(&req, &Range::default())
+                    .await
+                    .map_err(|e| self.error("get", key.as_str(), e))
             })
             .await?;
-        Ok(Box::pin(stream.map_err(|e| std::io::Error::other(error_chain(&e)))))
+        Ok(Box::pin(
+            stream.map_err(|e| std::io::Error::other(error_chain(&e))),
+        ))
     }
 
     async fn head(&self, key: &ObjectKey) -> Result<Option<ObjectMeta>, StorageError> {
-        let req = GetObjectRequest { bucket: self.bucket.clone(), object: self.full_key(key.as_str()), ..Default::default() };
+        let req = GetObjectRequest {
+            bucket: self.bucket.clone(),
+            object: self.full_key(key.as_str()),
+            ..Default::default()
+        };
         let r = self
             .retry
             .run(|| async {
@@ -258,10 +323,18 @@ impl Storage for GcsStorage {
                 }
             })
             .await?;
-        Ok(r.map(|size| ObjectMeta { key: key.clone(), size }))
+        Ok(r.map(|size| ObjectMeta {
+            key: key.clone(),
+            size,
+        }))
     }
 
-    async fn list(&self, prefix: &str, start_after: Option<&str>, limit: Option<usize>) -> Result<Vec<ObjectMeta>, StorageError> {
+    async fn list(
+        &self,
+        prefix: &str,
+        start_after: Option<&str>,
+        limit: Option<usize>,
+    ) -> Result<Vec<ObjectMeta>, StorageError> {
         let start_after = start_after.map(|s| self.full_key(s));
         let mut out = Vec::new();
         let mut token = None;
@@ -278,15 +351,17 @@ impl Storage for GcsStorage {
             let page = self
                 .retry
                 .run(|| async {
-                    self.client.list_objects(&req).await.map_err(|e| match self.error("list", prefix, e) {
-                        // Listing never finds "no object": a 404 here is a missing bucket.
-                        StorageError::NotFound { key, location } => StorageError::Permanent {
-                            op: "list",
-                            key,
-                            location,
-                            message: format!("bucket {} does not exist", self.bucket),
-                        },
-                        other => other,
+                    self.client.list_objects(&req).await.map_err(|e| {
+                        match self.error("list", prefix, e) {
+                            // Listing never finds "no object": a 404 here is a missing bucket.
+                            StorageError::NotFound { key, location } => StorageError::Permanent {
+                                op: "list",
+                                key,
+                                location,
+                                message: format!("bucket {} does not exist", self.bucket),
+                            },
+                            other => other,
+                        }
                     })
                 })
                 .await?;
@@ -294,9 +369,14 @@ impl Storage for GcsStorage {
                 if start_after.as_deref().is_some_and(|s| o.name.as_str() <= s) {
                     continue;
                 }
-                let Some(k) = o.name.strip_prefix(&self.prefix) else { continue };
+                let Some(k) = o.name.strip_prefix(&self.prefix) else {
+                    continue;
+                };
                 if let Ok(key) = ObjectKey::new(k) {
-                    out.push(ObjectMeta { key, size: o.size.max(0) as u64 });
+                    out.push(ObjectMeta {
+                        key,
+                        size: o.size.max(0) as u64,
+                    });
                 }
             }
             token = page.next_page_token;
@@ -317,7 +397,11 @@ impl Storage for GcsStorage {
         // a few run at once, which the emulator's small listen backlog also needs.
         futures::stream::iter(keys.iter().cloned())
             .map(|key| async move {
-                let req = DeleteObjectRequest { bucket: self.bucket.clone(), object: self.full_key(key.as_str()), ..Default::default() };
+                let req = DeleteObjectRequest {
+                    bucket: self.bucket.clone(),
+                    object: self.full_key(key.as_str()),
+                    ..Default::default()
+                };
                 self.retry
                     .run(|| async {
                         match self.client.delete_object(&req).await {

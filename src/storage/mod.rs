@@ -87,10 +87,20 @@ pub enum StorageError {
     /// Worth retrying (connection refused, timeout, 5xx, throttling); after the
     /// retry deadline it is reported as is.
     #[error("{op} {key} in {location} failed: {message}")]
-    Transient { op: &'static str, key: String, location: String, message: String },
+    Transient {
+        op: &'static str,
+        key: String,
+        location: String,
+        message: String,
+    },
     /// Retrying will not help (bad credentials, missing bucket, local I/O error).
     #[error("{op} {key} in {location} failed: {message}")]
-    Permanent { op: &'static str, key: String, location: String, message: String },
+    Permanent {
+        op: &'static str,
+        key: String,
+        location: String,
+        message: String,
+    },
 }
 
 impl StorageError {
@@ -172,24 +182,39 @@ impl StorageUrl {
         let url = url::Url::parse(s).map_err(|e| format!("{s:?} is not a URL: {e}"))?;
         let prefix = || {
             let p = url.path().trim_matches('/');
-            if p.is_empty() { String::new() } else { format!("{p}/") }
+            if p.is_empty() {
+                String::new()
+            } else {
+                format!("{p}/")
+            }
         };
         let bucket = || match url.host_str() {
             Some(b) if !b.is_empty() => Ok(b.to_string()),
-            _ => Err(format!("{s:?} names no bucket (expected {}://bucket/prefix)", url.scheme())),
+            _ => Err(format!(
+                "{s:?} names no bucket (expected {}://bucket/prefix)",
+                url.scheme()
+            )),
         };
         match url.scheme() {
             "file" => {
                 if url.host_str().is_some_and(|h| !h.is_empty()) {
-                    return Err(format!("{s:?}: a file URL needs an absolute path (file:///path)"));
+                    return Err(format!(
+                        "{s:?}: a file URL needs an absolute path (file:///path)"
+                    ));
                 }
-                let path = url
-                    .to_file_path()
-                    .map_err(|_| format!("{s:?}: a file URL needs an absolute path (file:///path)"))?;
+                let path = url.to_file_path().map_err(|_| {
+                    format!("{s:?}: a file URL needs an absolute path (file:///path)")
+                })?;
                 Ok(StorageUrl::File(path))
             }
-            "s3" => Ok(StorageUrl::S3 { bucket: bucket()?, prefix: prefix() }),
-            "gs" => Ok(StorageUrl::Gcs { bucket: bucket()?, prefix: prefix() }),
+            "s3" => Ok(StorageUrl::S3 {
+                bucket: bucket()?,
+                prefix: prefix(),
+            }),
+            "gs" => Ok(StorageUrl::Gcs {
+                bucket: bucket()?,
+                prefix: prefix(),
+            }),
             other => Err(format!(
                 "{s:?}: unsupported storage scheme {other:?} (use file://, s3:// or gs://)"
             )),
@@ -198,7 +223,10 @@ impl StorageUrl {
 }
 
 /// Opens the backend that the URL names.
-pub async fn open(url: &StorageUrl, opts: &StorageOptions) -> Result<Arc<dyn Storage>, StorageError> {
+pub async fn open(
+    url: &StorageUrl,
+    opts: &StorageOptions,
+) -> Result<Arc<dyn Storage>, StorageError> {
     Ok(match url {
         StorageUrl::File(root) => Arc::new(file::FileStorage::new(root.clone())),
         StorageUrl::S3 { bucket, prefix } => {
@@ -215,12 +243,16 @@ pub async fn get_bytes(storage: &dyn Storage, key: &ObjectKey) -> Result<Bytes, 
     use futures::TryStreamExt;
     let mut stream = storage.get(key).await?;
     let mut buf = bytes::BytesMut::new();
-    while let Some(chunk) = stream.try_next().await.map_err(|e| StorageError::Transient {
-        op: "read",
-        key: key.to_string(),
-        location: storage.location().to_string(),
-        message: e.to_string(),
-    })? {
+    while let Some(chunk) = stream
+        .try_next()
+        .await
+        .map_err(|e| StorageError::Transient {
+            op: "read",
+            key: key.to_string(),
+            location: storage.location().to_string(),
+            message: e.to_string(),
+        })?
+    {
         buf.extend_from_slice(&chunk);
     }
     Ok(buf.freeze())
@@ -237,7 +269,12 @@ pub(crate) struct Chunker {
 
 impl Chunker {
     pub(crate) fn new(stream: ByteStream, size: usize) -> Self {
-        Chunker { stream, size, pending: bytes::BytesMut::new(), done: false }
+        Chunker {
+            stream,
+            size,
+            pending: bytes::BytesMut::new(),
+            done: false,
+        }
     }
 
     /// The next chunk, or `None` at the end of the stream.
@@ -281,11 +318,17 @@ mod tests {
         );
         assert_eq!(
             StorageUrl::parse("s3://bkt/a/b/").unwrap(),
-            StorageUrl::S3 { bucket: "bkt".into(), prefix: "a/b/".into() }
+            StorageUrl::S3 {
+                bucket: "bkt".into(),
+                prefix: "a/b/".into()
+            }
         );
         assert_eq!(
             StorageUrl::parse("gs://bkt").unwrap(),
-            StorageUrl::Gcs { bucket: "bkt".into(), prefix: String::new() }
+            StorageUrl::Gcs {
+                bucket: "bkt".into(),
+                prefix: String::new()
+            }
         );
         assert!(StorageUrl::parse("ftp://x/y").is_err());
         assert!(StorageUrl::parse("s3:///nobucket").is_err());

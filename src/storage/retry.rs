@@ -56,11 +56,19 @@ impl RetryPolicy {
 
 fn gave_up(e: StorageError, tries: u32, elapsed: Duration) -> StorageError {
     match e {
-        StorageError::Transient { op, key, location, message } => StorageError::Transient {
+        StorageError::Transient {
             op,
             key,
             location,
-            message: format!("{message} (gave up after {tries} attempts in {:.1}s)", elapsed.as_secs_f64()),
+            message,
+        } => StorageError::Transient {
+            op,
+            key,
+            location,
+            message: format!(
+                "{message} (gave up after {tries} attempts in {:.1}s)",
+                elapsed.as_secs_f64()
+            ),
         },
         other => other,
     }
@@ -81,16 +89,29 @@ mod tests {
     use std::sync::atomic::{AtomicU32, Ordering};
 
     fn transient() -> StorageError {
-        StorageError::Transient { op: "get", key: "k".into(), location: "l".into(), message: "refused".into() }
+        StorageError::Transient {
+            op: "get",
+            key: "k".into(),
+            location: "l".into(),
+            message: "refused".into(),
+        }
     }
 
     #[tokio::test]
     async fn retries_transient_until_success() {
-        let p = RetryPolicy { deadline: Duration::from_secs(5), initial_backoff: Duration::from_millis(1), max_backoff: Duration::from_millis(2) };
+        let p = RetryPolicy {
+            deadline: Duration::from_secs(5),
+            initial_backoff: Duration::from_millis(1),
+            max_backoff: Duration::from_millis(2),
+        };
         let n = AtomicU32::new(0);
         let r = p
             .run(|| async {
-                if n.fetch_add(1, Ordering::SeqCst) < 3 { Err(transient()) } else { Ok(7) }
+                if n.fetch_add(1, Ordering::SeqCst) < 3 {
+                    Err(transient())
+                } else {
+                    Ok(7)
+                }
             })
             .await;
         assert_eq!(r.unwrap(), 7);
@@ -99,14 +120,24 @@ mod tests {
 
     #[tokio::test]
     async fn gives_up_at_deadline_and_never_retries_permanent() {
-        let p = RetryPolicy { deadline: Duration::from_millis(50), initial_backoff: Duration::from_millis(10), max_backoff: Duration::from_millis(10) };
-        let e = p.run(|| async { Err::<(), _>(transient()) }).await.unwrap_err();
+        let p = RetryPolicy {
+            deadline: Duration::from_millis(50),
+            initial_backoff: Duration::from_millis(10),
+            max_backoff: Duration::from_millis(10),
+        };
+        let e = p
+            .run(|| async { Err::<(), _>(transient()) })
+            .await
+            .unwrap_err();
         assert!(e.to_string().contains("gave up after"), "{e}");
         let n = AtomicU32::new(0);
         let e = p
             .run(|| async {
                 n.fetch_add(1, Ordering::SeqCst);
-                Err::<(), _>(StorageError::NotFound { key: "k".into(), location: "l".into() })
+                Err::<(), _>(StorageError::NotFound {
+                    key: "k".into(),
+                    location: "l".into(),
+                })
             })
             .await
             .unwrap_err();

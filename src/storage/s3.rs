@@ -16,8 +16,8 @@ use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart, Delete, ObjectI
 use bytes::Bytes;
 
 use super::{
-    ByteStream, CONNECT_TIMEOUT, Chunker, ObjectKey, ObjectMeta, PutBody, PutMode, RetryPolicy, Storage,
-    StorageError, StorageOptions,
+    ByteStream, CONNECT_TIMEOUT, Chunker, ObjectKey, ObjectMeta, PutBody, PutMode, RetryPolicy,
+    Storage, StorageError, StorageOptions,
 };
 
 #[derive(Debug)]
@@ -35,7 +35,11 @@ pub struct S3Storage {
 const CREDENTIALS_TIMEOUT: Duration = Duration::from_secs(5);
 
 impl S3Storage {
-    pub async fn connect(bucket: &str, prefix: &str, opts: &StorageOptions) -> Result<Self, StorageError> {
+    pub async fn connect(
+        bucket: &str,
+        prefix: &str,
+        opts: &StorageOptions,
+    ) -> Result<Self, StorageError> {
         let location = format!("s3://{bucket}/{prefix}");
         let fail = |message: String| StorageError::Permanent {
             op: "connect to",
@@ -54,7 +58,10 @@ impl S3Storage {
             // Environment, then profile; never the metadata service, which hangs off EC2.
             None => {
                 use aws_config::meta::region::ProvideRegion;
-                match aws_config::environment::EnvironmentVariableRegionProvider::new().region().await {
+                match aws_config::environment::EnvironmentVariableRegionProvider::new()
+                    .region()
+                    .await
+                {
                     Some(r) => r,
                     None => aws_config::profile::ProfileFileRegionProvider::new()
                         .region()
@@ -63,11 +70,12 @@ impl S3Storage {
                 }
             }
         };
-        let credentials = aws_config::default_provider::credentials::DefaultCredentialsChain::builder()
-            .imds_client(imds)
-            .region(region.clone())
-            .build()
-            .await;
+        let credentials =
+            aws_config::default_provider::credentials::DefaultCredentialsChain::builder()
+                .imds_client(imds)
+                .region(region.clone())
+                .build()
+                .await;
         match tokio::time::timeout(CREDENTIALS_TIMEOUT, credentials.provide_credentials()).await {
             Ok(Ok(_)) => {}
             Ok(Err(e)) => {
@@ -90,7 +98,8 @@ impl S3Storage {
             .timeout_config(timeouts)
             .load()
             .await;
-        let mut conf = aws_sdk_s3::config::Builder::from(&sdk).force_path_style(opts.s3_force_path_style);
+        let mut conf =
+            aws_sdk_s3::config::Builder::from(&sdk).force_path_style(opts.s3_force_path_style);
         if let Some(ep) = &opts.s3_endpoint {
             conf = conf.endpoint_url(ep);
         }
@@ -108,7 +117,12 @@ impl S3Storage {
         format!("{}{key}", self.prefix)
     }
 
-    fn error<E>(&self, op: &'static str, key: &str, e: SdkError<E, aws_smithy_runtime_api::http::Response>) -> StorageError
+    fn error<E>(
+        &self,
+        op: &'static str,
+        key: &str,
+        e: SdkError<E, aws_smithy_runtime_api::http::Response>,
+    ) -> StorageError
     where
         E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
     {
@@ -116,7 +130,9 @@ impl S3Storage {
         let status = e.raw_response().map(|r| r.status().as_u16());
         let code = e.code().map(str::to_string);
         let transient = match &e {
-            SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) | SdkError::ResponseError(_) => true,
+            SdkError::TimeoutError(_)
+            | SdkError::DispatchFailure(_)
+            | SdkError::ResponseError(_) => true,
             SdkError::ServiceError(_) => matches!(status, Some(408 | 429 | 500..=599)),
             _ => false,
         };
@@ -130,9 +146,21 @@ impl S3Storage {
         };
         match (code.as_deref(), status) {
             (Some("NoSuchKey"), _) => StorageError::NotFound { key, location },
-            (Some("PreconditionFailed"), _) | (_, Some(412)) => StorageError::AlreadyExists { key, location },
-            _ if transient => StorageError::Transient { op, key, location, message },
-            _ => StorageError::Permanent { op, key, location, message },
+            (Some("PreconditionFailed"), _) | (_, Some(412)) => {
+                StorageError::AlreadyExists { key, location }
+            }
+            _ if transient => StorageError::Transient {
+                op,
+                key,
+                location,
+                message,
+            },
+            _ => StorageError::Permanent {
+                op,
+                key,
+                location,
+                message,
+            },
         }
     }
 
@@ -140,16 +168,30 @@ impl S3Storage {
         let full = self.full_key(key);
         self.retry
             .run(|| async {
-                let mut req = self.client.put_object().bucket(&self.bucket).key(&full).body(SdkBody::from(body.clone()));
+                let mut req = self
+                    .client
+                    .put_object()
+                    .bucket(&self.bucket)
+                    .key(&full)
+                    .body(SdkBody::from(body.clone()));
                 if mode == PutMode::CreateIfAbsent {
                     req = req.if_none_match("*");
                 }
-                req.send().await.map(|_| ()).map_err(|e| self.error("put", key, e))
+                req.send()
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| self.error("put", key, e))
             })
             .await
     }
 
-    async fn put_multipart(&self, key: &str, first: Bytes, mut rest: Chunker, mode: PutMode) -> Result<(), StorageError> {
+    async fn put_multipart(
+        &self,
+        key: &str,
+        first: Bytes,
+        mut rest: Chunker,
+        mode: PutMode,
+    ) -> Result<(), StorageError> {
         let full = self.full_key(key);
         let upload_id = self
             .retry
@@ -191,16 +233,26 @@ impl S3Storage {
                     })
                     .await?
                     .e_tag;
-                parts.push(CompletedPart::builder().part_number(number).set_e_tag(etag).build());
+                parts.push(
+                    CompletedPart::builder()
+                        .part_number(number)
+                        .set_e_tag(etag)
+                        .build(),
+                );
                 number += 1;
-                next = rest.next_chunk().await.map_err(|e| StorageError::Permanent {
-                    op: "read body for",
-                    key: key.to_string(),
-                    location: self.location.clone(),
-                    message: e.to_string(),
-                })?;
+                next = rest
+                    .next_chunk()
+                    .await
+                    .map_err(|e| StorageError::Permanent {
+                        op: "read body for",
+                        key: key.to_string(),
+                        location: self.location.clone(),
+                        message: e.to_string(),
+                    })?;
             }
-            let done = CompletedMultipartUpload::builder().set_parts(Some(parts)).build();
+            let done = CompletedMultipartUpload::builder()
+                .set_parts(Some(parts))
+                .build();
             self.retry
                 .run(|| async {
                     let mut req = self
@@ -213,14 +265,24 @@ impl S3Storage {
                     if mode == PutMode::CreateIfAbsent {
                         req = req.if_none_match("*");
                     }
-                    req.send().await.map(|_| ()).map_err(|e| self.error("complete upload of", key, e))
+                    req.send()
+                        .await
+                        .map(|_| ())
+                        .map_err(|e| self.error("complete upload of", key, e))
                 })
                 .await
         }
         .await;
         if result.is_err() {
             // Best effort: an abandoned upload costs storage until a lifecycle rule ends it.
-            let _ = self.client.abort_multipart_upload().bucket(&self.bucket).key(&full).upload_id(&upload_id).send().await;
+            let _ = self
+                .client
+                .abort_multipart_upload()
+                .bucket(&self.bucket)
+                .key(&full)
+                .upload_id(&upload_id)
+                .send()
+                .await;
         }
         result
     }
@@ -235,7 +297,9 @@ impl Storage for S3Storage {
     async fn put(&self, key: &ObjectKey, body: PutBody, mode: PutMode) -> Result<(), StorageError> {
         let key = key.as_str();
         let stream: ByteStream = match body {
-            PutBody::Bytes(b) if b.len() <= self.part_size => return self.put_single(key, b, mode).await,
+            PutBody::Bytes(b) if b.len() <= self.part_size => {
+                return self.put_single(key, b, mode).await;
+            }
             PutBody::Bytes(b) => Box::pin(futures::stream::iter([Ok(b)])),
             PutBody::Stream(s) => s,
         };
@@ -246,7 +310,11 @@ impl Storage for S3Storage {
             location: self.location.clone(),
             message: e.to_string(),
         };
-        let first = chunks.next_chunk().await.map_err(read_err)?.unwrap_or_default();
+        let first = chunks
+            .next_chunk()
+            .await
+            .map_err(read_err)?
+            .unwrap_or_default();
         if first.len() < self.part_size {
             return self.put_single(key, first, mode).await;
         }
@@ -258,17 +326,26 @@ impl Storage for S3Storage {
         let out = self
             .retry
             .run(|| async {
-                self.client.get_object().bucket(&self.bucket).key(&full).send().await.map_err(|e| self.error("get", key.as_str(), e))
+                self.client
+                    .get_object()
+                    .bucket(&self.bucket)
+                    .key(&full)
+                    .send()
+                    .await
+                    .map_err(|e| self.error("get", key.as_str(), e))
             })
             .await?;
         let body = out.body;
-        Ok(Box::pin(futures::stream::unfold(body, |mut body| async move {
-            match body.next().await {
-                Some(Ok(b)) => Some((Ok(b), body)),
-                Some(Err(e)) => Some((Err(std::io::Error::other(e)), body)),
-                None => None,
-            }
-        })))
+        Ok(Box::pin(futures::stream::unfold(
+            body,
+            |mut body| async move {
+                match body.next().await {
+                    Some(Ok(b)) => Some((Ok(b), body)),
+                    Some(Err(e)) => Some((Err(std::io::Error::other(e)), body)),
+                    None => None,
+                }
+            },
+        )))
     }
 
     async fn head(&self, key: &ObjectKey) -> Result<Option<ObjectMeta>, StorageError> {
@@ -276,17 +353,34 @@ impl Storage for S3Storage {
         let r = self
             .retry
             .run(|| async {
-                match self.client.head_object().bucket(&self.bucket).key(&full).send().await {
+                match self
+                    .client
+                    .head_object()
+                    .bucket(&self.bucket)
+                    .key(&full)
+                    .send()
+                    .await
+                {
                     Ok(o) => Ok(Some(o.content_length.unwrap_or(0).max(0) as u64)),
-                    Err(e) if e.raw_response().map(|r| r.status().as_u16()) == Some(404) => Ok(None),
+                    Err(e) if e.raw_response().map(|r| r.status().as_u16()) == Some(404) => {
+                        Ok(None)
+                    }
                     Err(e) => Err(self.error("head", key.as_str(), e)),
                 }
             })
             .await?;
-        Ok(r.map(|size| ObjectMeta { key: key.clone(), size }))
+        Ok(r.map(|size| ObjectMeta {
+            key: key.clone(),
+            size,
+        }))
     }
 
-    async fn list(&self, prefix: &str, start_after: Option<&str>, limit: Option<usize>) -> Result<Vec<ObjectMeta>, StorageError> {
+    async fn list(
+        &self,
+        prefix: &str,
+        start_after: Option<&str>,
+        limit: Option<usize>,
+    ) -> Result<Vec<ObjectMeta>, StorageError> {
         let full_prefix = self.full_key(prefix);
         let start_after = start_after.map(|s| self.full_key(s));
         let mut out = Vec::new();
@@ -309,9 +403,14 @@ impl Storage for S3Storage {
                 })
                 .await?;
             for o in page.contents() {
-                let Some(k) = o.key().and_then(|k| k.strip_prefix(&self.prefix)) else { continue };
+                let Some(k) = o.key().and_then(|k| k.strip_prefix(&self.prefix)) else {
+                    continue;
+                };
                 if let Ok(key) = ObjectKey::new(k) {
-                    out.push(ObjectMeta { key, size: o.size().unwrap_or(0).max(0) as u64 });
+                    out.push(ObjectMeta {
+                        key,
+                        size: o.size().unwrap_or(0).max(0) as u64,
+                    });
                 }
             }
             token = page.next_continuation_token().map(str::to_string);
@@ -327,7 +426,11 @@ impl Storage for S3Storage {
         for batch in keys.chunks(1000) {
             let objects = batch
                 .iter()
-                .map(|k| ObjectIdentifier::builder().key(self.full_key(k.as_str())).build())
+                .map(|k| {
+                    ObjectIdentifier::builder()
+                        .key(self.full_key(k.as_str()))
+                        .build()
+                })
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(|e| StorageError::Permanent {
                     op: "delete",
@@ -335,12 +438,16 @@ impl Storage for S3Storage {
                     location: self.location.clone(),
                     message: e.to_string(),
                 })?;
-            let delete = Delete::builder().set_objects(Some(objects)).quiet(true).build().map_err(|e| StorageError::Permanent {
-                op: "delete",
-                key: batch[0].to_string(),
-                location: self.location.clone(),
-                message: e.to_string(),
-            })?;
+            let delete = Delete::builder()
+                .set_objects(Some(objects))
+                .quiet(true)
+                .build()
+                .map_err(|e| StorageError::Permanent {
+                    op: "delete",
+                    key: batch[0].to_string(),
+                    location: self.location.clone(),
+                    message: e.to_string(),
+                })?;
             let out = self
                 .retry
                 .run(|| async {
@@ -358,7 +465,11 @@ impl Storage for S3Storage {
                     op: "delete",
                     key: err.key().unwrap_or_default().to_string(),
                     location: self.location.clone(),
-                    message: format!("{}: {}", err.code().unwrap_or("error"), err.message().unwrap_or_default()),
+                    message: format!(
+                        "{}: {}",
+                        err.code().unwrap_or("error"),
+                        err.message().unwrap_or_default()
+                    ),
                 });
             }
         }

@@ -33,7 +33,12 @@ pub enum Source {
 }
 
 /// Fetches `name` into `dest`; returns the next segments to prefetch, if any.
-pub async fn fetch(ctx: &Context, name: &str, dest: &Path, prefetch: usize) -> Result<(Source, Vec<WalFileName>), WalError> {
+pub async fn fetch(
+    ctx: &Context,
+    name: &str,
+    dest: &Path,
+    prefetch: usize,
+) -> Result<(Source, Vec<WalFileName>), WalError> {
     let name: WalFileName = name.parse()?;
     let pg_wal = match dest.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
@@ -50,11 +55,15 @@ pub async fn fetch(ctx: &Context, name: &str, dest: &Path, prefetch: usize) -> R
     } else {
         match download(ctx, &name, dest).await {
             Ok(()) => {}
-            Err(WalError::Storage(StorageError::NotFound { .. })) => return Err(missing(ctx, &name).await),
+            Err(WalError::Storage(StorageError::NotFound { .. })) => {
+                return Err(missing(ctx, &name).await);
+            }
             Err(e) => return Err(e),
         }
     }
-    let Some(segment) = name.segment() else { return Ok((source, Vec::new())) };
+    let Some(segment) = name.segment() else {
+        return Ok((source, Vec::new()));
+    };
     discard_stale(&prefetch_dir, segment);
     if prefetch == 0 {
         return Ok((source, Vec::new()));
@@ -82,7 +91,11 @@ pub async fn fetch(ctx: &Context, name: &str, dest: &Path, prefetch: usize) -> R
 
 /// Starts the detached prefetch worker for `names`. `global_args` are the options
 /// this process got, so the worker reads the same configuration.
-pub fn spawn_prefetcher(dest: &Path, names: &[WalFileName], global_args: &[std::ffi::OsString]) -> std::io::Result<()> {
+pub fn spawn_prefetcher(
+    dest: &Path,
+    names: &[WalFileName],
+    global_args: &[std::ffi::OsString],
+) -> std::io::Result<()> {
     use std::os::unix::process::CommandExt;
     let pg_wal = match dest.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
@@ -121,11 +134,21 @@ pub async fn prefetch_worker(ctx: &Context, dir: &Path, names: &[WalFileName]) {
 async fn prefetch_one(ctx: &Context, dir: &Path, name: &WalFileName) -> Result<(), WalError> {
     let done = dir.join(name.to_string());
     let part = part_path(&done);
-    let file = std::fs::OpenOptions::new().write(true).create(true).truncate(false).open(&part).map_err(WalError::file(&part))?;
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&part)
+        .map_err(WalError::file(&part))?;
     match file.try_lock() {
         Ok(()) => {}
         Err(TryLockError::WouldBlock) => return Ok(()),
-        Err(TryLockError::Error(e)) => return Err(WalError::File { path: part, source: e }),
+        Err(TryLockError::Error(e)) => {
+            return Err(WalError::File {
+                path: part,
+                source: e,
+            });
+        }
     }
     // Another worker may have finished it between our checks.
     if done.exists() {
@@ -133,7 +156,13 @@ async fn prefetch_one(ctx: &Context, dir: &Path, name: &WalFileName) -> Result<(
         return Ok(());
     }
     file.set_len(0).map_err(WalError::file(&part))?;
-    match decode_into(ctx, &wal_key(name), file.try_clone().map_err(WalError::file(&part))?).await {
+    match decode_into(
+        ctx,
+        &wal_key(name),
+        file.try_clone().map_err(WalError::file(&part))?,
+    )
+    .await
+    {
         Ok(()) => std::fs::rename(&part, &done).map_err(WalError::file(&done)),
         Err(e) => {
             let _ = std::fs::remove_file(&part);
@@ -157,16 +186,25 @@ fn in_flight(part: &Path) -> bool {
 }
 
 /// Moves a prefetched copy into `dest`, waiting for one still being downloaded.
-async fn take_prefetched(dir: &Path, name: &WalFileName, dest: &Path, wait: Duration) -> Result<bool, WalError> {
+async fn take_prefetched(
+    dir: &Path,
+    name: &WalFileName,
+    dest: &Path,
+    wait: Duration,
+) -> Result<bool, WalError> {
     let done = dir.join(name.to_string());
     if !done.exists() {
         let part = part_path(&done);
-        let Ok(f) = File::open(&part) else { return Ok(false) };
+        let Ok(f) = File::open(&part) else {
+            return Ok(false);
+        };
         let deadline = Instant::now() + wait;
         loop {
             match f.try_lock_shared() {
                 Ok(()) => break,
-                Err(TryLockError::WouldBlock) if Instant::now() < deadline => tokio::time::sleep(Duration::from_millis(2)).await,
+                Err(TryLockError::WouldBlock) if Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(2)).await
+                }
                 // A stuck worker: fetch directly rather than wait forever.
                 Err(_) => return Ok(false),
             }
@@ -175,18 +213,27 @@ async fn take_prefetched(dir: &Path, name: &WalFileName, dest: &Path, wait: Dura
     match std::fs::rename(&done, dest) {
         Ok(()) => Ok(true),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
-        Err(e) => Err(WalError::File { path: done, source: e }),
+        Err(e) => Err(WalError::File {
+            path: done,
+            source: e,
+        }),
     }
 }
 
 /// Removes prefetched segments that recovery has passed or that belong to another
 /// timeline than the one it is now reading.
 fn discard_stale(dir: &Path, current: Segment) {
-    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
     for e in entries.filter_map(|e| e.ok()) {
         let name = e.file_name();
         let Some(name) = name.to_str() else { continue };
-        let stale = match name.strip_suffix(".part").unwrap_or(name).parse::<WalFileName>() {
+        let stale = match name
+            .strip_suffix(".part")
+            .unwrap_or(name)
+            .parse::<WalFileName>()
+        {
             Ok(WalFileName::Segment(s)) => s.timeline != current.timeline || s <= current,
             _ => true,
         };
@@ -199,7 +246,9 @@ fn discard_stale(dir: &Path, current: Segment) {
 fn read_header(path: &Path) -> Result<LongPageHeader, WalError> {
     use std::io::Read;
     let mut b = [0u8; LONG_PAGE_HEADER_LEN];
-    File::open(path).and_then(|mut f| f.read_exact(&mut b)).map_err(WalError::file(path))?;
+    File::open(path)
+        .and_then(|mut f| f.read_exact(&mut b))
+        .map_err(WalError::file(path))?;
     Ok(LongPageHeader::parse(&b)?)
 }
 
@@ -210,7 +259,10 @@ async fn download(ctx: &Context, name: &WalFileName, dest: &Path) -> Result<(), 
     match decode_into(ctx, &wal_key(name), file).await {
         Ok(()) => std::fs::rename(&tmp, dest).map_err(|e| {
             let _ = std::fs::remove_file(&tmp);
-            WalError::File { path: dest.to_path_buf(), source: e }
+            WalError::File {
+                path: dest.to_path_buf(),
+                source: e,
+            }
         }),
         Err(e) => {
             let _ = std::fs::remove_file(&tmp);
@@ -241,23 +293,40 @@ async fn decode_into(ctx: &Context, key: &ObjectKey, file: File) -> Result<(), W
 async fn missing(ctx: &Context, name: &WalFileName) -> WalError {
     let location = ctx.storage.location().to_string();
     let Some(segment) = name.segment() else {
-        return WalError::NotInArchive { name: name.to_string(), location };
+        return WalError::NotInArchive {
+            name: name.to_string(),
+            location,
+        };
     };
     let prefix = format!("wal/{}", segment.timeline);
     let after = wal_key(name);
     let first_segment = |objs: Vec<crate::storage::ObjectMeta>, pred: &dyn Fn(Segment) -> bool| {
         objs.iter()
-            .filter_map(|o| o.key.as_str().strip_prefix("wal/")?.parse::<WalFileName>().ok()?.segment())
+            .filter_map(|o| {
+                o.key
+                    .as_str()
+                    .strip_prefix("wal/")?
+                    .parse::<WalFileName>()
+                    .ok()?
+                    .segment()
+            })
             .find(|s| pred(*s))
     };
     // Listing also proves the bucket or directory exists: "not found" must mean the
     // object, never a misconfigured archive.
-    let later = match ctx.storage.list(&prefix, Some(after.as_str()), Some(64)).await {
+    let later = match ctx
+        .storage
+        .list(&prefix, Some(after.as_str()), Some(64))
+        .await
+    {
         Ok(objs) => first_segment(objs, &|s| s > segment),
         Err(e) => return e.into(),
     };
     let Some(later) = later else {
-        return WalError::NotInArchive { name: name.to_string(), location };
+        return WalError::NotInArchive {
+            name: name.to_string(),
+            location,
+        };
     };
     // A timeline begins part-way through the WAL; segments before its first
     // archived one are not a gap.
@@ -266,8 +335,15 @@ async fn missing(ctx: &Context, name: &WalFileName) -> WalError {
         Err(e) => return e.into(),
     };
     if earlier.is_some() {
-        WalError::Gap { name: name.to_string(), later: later.to_string(), location }
+        WalError::Gap {
+            name: name.to_string(),
+            later: later.to_string(),
+            location,
+        }
     } else {
-        WalError::NotInArchive { name: name.to_string(), location }
+        WalError::NotInArchive {
+            name: name.to_string(),
+            location,
+        }
     }
 }

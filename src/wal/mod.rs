@@ -38,7 +38,12 @@ pub enum WalError {
          local file: {local}); refusing to overwrite it. Two clusters may be archiving to the same \
          storage prefix: give each its own"
     )]
-    Conflict { name: String, location: String, archived: String, local: String },
+    Conflict {
+        name: String,
+        location: String,
+        archived: String,
+        local: String,
+    },
     #[error("{name} is not in the archive at {location}")]
     NotInArchive { name: String, location: String },
     #[error(
@@ -46,7 +51,11 @@ pub enum WalError {
          timeline is there: the archive has a gap, so recovery must not stop here. Restore the \
          missing segment or recover to a target before it"
     )]
-    Gap { name: String, later: String, location: String },
+    Gap {
+        name: String,
+        later: String,
+        location: String,
+    },
     #[error(transparent)]
     Storage(#[from] StorageError),
     #[error(transparent)]
@@ -55,7 +64,10 @@ pub enum WalError {
 
 impl WalError {
     pub(crate) fn file(path: &Path) -> impl FnOnce(io::Error) -> WalError + '_ {
-        move |source| WalError::File { path: path.to_path_buf(), source }
+        move |source| WalError::File {
+            path: path.to_path_buf(),
+            source,
+        }
     }
 }
 
@@ -70,6 +82,9 @@ pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> io::Result<()> {
 }
 
 pub(crate) fn tmp_name(path: &Path) -> PathBuf {
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     path.with_file_name(format!(".{name}.cairn-tmp.{}", std::process::id()))
 }

@@ -42,7 +42,10 @@ pub struct Report {
 
 /// Archives the WAL file at `path` (relative to the data directory, as `%p` is).
 pub async fn push(ctx: &Context, path: &Path, lookahead: usize) -> Result<Report, WalError> {
-    let file_name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+    let file_name = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or_default();
     let name: WalFileName = file_name.parse()?;
     let pg_wal = match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
@@ -56,7 +59,11 @@ pub async fn push(ctx: &Context, path: &Path, lookahead: usize) -> Result<Report
         let data = read_wal_file(path, &name).await?;
         let _ = std::fs::remove_file(markers.join(file_name));
         if PlainDigest::of(&data) == marked {
-            return Ok(Report { name, outcome: Outcome::PushedAhead, pushed_ahead: 0 });
+            return Ok(Report {
+                name,
+                outcome: Outcome::PushedAhead,
+                pushed_ahead: 0,
+            });
         }
         tracing::warn!(file = %path.display(), "lookahead marker does not match the file; pushing it again");
     }
@@ -64,9 +71,15 @@ pub async fn push(ctx: &Context, path: &Path, lookahead: usize) -> Result<Report
     tidy_state(&pg_wal, &markers);
     // Encoding is CPU-bound: at most one per core, which also bounds memory to
     // that many plain segments plus the encoded ones in flight.
-    let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
+    let cpus = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(2);
     let encoders = Arc::new(Semaphore::new(cpus));
-    let ahead = if name.segment().is_some() { ready_segments(&pg_wal, &name, &markers, lookahead) } else { Vec::new() };
+    let ahead = if name.segment().is_some() {
+        ready_segments(&pg_wal, &name, &markers, lookahead)
+    } else {
+        Vec::new()
+    };
 
     let current = push_one(ctx, path.to_path_buf(), name, encoders.clone());
     let others = futures::stream::iter(ahead)
@@ -94,7 +107,11 @@ pub async fn push(ctx: &Context, path: &Path, lookahead: usize) -> Result<Report
         .fold(0usize, |n, ok| async move { n + usize::from(ok) });
     let (current, pushed_ahead) = futures::join!(current, others);
     let (outcome, _) = current?;
-    Ok(Report { name, outcome, pushed_ahead })
+    Ok(Report {
+        name,
+        outcome,
+        pushed_ahead,
+    })
 }
 
 async fn push_one(
@@ -104,26 +121,41 @@ async fn push_one(
     encoders: Arc<Semaphore>,
 ) -> Result<(Outcome, PlainDigest), WalError> {
     let (encoded, digest) = {
-        let _permit = encoders.acquire().await.map_err(|e| WalError::File { path: path.clone(), source: std::io::Error::other(e) })?;
+        let _permit = encoders.acquire().await.map_err(|e| WalError::File {
+            path: path.clone(),
+            source: std::io::Error::other(e),
+        })?;
         let data = read_wal_file(&path, &name).await?;
         let settings = ctx.config.codec();
         tokio::task::spawn_blocking(move || encode_to_vec(&data, &settings))
             .await
-            .map_err(|e| WalError::File { path: path.clone(), source: std::io::Error::other(e) })??
+            .map_err(|e| WalError::File {
+                path: path.clone(),
+                source: std::io::Error::other(e),
+            })??
     };
     let key = wal_key(&name);
-    match ctx.storage.put(&key, PutBody::Bytes(Bytes::from(encoded)), PutMode::CreateIfAbsent).await {
+    match ctx
+        .storage
+        .put(
+            &key,
+            PutBody::Bytes(Bytes::from(encoded)),
+            PutMode::CreateIfAbsent,
+        )
+        .await
+    {
         Ok(()) => Ok((Outcome::Uploaded, digest)),
         Err(StorageError::AlreadyExists { .. }) => {
             let archived = archived_digest(ctx, &name).await?;
             if archived == Some(digest) {
-                tracing::info!(file = %name, "already archived with identical contents");
+                tracing::debug!(file = %name, "already archived with identical contents");
                 Ok((Outcome::AlreadyArchived, digest))
             } else {
                 Err(WalError::Conflict {
                     name: name.to_string(),
                     location: ctx.storage.location().to_string(),
-                    archived: archived.map_or_else(|| "no digest in header".into(), |d| d.to_string()),
+                    archived: archived
+                        .map_or_else(|| "no digest in header".into(), |d| d.to_string()),
                     local: digest.to_string(),
                 })
             }
@@ -133,7 +165,10 @@ async fn push_one(
 }
 
 /// The digest recorded in an archived object's header, read without decrypting.
-async fn archived_digest(ctx: &Context, name: &WalFileName) -> Result<Option<PlainDigest>, WalError> {
+async fn archived_digest(
+    ctx: &Context,
+    name: &WalFileName,
+) -> Result<Option<PlainDigest>, WalError> {
     use futures::TryStreamExt;
     let key = wal_key(name);
     let mut stream = ctx.storage.get(&key).await?;
@@ -142,7 +177,12 @@ async fn archived_digest(ctx: &Context, name: &WalFileName) -> Result<Option<Pla
         match stream.try_next().await {
             Ok(Some(b)) => head.extend_from_slice(&b),
             Ok(None) => break,
-            Err(e) => return Err(WalError::File { path: PathBuf::from(key.as_str()), source: e }),
+            Err(e) => {
+                return Err(WalError::File {
+                    path: PathBuf::from(key.as_str()),
+                    source: e,
+                });
+            }
         }
     }
     Ok(Header::read_from(&mut &head[..], key.as_str())?.digest)
@@ -153,7 +193,10 @@ async fn archived_digest(ctx: &Context, name: &WalFileName) -> Result<Option<Pla
 async fn read_wal_file(path: &Path, name: &WalFileName) -> Result<Vec<u8>, WalError> {
     let data = tokio::fs::read(path).await.map_err(WalError::file(path))?;
     if matches!(name, WalFileName::Segment(_) | WalFileName::Partial(_)) {
-        let bad = |reason: String| WalError::BadSegment { path: path.to_path_buf(), reason };
+        let bad = |reason: String| WalError::BadSegment {
+            path: path.to_path_buf(),
+            reason,
+        };
         let size = SegmentSize::new(data.len() as u64).map_err(|e| bad(e.to_string()))?;
         let header = LongPageHeader::parse(&data).map_err(|e| bad(e.to_string()))?;
         if header.segment_size != size {
@@ -177,30 +220,54 @@ fn read_marker(path: &Path) -> Option<PlainDigest> {
     for (i, b) in blake3.iter_mut().enumerate() {
         *b = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).ok()?;
     }
-    Some(PlainDigest { len: len.parse().ok()?, blake3 })
+    Some(PlainDigest {
+        len: len.parse().ok()?,
+        blake3,
+    })
 }
 
 fn record_marker(markers: &Path, name: &WalFileName, d: PlainDigest) -> std::io::Result<()> {
     std::fs::create_dir_all(markers)?;
     let hex: String = d.blake3.iter().map(|b| format!("{b:02x}")).collect();
-    write_atomically(&markers.join(name.to_string()), format!("{} {hex}\n", d.len).as_bytes())
+    write_atomically(
+        &markers.join(name.to_string()),
+        format!("{} {hex}\n", d.len).as_bytes(),
+    )
 }
 
 /// Segments (other than `current`) that PostgreSQL has marked ready, not yet
 /// pushed ahead, oldest first, at most `n`.
-fn ready_segments(pg_wal: &Path, current: &WalFileName, markers: &Path, n: usize) -> Vec<(WalFileName, PathBuf)> {
+fn ready_segments(
+    pg_wal: &Path,
+    current: &WalFileName,
+    markers: &Path,
+    n: usize,
+) -> Vec<(WalFileName, PathBuf)> {
     if n == 0 {
         return Vec::new();
     }
-    let Ok(entries) = std::fs::read_dir(pg_wal.join("archive_status")) else { return Vec::new() };
+    let Ok(entries) = std::fs::read_dir(pg_wal.join("archive_status")) else {
+        return Vec::new();
+    };
     let mut ready: Vec<WalFileName> = entries
         .filter_map(|e| e.ok())
-        .filter_map(|e| e.file_name().to_str()?.strip_suffix(".ready")?.parse::<WalFileName>().ok())
+        .filter_map(|e| {
+            e.file_name()
+                .to_str()?
+                .strip_suffix(".ready")?
+                .parse::<WalFileName>()
+                .ok()
+        })
         .filter(|w| w.segment().is_some() && w != current)
         .filter(|w| !markers.join(w.to_string()).exists())
         .collect();
     ready.sort_by_key(|w| w.segment());
-    ready.into_iter().take(n).map(|w| (w, pg_wal.join(w.to_string()))).filter(|(_, p)| p.exists()).collect()
+    ready
+        .into_iter()
+        .take(n)
+        .map(|w| (w, pg_wal.join(w.to_string())))
+        .filter(|(_, p)| p.exists())
+        .collect()
 }
 
 /// Drops markers whose `.ready` file is gone (PostgreSQL archived or removed the
@@ -210,14 +277,21 @@ fn tidy_state(pg_wal: &Path, markers: &Path) {
         for e in entries.filter_map(|e| e.ok()) {
             let name = e.file_name();
             let Some(name) = name.to_str() else { continue };
-            if !pg_wal.join("archive_status").join(format!("{name}.ready")).exists() {
+            if !pg_wal
+                .join("archive_status")
+                .join(format!("{name}.ready"))
+                .exists()
+            {
                 let _ = std::fs::remove_file(e.path());
             }
         }
     }
     // archive_command runs in the data directory; no signal file means recovery is over.
     let prefetch = state_dir(pg_wal).join("prefetch");
-    if prefetch.exists() && !Path::new("recovery.signal").exists() && !Path::new("standby.signal").exists() {
+    if prefetch.exists()
+        && !Path::new("recovery.signal").exists()
+        && !Path::new("standby.signal").exists()
+    {
         let _ = std::fs::remove_dir_all(prefetch);
     }
 }

@@ -16,7 +16,10 @@ pub fn cairn_bin() -> PathBuf {
 fn tools_dir() -> PathBuf {
     std::env::var_os("TEST_TOOLS_DIR")
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(std::env::var("HOME").unwrap_or_else(|_| "/root".into())).join(".cache/cairn-test-tools"))
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var("HOME").unwrap_or_else(|_| "/root".into()))
+                .join(".cache/cairn-test-tools")
+        })
 }
 
 fn tool(rel: &str, name: &str) -> PathBuf {
@@ -24,11 +27,18 @@ fn tool(rel: &str, name: &str) -> PathBuf {
     if p.exists() {
         return p;
     }
-    panic!("{name} is not installed at {}: run scripts/test.sh, which installs it", p.display());
+    panic!(
+        "{name} is not installed at {}: run scripts/test.sh, which installs it",
+        p.display()
+    );
 }
 
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 fn wait_for_port(port: u16, child: &mut Child, what: &str) {
@@ -37,7 +47,10 @@ fn wait_for_port(port: u16, child: &mut Child, what: &str) {
         if let Ok(Some(status)) = child.try_wait() {
             panic!("{what} exited before listening: {status}");
         }
-        assert!(Instant::now() < deadline, "{what} did not listen on port {port}");
+        assert!(
+            Instant::now() < deadline,
+            "{what} did not listen on port {port}"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 }
@@ -46,14 +59,25 @@ fn is_root() -> bool {
     // SAFETY-free: read our uid from /proc rather than calling libc.
     std::fs::read_to_string("/proc/self/status")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("Uid:")).map(|l| l.split_whitespace().nth(1) == Some("0")))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .map(|l| l.split_whitespace().nth(1) == Some("0"))
+        })
         .unwrap_or(false)
 }
 
 fn postgres_ids() -> (u32, u32) {
     let id = |flag: &str| -> u32 {
-        let out = Command::new("id").arg(flag).arg("postgres").output().expect("id postgres");
-        String::from_utf8_lossy(&out.stdout).trim().parse().expect("the postgres user must exist (scripts/test.sh creates it)")
+        let out = Command::new("id")
+            .arg(flag)
+            .arg("postgres")
+            .output()
+            .expect("id postgres");
+        String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .parse()
+            .expect("the postgres user must exist (scripts/test.sh creates it)")
     };
     (id("-u"), id("-g"))
 }
@@ -65,7 +89,10 @@ pub struct TestDir {
 
 impl TestDir {
     pub fn new() -> Self {
-        let dir = tempfile::Builder::new().prefix("cairn-test-").tempdir().unwrap();
+        let dir = tempfile::Builder::new()
+            .prefix("cairn-test-")
+            .tempdir()
+            .unwrap();
         if is_root() {
             let (u, g) = postgres_ids();
             std::os::unix::fs::chown(dir.path(), Some(u), Some(g)).unwrap();
@@ -89,7 +116,12 @@ impl TestDir {
 pub fn chown_pg(p: &Path) {
     if is_root() {
         let (u, g) = postgres_ids();
-        Command::new("chown").arg("-R").arg(format!("{u}:{g}")).arg(p).status().unwrap();
+        Command::new("chown")
+            .arg("-R")
+            .arg(format!("{u}:{g}"))
+            .arg(p)
+            .status()
+            .unwrap();
     }
 }
 
@@ -114,10 +146,21 @@ pub fn pg_bindir() -> PathBuf {
         return d.into();
     }
     let mut found: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
-        .map(|rd| rd.filter_map(|e| e.ok()).map(|e| e.path().join("bin")).filter(|b| b.join("initdb").exists()).collect())
+        .map(|rd| {
+            rd.filter_map(|e| e.ok())
+                .map(|e| e.path().join("bin"))
+                .filter(|b| b.join("initdb").exists())
+                .collect()
+        })
         .unwrap_or_default();
-    found.sort_by_key(|p| p.parent().and_then(|v| v.file_name()).and_then(|v| v.to_str()?.parse::<u32>().ok()));
-    found.pop().expect("PostgreSQL server binaries not found under /usr/lib/postgresql: run scripts/test.sh")
+    found.sort_by_key(|p| {
+        p.parent()
+            .and_then(|v| v.file_name())
+            .and_then(|v| v.to_str()?.parse::<u32>().ok())
+    });
+    found.pop().expect(
+        "PostgreSQL server binaries not found under /usr/lib/postgresql: run scripts/test.sh",
+    )
 }
 
 #[track_caller]
@@ -149,14 +192,28 @@ impl S3Server {
         let bucket = "cairn-test".to_string();
         std::fs::create_dir(root.path().join(&bucket)).unwrap();
         let port = free_port();
-        let mut s = S3Server { child: None, port, bucket, root };
+        let mut s = S3Server {
+            child: None,
+            port,
+            bucket,
+            root,
+        };
         s.spawn();
         s
     }
 
     fn spawn(&mut self) {
         let mut child = Command::new(tool("bin/s3s-fs", "s3s-fs"))
-            .args(["--host", "127.0.0.1", "--port", &self.port.to_string(), "--access-key", S3_KEY, "--secret-key", S3_SECRET])
+            .args([
+                "--host",
+                "127.0.0.1",
+                "--port",
+                &self.port.to_string(),
+                "--access-key",
+                S3_KEY,
+                "--secret-key",
+                S3_SECRET,
+            ])
             .arg(self.root.path())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -200,14 +257,31 @@ impl GcsServer {
     pub fn start() -> Self {
         let port = free_port();
         let bucket = "cairn-test".to_string();
-        let mut child = Command::new(tool("gcs-venv/bin/gcp-storage-emulator", "gcp-storage-emulator"))
-            .args(["start", "--host", "127.0.0.1", "--port", &port.to_string(), "--in-memory", "--quiet", "--default-bucket", &bucket])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
+        let mut child = Command::new(tool(
+            "gcs-venv/bin/gcp-storage-emulator",
+            "gcp-storage-emulator",
+        ))
+        .args([
+            "start",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            &port.to_string(),
+            "--in-memory",
+            "--quiet",
+            "--default-bucket",
+            &bucket,
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
         wait_for_port(port, &mut child, "gcp-storage-emulator");
-        GcsServer { child, port, bucket }
+        GcsServer {
+            child,
+            port,
+            bucket,
+        }
     }
 }
 
@@ -250,8 +324,14 @@ impl Archive {
             Backend::S3 => {
                 let s = S3Server::start();
                 env.extend([
-                    ("CAIRN_STORAGE".into(), format!("s3://{}/cluster-a", s.bucket)),
-                    ("CAIRN_S3_ENDPOINT".into(), format!("http://127.0.0.1:{}", s.port)),
+                    (
+                        "CAIRN_STORAGE".into(),
+                        format!("s3://{}/cluster-a", s.bucket),
+                    ),
+                    (
+                        "CAIRN_S3_ENDPOINT".into(),
+                        format!("http://127.0.0.1:{}", s.port),
+                    ),
                     ("CAIRN_S3_REGION".into(), "us-east-1".into()),
                     ("CAIRN_S3_FORCE_PATH_STYLE".into(), "true".into()),
                     ("AWS_ACCESS_KEY_ID".into(), S3_KEY.into()),
@@ -262,13 +342,26 @@ impl Archive {
             Backend::Gcs => {
                 let g = GcsServer::start();
                 env.extend([
-                    ("CAIRN_STORAGE".into(), format!("gs://{}/cluster-a", g.bucket)),
-                    ("CAIRN_GCS_ENDPOINT".into(), format!("http://127.0.0.1:{}", g.port)),
+                    (
+                        "CAIRN_STORAGE".into(),
+                        format!("gs://{}/cluster-a", g.bucket),
+                    ),
+                    (
+                        "CAIRN_GCS_ENDPOINT".into(),
+                        format!("http://127.0.0.1:{}", g.port),
+                    ),
                 ]);
                 gcs = Some(g);
             }
         }
-        Archive { backend, env, s3, gcs, dir, _tmp: tmp }
+        Archive {
+            backend,
+            env,
+            s3,
+            gcs,
+            dir,
+            _tmp: tmp,
+        }
     }
 
     pub fn with(mut self, k: &str, v: &str) -> Self {
@@ -282,7 +375,14 @@ impl Archive {
         let mut env = self.env.clone();
         env.retain(|(key, _)| key != k);
         env.push((k.into(), v.into()));
-        Archive { backend: self.backend, env, s3: None, gcs: None, dir: self.dir.clone(), _tmp: TestDir::new() }
+        Archive {
+            backend: self.backend,
+            env,
+            s3: None,
+            gcs: None,
+            dir: self.dir.clone(),
+            _tmp: TestDir::new(),
+        }
     }
 
     /// Runs cairn (as the test user) with this archive's environment.
@@ -307,9 +407,16 @@ impl AgeKey {
         use age::secrecy::ExposeSecret;
         let id = age::x25519::Identity::generate();
         let identity_file = dir.join(format!("age-{}.key", free_port()));
-        std::fs::write(&identity_file, format!("{}\n", id.to_string().expose_secret())).unwrap();
+        std::fs::write(
+            &identity_file,
+            format!("{}\n", id.to_string().expose_secret()),
+        )
+        .unwrap();
         chown_pg(&identity_file);
-        AgeKey { recipient: id.to_public().to_string(), identity_file }
+        AgeKey {
+            recipient: id.to_public().to_string(),
+            identity_file,
+        }
     }
 }
 
@@ -342,9 +449,23 @@ impl Cluster {
     /// A data directory made some other way (pg_basebackup).
     pub fn existing(dir: &TestDir, datadir: PathBuf) -> Self {
         let port = free_port();
-        let log = dir.path().join(format!("{}.log", datadir.file_name().unwrap().to_string_lossy()));
-        let c = Cluster { datadir, port, bindir: pg_bindir(), log, env: Vec::new(), running: false };
-        c.set(&[("port", &port.to_string()), ("listen_addresses", "'127.0.0.1'"), ("unix_socket_directories", "''")]);
+        let log = dir.path().join(format!(
+            "{}.log",
+            datadir.file_name().unwrap().to_string_lossy()
+        ));
+        let c = Cluster {
+            datadir,
+            port,
+            bindir: pg_bindir(),
+            log,
+            env: Vec::new(),
+            running: false,
+        };
+        c.set(&[
+            ("port", &port.to_string()),
+            ("listen_addresses", "'127.0.0.1'"),
+            ("unix_socket_directories", "''"),
+        ]);
         c
     }
 
@@ -352,7 +473,11 @@ impl Cluster {
     pub fn set(&self, settings: &[(&str, &str)]) {
         use std::io::Write;
         let p = self.datadir.join("postgresql.auto.conf");
-        let mut f = std::fs::OpenOptions::new().append(true).create(true).open(&p).unwrap();
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .open(&p)
+            .unwrap();
         for (k, v) in settings {
             writeln!(f, "{k} = {v}").unwrap();
         }
@@ -362,7 +487,11 @@ impl Cluster {
     pub fn archive_to(&mut self, archive: &Archive) {
         self.env = archive.env.clone();
         let cmd = format!("'{} wal-push %p'", cairn_bin().display());
-        self.set(&[("archive_mode", "on"), ("archive_command", &cmd), ("wal_level", "replica")]);
+        self.set(&[
+            ("archive_mode", "on"),
+            ("archive_command", &cmd),
+            ("wal_level", "replica"),
+        ]);
     }
 
     pub fn restore_from(&mut self, archive: &Archive) {
@@ -386,26 +515,47 @@ impl Cluster {
             .unwrap();
         self.running = true;
         if !out.status.success() {
-            panic!("pg_ctl start failed:\n{}\nlog:\n{}", String::from_utf8_lossy(&out.stderr), self.log_text());
+            panic!(
+                "pg_ctl start failed:\n{}\nlog:\n{}",
+                String::from_utf8_lossy(&out.stderr),
+                self.log_text()
+            );
         }
     }
 
     /// Starts without waiting (for recoveries that may stop the server).
     pub fn start_no_wait(&mut self) {
-        let out = as_pg(&self.bin("pg_ctl"), &self.env).arg("-D").arg(&self.datadir).arg("-l").arg(&self.log).arg("start").output().unwrap();
+        let out = as_pg(&self.bin("pg_ctl"), &self.env)
+            .arg("-D")
+            .arg(&self.datadir)
+            .arg("-l")
+            .arg(&self.log)
+            .arg("start")
+            .output()
+            .unwrap();
         self.running = true;
         check(out, "pg_ctl start");
     }
 
     pub fn stop(&mut self) {
         if self.running {
-            let _ = as_pg(&self.bin("pg_ctl"), &[]).arg("-D").arg(&self.datadir).args(["-m", "fast", "-w", "stop"]).output();
+            let _ = as_pg(&self.bin("pg_ctl"), &[])
+                .arg("-D")
+                .arg(&self.datadir)
+                .args(["-m", "fast", "-w", "stop"])
+                .output();
             self.running = false;
         }
     }
 
     pub fn is_running(&self) -> bool {
-        as_pg(&self.bin("pg_ctl"), &[]).arg("-D").arg(&self.datadir).arg("status").output().map(|o| o.status.success()).unwrap_or(false)
+        as_pg(&self.bin("pg_ctl"), &[])
+            .arg("-D")
+            .arg(&self.datadir)
+            .arg("status")
+            .output()
+            .map(|o| o.status.success())
+            .unwrap_or(false)
     }
 
     pub fn log_text(&self) -> String {
@@ -413,28 +563,61 @@ impl Cluster {
     }
 
     fn conn(&self) -> Vec<String> {
-        vec!["-h".into(), "127.0.0.1".into(), "-p".into(), self.port.to_string(), "-U".into(), "postgres".into()]
+        vec![
+            "-h".into(),
+            "127.0.0.1".into(),
+            "-p".into(),
+            self.port.to_string(),
+            "-U".into(),
+            "postgres".into(),
+        ]
     }
 
     /// Runs SQL and returns unaligned, tuples-only output.
     #[track_caller]
     pub fn sql(&self, sql: &str) -> String {
-        let out = Command::new(self.bin("psql")).args(self.conn()).args(["-d", "postgres", "-XAtq", "-v", "ON_ERROR_STOP=1", "-c", sql]).output().unwrap();
+        let out = Command::new(self.bin("psql"))
+            .args(self.conn())
+            .args([
+                "-d",
+                "postgres",
+                "-XAtq",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-c",
+                sql,
+            ])
+            .output()
+            .unwrap();
         check(out, &format!("psql {sql:?}")).trim().to_string()
     }
 
     pub fn try_sql(&self, sql: &str) -> Option<String> {
-        let out = Command::new(self.bin("psql")).args(self.conn()).args(["-d", "postgres", "-XAtq", "-c", sql]).output().ok()?;
-        out.status.success().then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+        let out = Command::new(self.bin("psql"))
+            .args(self.conn())
+            .args(["-d", "postgres", "-XAtq", "-c", sql])
+            .output()
+            .ok()?;
+        out.status
+            .success()
+            .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
     }
 
     pub fn pgbench(&self, args: &[&str]) {
-        let out = Command::new(self.bin("pgbench")).args(self.conn()).args(args).arg("postgres").output().unwrap();
+        let out = Command::new(self.bin("pgbench"))
+            .args(self.conn())
+            .args(args)
+            .arg("postgres")
+            .output()
+            .unwrap();
         check(out, "pgbench");
     }
 
     pub fn dumpall(&self) -> String {
-        let out = Command::new(self.bin("pg_dumpall")).args(self.conn()).output().unwrap();
+        let out = Command::new(self.bin("pg_dumpall"))
+            .args(self.conn())
+            .output()
+            .unwrap();
         check(out, "pg_dumpall")
     }
 
@@ -453,10 +636,19 @@ impl Cluster {
 
     /// Waits for `cond` on this server, failing with the server log on timeout.
     #[track_caller]
-    pub fn wait_until(&self, what: &str, timeout: Duration, mut cond: impl FnMut(&Cluster) -> bool) {
+    pub fn wait_until(
+        &self,
+        what: &str,
+        timeout: Duration,
+        mut cond: impl FnMut(&Cluster) -> bool,
+    ) {
         let deadline = Instant::now() + timeout;
         while !cond(self) {
-            assert!(Instant::now() < deadline, "timed out waiting for {what}; server log:\n{}", self.log_text());
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}; server log:\n{}",
+                self.log_text()
+            );
             std::thread::sleep(Duration::from_millis(200));
         }
     }
@@ -465,7 +657,11 @@ impl Cluster {
 impl Drop for Cluster {
     fn drop(&mut self) {
         if self.running {
-            let _ = as_pg(&self.bin("pg_ctl"), &[]).arg("-D").arg(&self.datadir).args(["-m", "immediate", "-w", "stop"]).output();
+            let _ = as_pg(&self.bin("pg_ctl"), &[])
+                .arg("-D")
+                .arg(&self.datadir)
+                .args(["-m", "immediate", "-w", "stop"])
+                .output();
         }
     }
 }
