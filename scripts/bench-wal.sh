@@ -137,19 +137,25 @@ psql_() { runuser -u postgres -- "$PGBIN/psql" -X -q -At -h "$SOCK" -p "$PGPORT"
 # ---------------------------------------------------------------------------
 # Timing: every call is run like PostgreSQL runs it — one process, one segment
 # ---------------------------------------------------------------------------
-CALL_US=0       # wall time of the calls of the current run, microseconds
-RSS_FILE=""     # /usr/bin/time appends each call's peak RSS (KiB) here
-CALL_ERR=$WORK/call.stderr
+CALL_US=0   # wall time of the calls of the current run, microseconds
+RSS_FILE="" # /usr/bin/time appends each call's peak RSS (KiB) here
+RUN_ERR=""  # stderr of the run's calls, appended (detached prefetch workers write here too)
+NOISY_RUNS=()
 
-start_run() { CALL_US=0; RSS_FILE=$WORK/rss.$1; : >"$RSS_FILE"; }
+start_run() {
+  CALL_US=0 RSS_FILE=$WORK/rss.$1 RUN_ERR=$WORK/stderr.$1
+  : >"$RSS_FILE"
+  : >"$RUN_ERR"
+}
 
 # run_call <cmd>...: runs one call under /usr/bin/time; only the call itself is timed
 # (bookkeeping such as renaming .ready files is not). Any failure stops the benchmark
 # and prints everything needed to reproduce it.
 run_call() {
-  local t0 t1 rc=0
+  local t0 t1 rc=0 off
+  off=$(stat -c %s "$RUN_ERR")
   t0=${EPOCHREALTIME/./}
-  /usr/bin/time -f %M -a -o "$RSS_FILE" "$@" >/dev/null 2>"$CALL_ERR" || rc=$?
+  /usr/bin/time -f %M -a -o "$RSS_FILE" "$@" >/dev/null 2>>"$RUN_ERR" || rc=$?
   t1=${EPOCHREALTIME/./}
   CALL_US=$((CALL_US + t1 - t0))
   if ((rc != 0)); then
@@ -159,7 +165,7 @@ run_call() {
       echo "  command: $*"
       echo "  env:     $(env | grep -E '^(CAIRN_|AWS_ACCESS)' | sort | tr '\n' ' ')"
       echo "  stderr:"
-      sed 's/^/    /' "$CALL_ERR"
+      tail -c "+$((off + 1))" "$RUN_ERR" | sed 's/^/    /'
     } >&2
     exit 1
   fi
@@ -189,6 +195,11 @@ add_row() {
       printf "%-10s | %-30s | %5d | %8.2f | %9.4f | %8.1f | %6s | %12s\n", b, v, n, s, s / n, raw / 1e6 / s, ratio, rss
     }')
   ROWS+=("$row")
+  # Successful calls should be silent at log level warn: keep whatever they said.
+  if [[ -s $RUN_ERR ]]; then
+    NOISY_RUNS+=("$id")
+    cp "$RUN_ERR" "$WORK/noisy.$id"
+  fi
   TOTAL_SECS[$id]=$(awk -v us="$CALL_US" 'BEGIN { printf "%.6f", us / 1e6 }')
   SECS_PER_SEG[$id]=$(awk -v us="$CALL_US" -v n="$NSEG" 'BEGIN { printf "%.6f", us / 1e6 / n }')
   log "done: $row"
@@ -511,6 +522,11 @@ printf '%s\n' "-----------+--------------------------------+-------+----------+-
 printf '%s\n' "${ROWS[@]}"
 echo
 echo "ratio = stored bytes / raw bytes; peak RSS = max over the calls (MiB); MB = 10^6 bytes."
+for id in "${NOISY_RUNS[@]}"; do
+  echo
+  echo "stderr of run $id ($(wc -l <"$WORK/noisy.$id") lines; first 10):"
+  head -n 10 "$WORK/noisy.$id" | sed 's/^/  /'
+done
 
 if ((HAVE_PGBR)) && [[ $ONLY_BASELINES != 1 ]]; then
   echo
