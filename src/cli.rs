@@ -88,6 +88,7 @@ impl GlobalArgs {
 }
 
 #[derive(Debug, Subcommand)]
+#[allow(clippy::enum_variant_names)] // only wal-* so far; backup-* commands come next
 pub enum Command {
     /// Archive one WAL file (archive_command = 'cairn wal-push %p')
     WalPush {

@@ -207,7 +207,7 @@ async fn conformance(s: Arc<dyn Storage>) {
             }
         })
         // The GCS emulator serves one request at a time; more would only queue.
-        .buffer_unordered(8)
+        .buffer_unordered(4)
         .try_collect::<Vec<()>>()
         .await
         .unwrap();

@@ -257,13 +257,15 @@ fn walk(root: &Path, dir: &Path, prefix: &str, out: &mut Vec<ObjectMeta>) -> std
             if as_dir.starts_with(prefix) || prefix.starts_with(&as_dir) {
                 walk(root, &path, prefix, out)?;
             }
-        } else if ft.is_file() && rel.starts_with(prefix) && !rel.contains(TMP_MARK) {
-            if let Ok(key) = ObjectKey::new(rel) {
-                out.push(ObjectMeta {
-                    key,
-                    size: entry.metadata()?.len(),
-                });
-            }
+        } else if ft.is_file()
+            && rel.starts_with(prefix)
+            && !rel.contains(TMP_MARK)
+            && let Ok(key) = ObjectKey::new(rel)
+        {
+            out.push(ObjectMeta {
+                key,
+                size: entry.metadata()?.len(),
+            });
         }
     }
     Ok(())

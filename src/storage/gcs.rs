@@ -192,17 +192,11 @@ impl GcsStorage {
                     .map_err(|e| self.error("start upload of", key, e))
             })
             .await?;
-        let read_err = |e: std::io::Error| StorageError::Permanent {
-            op: "read body for",
-            key: key.to_string(),
-            location: self.location.clone(),
-            message: e.to_string(),
-        };
         // Hold one chunk back so the last one can carry the total size.
         let mut offset = 0u64;
         let mut current = first;
         loop {
-            let next = rest.next_chunk().await.map_err(read_err)?;
+            let next = rest.next_chunk().await?;
             let len = current.len() as u64;
             let total = next.is_none().then_some(offset + len);
             let range = ChunkSize::new(offset, offset + len - 1, total);
@@ -268,17 +262,8 @@ impl Storage for GcsStorage {
             PutBody::Bytes(b) => Box::pin(futures::stream::iter([Ok(b)])),
             PutBody::Stream(s) => s,
         };
-        let mut chunks = Chunker::new(stream, self.part_size);
-        let first = chunks
-            .next_chunk()
-            .await
-            .map_err(|e| StorageError::Permanent {
-                op: "read body for",
-                key: key.to_string(),
-                location: self.location.clone(),
-                message: e.to_string(),
-            })?
-            .unwrap_or_default();
+        let mut chunks = Chunker::new(stream, self.part_size, key, &self.location);
+        let first = chunks.next_chunk().await?.unwrap_or_default();
         if first.len() < self.part_size {
             return self.put_single(key, first, mode).await;
         }

@@ -263,25 +263,41 @@ pub async fn get_bytes(storage: &dyn Storage, key: &ObjectKey) -> Result<Bytes, 
 pub(crate) struct Chunker {
     stream: ByteStream,
     size: usize,
+    key: String,
+    location: String,
     pending: bytes::BytesMut,
     done: bool,
 }
 
 impl Chunker {
-    pub(crate) fn new(stream: ByteStream, size: usize) -> Self {
+    /// `key` and `location` name the upload in errors.
+    pub(crate) fn new(stream: ByteStream, size: usize, key: &str, location: &str) -> Self {
         Chunker {
             stream,
             size,
+            key: key.to_string(),
+            location: location.to_string(),
             pending: bytes::BytesMut::new(),
             done: false,
         }
     }
 
-    /// The next chunk, or `None` at the end of the stream.
-    pub(crate) async fn next_chunk(&mut self) -> std::io::Result<Option<Bytes>> {
+    /// The next chunk, or `None` at the end of the stream. A failing body stream
+    /// is permanent: its bytes cannot be read again.
+    pub(crate) async fn next_chunk(&mut self) -> Result<Option<Bytes>, StorageError> {
         use futures::TryStreamExt;
         while !self.done && self.pending.len() < self.size {
-            match self.stream.try_next().await? {
+            let next = self
+                .stream
+                .try_next()
+                .await
+                .map_err(|e| StorageError::Permanent {
+                    op: "read body for",
+                    key: self.key.clone(),
+                    location: self.location.clone(),
+                    message: e.to_string(),
+                })?;
+            match next {
                 Some(b) => self.pending.extend_from_slice(&b),
                 None => self.done = true,
             }

@@ -240,15 +240,7 @@ impl S3Storage {
                         .build(),
                 );
                 number += 1;
-                next = rest
-                    .next_chunk()
-                    .await
-                    .map_err(|e| StorageError::Permanent {
-                        op: "read body for",
-                        key: key.to_string(),
-                        location: self.location.clone(),
-                        message: e.to_string(),
-                    })?;
+                next = rest.next_chunk().await?;
             }
             let done = CompletedMultipartUpload::builder()
                 .set_parts(Some(parts))
@@ -303,18 +295,8 @@ impl Storage for S3Storage {
             PutBody::Bytes(b) => Box::pin(futures::stream::iter([Ok(b)])),
             PutBody::Stream(s) => s,
         };
-        let mut chunks = Chunker::new(stream, self.part_size);
-        let read_err = |e: std::io::Error| StorageError::Permanent {
-            op: "read body for",
-            key: key.to_string(),
-            location: self.location.clone(),
-            message: e.to_string(),
-        };
-        let first = chunks
-            .next_chunk()
-            .await
-            .map_err(read_err)?
-            .unwrap_or_default();
+        let mut chunks = Chunker::new(stream, self.part_size, key, &self.location);
+        let first = chunks.next_chunk().await?.unwrap_or_default();
         if first.len() < self.part_size {
             return self.put_single(key, first, mode).await;
         }
