@@ -46,4 +46,4 @@ cargo build --release --all-targets --locked
 # The data directories the tests create belong to postgres and must be able to
 # reach the cairn binary.
 chmod o+rx "$PWD" "$PWD/target" "$PWD/target/release" 2>/dev/null || true
-cargo test --release --locked -- --test-threads "${TEST_THREADS:-2}"
+cargo test --release --locked --no-fail-fast -- --test-threads "${TEST_THREADS:-2}"

@@ -27,7 +27,9 @@ fn main() -> ExitCode {
     let config = match load_config(&cli) {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("cairn: {e:#}");
+            // Reported like every other error, in the default log format.
+            init_logging(&Config::default());
+            tracing::error!("{e:#}");
             return failure_code(is_fetch, false);
         }
     };

@@ -56,11 +56,7 @@ fn restore_and_compare(t: &TestDir, archive: &Archive, dump: &str) {
     restored.wait_until("the end of recovery", Duration::from_secs(300), |c| {
         c.try_sql("select pg_is_in_recovery()").as_deref() == Some("f")
     });
-    assert_eq!(
-        restored.dumpall(),
-        dump,
-        "restored data differs from the original"
-    );
+    common::assert_same_dump(&restored.dumpall(), dump, &restored.log_text());
     assert!(
         restored.log_text().contains("archive recovery complete"),
         "{}",
@@ -115,7 +111,9 @@ fn recovery_stops_when_storage_is_unreachable() {
     restored.wait_until(
         "PostgreSQL to stop on the restore_command failure",
         Duration::from_secs(120),
-        |c| !c.is_running(),
+        // pg_ctl -W returns before the postmaster writes its pid file: wait
+        // for the shutdown line, then for the process to be gone.
+        |c| c.log_text().contains("database system is shut down") && !c.is_running(),
     );
     let log = restored.log_text();
     assert!(
@@ -129,6 +127,6 @@ fn recovery_stops_when_storage_is_unreachable() {
     restored.wait_until("the end of recovery", Duration::from_secs(300), |c| {
         c.try_sql("select pg_is_in_recovery()").as_deref() == Some("f")
     });
-    assert_eq!(restored.dumpall(), dump);
+    common::assert_same_dump(&restored.dumpall(), &dump, &restored.log_text());
     restored.stop();
 }

@@ -164,6 +164,43 @@ impl S3Storage {
         }
     }
 
+    /// Classifies a failed upload request. S3 servers reject a request they will
+    /// not accept (bad signature, access denied, no such bucket) as soon as they
+    /// have its headers and close the connection without reading the body; the
+    /// SDK then sees only a broken pipe, which looks transient. A bodiless signed
+    /// request for the same key gets the server's real answer: when that answer is
+    /// a permanent error, it is the one to report (and retrying is pointless).
+    async fn upload_error<E>(
+        &self,
+        op: &'static str,
+        key: &str,
+        e: SdkError<E, aws_smithy_runtime_api::http::Response>,
+    ) -> StorageError
+    where
+        E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+    {
+        let dispatch = matches!(e, SdkError::DispatchFailure(_));
+        let err = self.error(op, key, e);
+        if !dispatch {
+            return err;
+        }
+        let probe = self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(self.full_key(key))
+            .range("bytes=0-0")
+            .send()
+            .await;
+        match probe {
+            Err(p) => match self.error(op, key, p) {
+                permanent @ StorageError::Permanent { .. } => permanent,
+                _ => err,
+            },
+            Ok(_) => err,
+        }
+    }
+
     async fn put_single(&self, key: &str, body: Bytes, mode: PutMode) -> Result<(), StorageError> {
         let full = self.full_key(key);
         self.retry
@@ -177,10 +214,10 @@ impl S3Storage {
                 if mode == PutMode::CreateIfAbsent {
                     req = req.if_none_match("*");
                 }
-                req.send()
-                    .await
-                    .map(|_| ())
-                    .map_err(|e| self.error("put", key, e))
+                match req.send().await {
+                    Ok(_) => Ok(()),
+                    Err(e) => Err(self.upload_error("put", key, e).await),
+                }
             })
             .await
     }
@@ -220,7 +257,8 @@ impl S3Storage {
                 let etag = self
                     .retry
                     .run(|| async {
-                        self.client
+                        let sent = self
+                            .client
                             .upload_part()
                             .bucket(&self.bucket)
                             .key(&full)
@@ -228,8 +266,11 @@ impl S3Storage {
                             .part_number(number)
                             .body(SdkBody::from(chunk.clone()))
                             .send()
-                            .await
-                            .map_err(|e| self.error("upload part of", key, e))
+                            .await;
+                        match sent {
+                            Ok(out) => Ok(out),
+                            Err(e) => Err(self.upload_error("upload part of", key, e).await),
+                        }
                     })
                     .await?
                     .e_tag;

@@ -530,7 +530,8 @@ impl Cluster {
             .arg(&self.datadir)
             .arg("-l")
             .arg(&self.log)
-            .arg("start")
+            // pg_ctl waits by default since PostgreSQL 10.
+            .args(["-W", "start"])
             .output()
             .unwrap();
         self.running = true;
@@ -613,12 +614,18 @@ impl Cluster {
         check(out, "pgbench");
     }
 
+    /// pg_dumpall output, without the `\restrict`/`\unrestrict` lines whose key
+    /// is random per dump (PostgreSQL 15.14+), so two dumps of equal data match.
     pub fn dumpall(&self) -> String {
         let out = Command::new(self.bin("pg_dumpall"))
             .args(self.conn())
             .output()
             .unwrap();
         check(out, "pg_dumpall")
+            .lines()
+            .filter(|l| !l.starts_with("\\restrict ") && !l.starts_with("\\unrestrict "))
+            .map(|l| format!("{l}\n"))
+            .collect()
     }
 
     /// A base backup (plain format, no WAL) into `dest`.
@@ -685,4 +692,28 @@ pub fn fake_segment(size: usize, tli: u32, seed: u64) -> Vec<u8> {
         chunk.iter_mut().for_each(|c| *c = b'a' + v % 26);
     }
     b
+}
+
+/// Asserts two pg_dumpall outputs are equal, reporting the first differing line
+/// rather than two whole dumps.
+#[track_caller]
+pub fn assert_same_dump(restored: &str, original: &str, context: &str) {
+    if restored == original {
+        return;
+    }
+    let (r, o): (Vec<&str>, Vec<&str>) = (restored.lines().collect(), original.lines().collect());
+    let i = r
+        .iter()
+        .zip(&o)
+        .position(|(a, b)| a != b)
+        .unwrap_or(r.len().min(o.len()));
+    panic!(
+        "restored data differs from the original at dump line {}: restored {:?}, original {:?} \
+         ({} vs {} lines)\n{context}",
+        i + 1,
+        r.get(i),
+        o.get(i),
+        r.len(),
+        o.len()
+    );
 }
