@@ -267,10 +267,20 @@ fn main() {
         std::env::set_var("AWS_ACCESS_KEY_ID", common::S3_KEY);
         std::env::set_var("AWS_SECRET_ACCESS_KEY", common::S3_SECRET);
     }
-    let filter: Vec<String> = std::env::args()
-        .skip(1)
-        .filter(|a| !a.starts_with('-'))
-        .collect();
+    // Name filters as libtest takes them; the values of libtest's own options
+    // (`--test-threads 2`, which `cargo test -- …` passes) are not filters.
+    let mut filter: Vec<String> = Vec::new();
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        if matches!(
+            a.as_str(),
+            "--test-threads" | "--format" | "--color" | "--skip" | "--logfile" | "-Z"
+        ) {
+            args.next();
+        } else if !a.starts_with('-') {
+            filter.push(a);
+        }
+    }
     let wanted = |n: &str| filter.is_empty() || filter.iter().any(|f| n.contains(f.as_str()));
     let mut results = Vec::new();
 
