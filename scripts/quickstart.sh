@@ -6,8 +6,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-BIN=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1)
-[ -x "$BIN/initdb" ] || { echo "quickstart: PostgreSQL server binaries not found (apt-get install postgresql)"; exit 1; }
+. scripts/lib/postgres.sh
+BIN=$PGBIN
 cargo build --release --quiet
 CAIRN="$PWD/target/release/cairn"
 chmod o+rx "$PWD" "$PWD/target" "$PWD/target/release" 2>/dev/null || true
@@ -17,6 +17,12 @@ if [ "$(id -u)" = 0 ]; then PG=(runuser -u postgres --); else PG=(); fi
 if [ -z "${CAIRN_STORAGE:-}" ]; then
   mkdir -p /var/lib/cairn 2>/dev/null || { echo "quickstart: create /var/lib/cairn writable by the PostgreSQL user, or set CAIRN_STORAGE"; exit 1; }
   [ "$(id -u)" = 0 ] && chown postgres: /var/lib/cairn
+  # An archive holds one cluster's WAL: a second throwaway cluster would (rightly)
+  # be refused where the first one's files already are.
+  if [ -n "$(ls -A /var/lib/cairn/wal 2>/dev/null)" ]; then
+    export CAIRN_STORAGE="file:///var/lib/cairn/quickstart-$(date +%Y%m%d-%H%M%S)"
+    echo "quickstart: /var/lib/cairn already holds an archive; using $CAIRN_STORAGE"
+  fi
 fi
 
 WORK=$(mktemp -d /tmp/cairn-quickstart.XXXXXX)
@@ -41,7 +47,7 @@ archive_command = '$CAIRN wal-push %p'
 restore_command = '$CAIRN wal-fetch %f %p'
 CONF
 "${PG[@]}" "$BIN/pg_ctl" -D "$WORK/primary" -l "$WORK/primary.log" -w start >/dev/null
-"$BIN/pg_basebackup" -h 127.0.0.1 -p "$PORT" -U postgres -D "$WORK/restored" -X none -c fast --no-sync
+PGOPTIONS='-c client_min_messages=warning' "$BIN/pg_basebackup" -h 127.0.0.1 -p "$PORT" -U postgres -D "$WORK/restored" -X none -c fast --no-sync
 [ "$(id -u)" = 0 ] && chown -R postgres: "$WORK/restored"
 
 echo "quickstart: writing rows and archiving WAL to ${CAIRN_STORAGE:-file:///var/lib/cairn}"

@@ -11,21 +11,9 @@ TOOLS="${TEST_TOOLS_DIR:-$HOME/.cache/cairn-test-tools}"
 export TEST_TOOLS_DIR="$TOOLS"
 mkdir -p "$TOOLS"
 
-as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
-apt_updated=
-apt_install() {
-  [ -n "$apt_updated" ] || { as_root apt-get update -qq; apt_updated=1; }
-  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
-}
-
-# PostgreSQL server binaries (initdb, pg_ctl, pgbench, pg_dumpall, pg_basebackup).
-if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
-  echo "test.sh: installing PostgreSQL server binaries"
-  apt_install postgresql-15 || apt_install postgresql
-fi
-# PostgreSQL refuses to run as root: the tests run it as this user.
-id postgres >/dev/null 2>&1 || as_root useradd --system --home-dir /var/lib/postgresql --shell /bin/bash postgres
-command -v runuser >/dev/null || apt_install util-linux
+# PostgreSQL server binaries (initdb, pg_ctl, pgbench, pg_dumpall, pg_basebackup)
+# and the postgres user the tests run them as.
+. scripts/lib/postgres.sh
 
 # S3: s3s-fs checks signatures and checksums. 0.14.1 is the last that builds on
 # this toolchain.
