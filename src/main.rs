@@ -22,6 +22,7 @@ const EXIT_NOT_FOUND: u8 = 1;
 const EXIT_FATAL_TO_RECOVERY: u8 = 128;
 
 fn main() -> ExitCode {
+    limit_heap_growth();
     let cli = Cli::parse();
     let is_fetch = matches!(cli.command, Command::WalFetch { .. });
     let config = match load_config(&cli) {
@@ -59,6 +60,19 @@ fn main() -> ExitCode {
             }
             failure_code(is_fetch, not_found)
         }
+    }
+}
+
+/// Large buffers (zstd tables, upload parts) are allocated and freed by several
+/// threads. glibc's default raises its mmap threshold after each such free, so
+/// later ones land in per-thread heaps that are not given back: peak RSS grew
+/// with the lookahead (72 MiB instead of 44 at zstd level 9, lookahead 8). A
+/// fixed threshold returns them to the system when freed.
+fn limit_heap_growth() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only sets an allocator parameter; called before any thread.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 20);
     }
 }
 

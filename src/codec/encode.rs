@@ -102,7 +102,13 @@ impl<W: Write> Encoder<W> {
             Compression::None => Compress::None(enc),
             Compression::Lz4 => Compress::Lz4(lz4_flex::frame::FrameEncoder::new(enc)),
             Compression::Zstd => {
-                Compress::Zstd(zstd::stream::write::Encoder::new(enc, settings.zstd_level)?)
+                let mut z = zstd::stream::write::Encoder::new(enc, settings.zstd_level)?;
+                if let Some(d) = known {
+                    // Knowing the size lets zstd size its window and tables to the
+                    // input, not to the level's maximum (a 128 MiB window at 22).
+                    z.set_pledged_src_size(Some(d.len + format::TRAILER_LEN as u64))?;
+                }
+                Compress::Zstd(z)
             }
         };
         Ok(Encoder {

@@ -40,6 +40,27 @@ impl PlainDigest {
         }
     }
 
+    /// The digest of everything `r` yields, read in bounded memory.
+    pub fn of_reader(mut r: impl std::io::Read) -> std::io::Result<Self> {
+        let mut hasher = blake3::Hasher::new();
+        let mut buf = vec![0u8; 256 << 10];
+        let mut len = 0u64;
+        loop {
+            let n = match r.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            };
+            hasher.update(&buf[..n]);
+            len += n as u64;
+        }
+        Ok(PlainDigest {
+            len,
+            blake3: *hasher.finalize().as_bytes(),
+        })
+    }
+
     pub(crate) fn to_bytes(self) -> [u8; DIGEST_FIELD_LEN] {
         let mut b = [0u8; DIGEST_FIELD_LEN];
         b[..8].copy_from_slice(&self.len.to_le_bytes());

@@ -184,3 +184,58 @@ fn identity_file_errors_name_the_file_not_the_key() {
     );
     assert!(Keyring::from_file(&dir.path().join("missing")).is_err());
 }
+
+/// Drains an encoded stream: its bytes, or the error it ended with.
+async fn collect(mut s: crate::storage::ByteStream) -> std::io::Result<Vec<u8>> {
+    use futures::TryStreamExt;
+    let mut out = Vec::new();
+    while let Some(b) = s.try_next().await? {
+        out.extend_from_slice(&b);
+    }
+    Ok(out)
+}
+
+#[tokio::test]
+async fn encode_stream_matches_the_writer_and_verifies() {
+    let id = age::x25519::Identity::generate();
+    let kr = keyring(&id);
+    let plain = sample((3 << 20) + 7);
+    let digest = PlainDigest::of(&plain);
+    for (c, enc) in [(Compression::Lz4, Some(&id)), (Compression::Zstd, None)] {
+        let e = encode_stream(
+            std::io::Cursor::new(plain.clone()),
+            settings(c, enc),
+            Some(digest),
+            "sample".into(),
+        );
+        let obj = collect(e.body).await.unwrap();
+        assert_eq!(e.task.await.unwrap().unwrap(), digest);
+        assert_eq!(decode(&obj, Some(&kr)).unwrap(), plain);
+        assert_eq!(
+            Header::read_from(&mut &obj[..], "o").unwrap().digest,
+            Some(digest)
+        );
+    }
+}
+
+#[tokio::test]
+async fn encode_stream_fails_when_the_source_differs_from_its_digest() {
+    // As if the file changed between hashing and encoding: the stream must end
+    // in an error, never cleanly, so that no put of it can succeed.
+    let plain = sample(1 << 20);
+    let mut other = plain.clone();
+    other[12345] ^= 1;
+    let e = encode_stream(
+        std::io::Cursor::new(other),
+        settings(Compression::Lz4, None),
+        Some(PlainDigest::of(&plain)),
+        "pg_wal/000000010000000000000001".into(),
+    );
+    let err = collect(e.body).await.unwrap_err();
+    assert!(err.to_string().contains("changed while"), "{err}");
+    let task_err = e.task.await.unwrap().unwrap_err().to_string();
+    assert!(
+        task_err.contains("pg_wal/000000010000000000000001"),
+        "{task_err}"
+    );
+}

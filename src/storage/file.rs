@@ -93,6 +93,11 @@ impl Storage for FileStorage {
         &self.location
     }
 
+    fn put_buffering(&self, _size: u64) -> u64 {
+        // Chunks go to the temporary file as they arrive.
+        0
+    }
+
     async fn put(&self, key: &ObjectKey, body: PutBody, mode: PutMode) -> Result<(), StorageError> {
         let dest = self.path(key);
         let dir = dest

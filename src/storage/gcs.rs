@@ -247,6 +247,13 @@ impl Storage for GcsStorage {
         &self.location
     }
 
+    fn put_buffering(&self, size: u64) -> u64 {
+        // A simple upload needs the whole body; a resumable one holds one chunk
+        // back while sending another.
+        let part = self.part_size as u64;
+        if size <= part { size } else { 2 * part }
+    }
+
     async fn put(&self, key: &ObjectKey, body: PutBody, mode: PutMode) -> Result<(), StorageError> {
         if mode == PutMode::CreateIfAbsent && self.head(key).await?.is_some() {
             return Err(StorageError::AlreadyExists {

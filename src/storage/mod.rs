@@ -120,6 +120,11 @@ pub trait Storage: Send + Sync + fmt::Debug {
     /// The storage URL, for messages (never contains credentials).
     fn location(&self) -> &str;
 
+    /// How many bytes a put of a streamed body of about `size` bytes holds in
+    /// memory at once (a whole object or a part buffered for upload), so that
+    /// callers running several puts can keep within a memory budget.
+    fn put_buffering(&self, size: u64) -> u64;
+
     /// Stores `body` under `key`; the object is visible only once complete.
     async fn put(&self, key: &ObjectKey, body: PutBody, mode: PutMode) -> Result<(), StorageError>;
 
@@ -298,7 +303,14 @@ impl Chunker {
                     message: e.to_string(),
                 })?;
             match next {
-                Some(b) => self.pending.extend_from_slice(&b),
+                Some(b) => {
+                    // One allocation per chunk: growing by doubling would copy
+                    // and, for a moment, hold one and a half chunks.
+                    if self.pending.capacity() - self.pending.len() < b.len() {
+                        self.pending.reserve(self.size.max(b.len()));
+                    }
+                    self.pending.extend_from_slice(&b)
+                }
                 None => self.done = true,
             }
         }

@@ -327,6 +327,12 @@ impl Storage for S3Storage {
         &self.location
     }
 
+    fn put_buffering(&self, size: u64) -> u64 {
+        // A single PUT needs the whole body (S3 wants its length); multipart
+        // uploads hold one part at a time.
+        size.min(self.part_size as u64)
+    }
+
     async fn put(&self, key: &ObjectKey, body: PutBody, mode: PutMode) -> Result<(), StorageError> {
         let key = key.as_str();
         let stream: ByteStream = match body {

@@ -10,15 +10,13 @@
 //! never touched: it alone decides what counts as archived.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
-use bytes::Bytes;
 use futures::StreamExt;
 use tokio::sync::Semaphore;
 
 use super::{WalError, state_dir, wal_key, write_atomically};
 use crate::Context;
-use crate::codec::{Header, PlainDigest, encode_to_vec};
+use crate::codec::{Header, PlainDigest, encode_stream};
 use crate::pg::wal::{LongPageHeader, SegmentSize, WalFileName};
 use crate::storage::{PutBody, PutMode, StorageError};
 
@@ -56,9 +54,9 @@ pub async fn push(ctx: &Context, path: &Path, lookahead: usize) -> Result<Report
     if name.segment().is_some()
         && let Some(marked) = read_marker(&markers.join(file_name))
     {
-        let data = read_wal_file(path, &name).await?;
+        let (_, digest) = open_wal_file(path.to_path_buf(), name).await?;
         let _ = std::fs::remove_file(markers.join(file_name));
-        if PlainDigest::of(&data) == marked {
+        if digest == marked {
             return Ok(Report {
                 name,
                 outcome: Outcome::PushedAhead,
@@ -69,26 +67,21 @@ pub async fn push(ctx: &Context, path: &Path, lookahead: usize) -> Result<Report
     }
 
     tidy_state(&pg_wal, &markers);
-    // Encoding is CPU-bound: at most one per core, which also bounds memory to
-    // that many plain segments plus the encoded ones in flight.
-    let cpus = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(2);
-    let encoders = Arc::new(Semaphore::new(cpus));
+    let budget = Semaphore::new(BUDGET_KIB as usize);
     let ahead = if name.segment().is_some() {
         ready_segments(&pg_wal, &name, &markers, lookahead)
     } else {
         Vec::new()
     };
 
-    let current = push_one(ctx, path.to_path_buf(), name, encoders.clone());
+    // Created first, so it is first in the budget's queue.
+    let current = push_one(ctx, path.to_path_buf(), name, &budget);
     let others = futures::stream::iter(ahead)
         .map(|(n, p)| {
-            let encoders = encoders.clone();
-            let markers = markers.clone();
+            let (budget, markers) = (&budget, &markers);
             async move {
-                match push_one(ctx, p.clone(), n, encoders).await {
-                    Ok((_, digest)) => match record_marker(&markers, &n, digest) {
+                match push_one(ctx, p.clone(), n, budget).await {
+                    Ok((_, digest)) => match record_marker(markers, &n, digest) {
                         Ok(()) => true,
                         Err(e) => {
                             tracing::warn!(segment = %n, error = %e, "could not record lookahead marker");
@@ -114,37 +107,63 @@ pub async fn push(ctx: &Context, path: &Path, lookahead: usize) -> Result<Report
     })
 }
 
+/// Memory wal-push may hold for files in flight (upload buffers, encoder state),
+/// in KiB. With the process's own ~15 MiB it keeps peak RSS under 64 MiB
+/// whatever the lookahead; when a single file needs more (a huge segment with a
+/// high zstd level), that file runs alone.
+const BUDGET_KIB: u64 = 44 << 10;
+
+/// What archiving one file of `size` bytes holds in memory, in KiB of the budget.
+fn memory_cost(ctx: &Context, size: u64) -> u32 {
+    // Encoded size can exceed the plain size a little (incompressible data,
+    // framing, age tags).
+    let encoded = size + size / 64 + (64 << 10);
+    let bytes = ctx.storage.put_buffering(encoded)
+        + crate::codec::STREAM_BUFFERS as u64
+        + ctx.config.codec().working_set();
+    (bytes.div_ceil(1 << 10)).min(BUDGET_KIB) as u32
+}
+
 async fn push_one(
     ctx: &Context,
     path: PathBuf,
     name: WalFileName,
-    encoders: Arc<Semaphore>,
+    budget: &Semaphore,
 ) -> Result<(Outcome, PlainDigest), WalError> {
-    let (encoded, digest) = {
-        let _permit = encoders.acquire().await.map_err(|e| WalError::File {
+    let size = tokio::fs::metadata(&path)
+        .await
+        .map_err(WalError::file(&path))?
+        .len();
+    let _permit = budget
+        .acquire_many(memory_cost(ctx, size))
+        .await
+        .map_err(|e| WalError::File {
             path: path.clone(),
             source: std::io::Error::other(e),
         })?;
-        let data = read_wal_file(&path, &name).await?;
-        let settings = ctx.config.codec();
-        tokio::task::spawn_blocking(move || encode_to_vec(&data, &settings))
-            .await
-            .map_err(|e| WalError::File {
-                path: path.clone(),
-                source: std::io::Error::other(e),
-            })??
-    };
+    // Hash first, so that the digest goes into the object's header where a
+    // later push can compare it without decrypting; then encode as it uploads.
+    let (file, digest) = open_wal_file(path.clone(), name).await?;
+    let encoded = encode_stream(
+        file,
+        ctx.config.codec(),
+        Some(digest),
+        path.display().to_string(),
+    );
     let key = wal_key(&name);
-    match ctx
+    let put = ctx
         .storage
-        .put(
-            &key,
-            PutBody::Bytes(Bytes::from(encoded)),
-            PutMode::CreateIfAbsent,
-        )
-        .await
-    {
-        Ok(()) => Ok((Outcome::Uploaded, digest)),
+        .put(&key, PutBody::Stream(encoded.body), PutMode::CreateIfAbsent)
+        .await;
+    let encoding = encoded.task.await.map_err(|e| WalError::File {
+        path: path.clone(),
+        source: std::io::Error::other(e),
+    })?;
+    match put {
+        Ok(()) => {
+            encoding?;
+            Ok((Outcome::Uploaded, digest))
+        }
         Err(StorageError::AlreadyExists { .. }) => {
             let archived = archived_digest(ctx, &name).await?;
             if archived == Some(digest) {
@@ -160,7 +179,9 @@ async fn push_one(
                 })
             }
         }
-        Err(e) => Err(e.into()),
+        // When the encoder failed, its error says why; the storage's only says
+        // that the body ended badly.
+        Err(e) => Err(encoding.err().map_or_else(|| e.into(), WalError::from)),
     }
 }
 
@@ -188,27 +209,51 @@ async fn archived_digest(
     Ok(Header::read_from(&mut &head[..], key.as_str())?.digest)
 }
 
-/// Reads a WAL file, checking that a segment is whole: its size is a valid segment
-/// size and matches the size its first page header declares.
-async fn read_wal_file(path: &Path, name: &WalFileName) -> Result<Vec<u8>, WalError> {
-    let data = tokio::fs::read(path).await.map_err(WalError::file(path))?;
-    if matches!(name, WalFileName::Segment(_) | WalFileName::Partial(_)) {
-        let bad = |reason: String| WalError::BadSegment {
-            path: path.to_path_buf(),
-            reason,
-        };
-        let size = SegmentSize::new(data.len() as u64).map_err(|e| bad(e.to_string()))?;
-        let header = LongPageHeader::parse(&data).map_err(|e| bad(e.to_string()))?;
-        if header.segment_size != size {
-            return Err(bad(format!(
-                "file is {} bytes but its header says segments are {} bytes",
-                data.len(),
-                header.segment_size.bytes()
-            )));
+/// Opens a WAL file for archiving and hashes it, checking that a segment is
+/// whole: its size is a valid segment size and matches the size its first page
+/// header declares. Returns the file positioned at its start.
+async fn open_wal_file(
+    path: PathBuf,
+    name: WalFileName,
+) -> Result<(std::fs::File, PlainDigest), WalError> {
+    tokio::task::spawn_blocking(move || {
+        use std::io::{Read, Seek};
+        let io = WalError::file(&path);
+        let mut file = std::fs::File::open(&path).map_err(io)?;
+        let len = file.metadata().map_err(WalError::file(&path))?.len();
+        if matches!(name, WalFileName::Segment(_) | WalFileName::Partial(_)) {
+            let bad = |reason: String| WalError::BadSegment {
+                path: path.clone(),
+                reason,
+            };
+            let size = SegmentSize::new(len).map_err(|e| bad(e.to_string()))?;
+            let mut first = Vec::with_capacity(LONG_HEADER_READ);
+            (&mut file)
+                .take(LONG_HEADER_READ as u64)
+                .read_to_end(&mut first)
+                .map_err(WalError::file(&path))?;
+            let header = LongPageHeader::parse(&first).map_err(|e| bad(e.to_string()))?;
+            if header.segment_size != size {
+                return Err(bad(format!(
+                    "file is {len} bytes but its header says segments are {} bytes",
+                    header.segment_size.bytes()
+                )));
+            }
+            file.rewind().map_err(WalError::file(&path))?;
         }
-    }
-    Ok(data)
+        let digest = PlainDigest::of_reader(&mut file).map_err(WalError::file(&path))?;
+        file.rewind().map_err(WalError::file(&path))?;
+        Ok((file, digest))
+    })
+    .await
+    .map_err(|e| WalError::File {
+        path: PathBuf::new(),
+        source: std::io::Error::other(e),
+    })?
 }
+
+/// Enough of a segment's start for its long page header.
+const LONG_HEADER_READ: usize = crate::pg::wal::LONG_PAGE_HEADER_LEN;
 
 fn read_marker(path: &Path) -> Option<PlainDigest> {
     let text = std::fs::read_to_string(path).ok()?;
