@@ -426,3 +426,46 @@ fn prefetch_follows_the_segment_size_and_timeline() {
         );
     }
 }
+
+/// PostgreSQL runs restore_command through the shell: cairn may be found on
+/// PATH or named relative to the data directory. The prefetch worker must start
+/// either way.
+#[test]
+fn prefetch_works_when_cairn_is_called_by_path_or_relative_name() {
+    let t = TestDir::new();
+    let a = Archive::new(Backend::File).with("CAIRN_WAL_FETCH_PREFETCH", "2");
+    let d = datadir(&t, Some("recovery.signal"));
+    let bin = d.join("bin");
+    std::fs::create_dir(&bin).unwrap();
+    std::fs::copy(common::cairn_bin(), bin.join("cairn")).unwrap();
+    let segs: Vec<String> = (1..=6).map(|n| seg_name(1, n, 16 * MIB)).collect();
+    for (i, n) in segs.iter().enumerate() {
+        write_seg(&d, n, &fake_segment(16 * MIB, 1, i as u64 + 1), false);
+        assert_exit(&push(&a, &d, n), 0, "");
+        std::fs::remove_file(d.join("pg_wal").join(n)).unwrap();
+    }
+    let pre = d.join("pg_wal/.cairn/prefetch");
+    let by_path = bin.display().to_string() + ":/usr/bin:/bin";
+    for (program, path, fetched, ahead) in [
+        (Path::new("cairn"), by_path.as_str(), 0, 1..3),
+        (Path::new("./bin/cairn"), "/usr/bin:/bin", 3, 4..6),
+    ] {
+        let out = a.cairn_as(
+            program,
+            path,
+            &["wal-fetch", &segs[fetched], "pg_wal/RECOVERYXLOG"],
+            &d,
+        );
+        assert_exit(&out, 0, "");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !segs[ahead.clone()].iter().all(|n| pre.join(n).exists()) {
+            assert!(
+                Instant::now() < deadline,
+                "{}: no prefetch; stderr: {}",
+                program.display(),
+                stderr(&out)
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}

@@ -387,9 +387,15 @@ impl Archive {
 
     /// Runs cairn (as the test user) with this archive's environment.
     pub fn cairn(&self, args: &[&str], cwd: &Path) -> Output {
-        let mut c = Command::new(cairn_bin());
+        self.cairn_as(&cairn_bin(), &std::env::var("PATH").unwrap_or_default(), args, cwd)
+    }
+
+    /// Runs cairn as `program` (a bare name looked up in `path`, or a path
+    /// relative to `cwd`), as PostgreSQL may call it.
+    pub fn cairn_as(&self, program: &Path, path: &str, args: &[&str], cwd: &Path) -> Output {
+        let mut c = Command::new(program);
         c.args(args).current_dir(cwd).env_clear();
-        c.env("PATH", std::env::var("PATH").unwrap_or_default());
+        c.env("PATH", path);
         c.env("HOME", std::env::var("HOME").unwrap_or_default());
         c.envs(self.env.iter().map(|(k, v)| (k, v)));
         c.output().unwrap()
