@@ -93,7 +93,7 @@ impl Default for Config {
             log_level: tracing::Level::INFO,
             log_format: LogFormat::Text,
             storage_timeout: Duration::from_secs(60),
-            upload_part_size: 16 << 20,
+            upload_part_size: 32 << 20,
             wal_push_lookahead: 8,
             wal_fetch_prefetch: 8,
         }

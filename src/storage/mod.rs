@@ -169,7 +169,7 @@ impl Default for StorageOptions {
             s3_region: None,
             s3_force_path_style: false,
             gcs_endpoint: None,
-            part_size: 16 << 20,
+            part_size: 32 << 20,
         }
     }
 }
