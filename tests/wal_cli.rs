@@ -276,7 +276,9 @@ fn unreachable_or_misconfigured_storage_is_fatal_to_recovery() {
     let name = seg_name(1, 1, 16 * MIB);
     write_seg(&d, &name, &fake_segment(16 * MIB, 1, 1), false);
 
-    // Nothing listening on the endpoint.
+    // Nothing listening on the endpoint. The elapsed-time checks in this test
+    // are hang detectors (seconds against the minutes of a stuck probe or an
+    // unbounded retry), not speed measurements.
     let port = common::free_port();
     let refused = Archive::new(Backend::S3)
         .with("CAIRN_S3_ENDPOINT", &format!("http://127.0.0.1:{port}"))
@@ -468,4 +470,55 @@ fn prefetch_works_when_cairn_is_called_by_path_or_relative_name() {
             std::thread::sleep(Duration::from_millis(50));
         }
     }
+}
+
+/// archive_command output lands in PostgreSQL's log: nothing on success unless
+/// asked, one line at debug, and machine-readable lines with `--log-format json`.
+#[test]
+fn logs_are_quiet_on_success_and_json_on_request() {
+    let t = TestDir::new();
+    let a = Archive::new(Backend::File);
+    let d = datadir(&t, Some("recovery.signal"));
+    let names: Vec<String> = (1..=3).map(|n| seg_name(1, n, 16 * MIB)).collect();
+    for (i, n) in names.iter().enumerate() {
+        write_seg(&d, n, &fake_segment(16 * MIB, 1, i as u64 + 1), false);
+    }
+
+    let quiet = push(&a, &d, &names[0]);
+    assert_exit(&quiet, 0, "");
+    assert_eq!(stderr(&quiet), "", "wal-push printed on success");
+    let quiet = fetch(&a, &d, &names[0]);
+    assert_exit(&quiet, 0, "");
+    assert_eq!(stderr(&quiet), "", "wal-fetch printed on success");
+
+    let debug = a
+        .clone_with("CAIRN_LOG_LEVEL", "debug")
+        .cairn(&["wal-push", &format!("pg_wal/{}", names[1])], &d);
+    assert_exit(&debug, 0, "");
+    let debug = stderr(&debug);
+    let lines = debug.lines().filter(|l| l.contains(&names[1])).count();
+    assert_eq!(lines, 1, "want one debug line: {debug}");
+
+    let json = a.cairn(
+        &[
+            "--log-format",
+            "json",
+            "wal-fetch",
+            "../etc/passwd",
+            "pg_wal/RECOVERYXLOG",
+        ],
+        &d,
+    );
+    assert_eq!(json.status.code(), Some(128), "{}", stderr(&json));
+    let err = stderr(&json);
+    let line: serde_json::Value = serde_json::from_str(err.trim())
+        .unwrap_or_else(|e| panic!("not one JSON line ({e}): {err}"));
+    assert_eq!(line["level"], "ERROR", "{line}");
+    assert!(
+        line["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("../etc/passwd"),
+        "{line}"
+    );
 }

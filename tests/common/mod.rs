@@ -387,7 +387,12 @@ impl Archive {
 
     /// Runs cairn (as the test user) with this archive's environment.
     pub fn cairn(&self, args: &[&str], cwd: &Path) -> Output {
-        self.cairn_as(&cairn_bin(), &std::env::var("PATH").unwrap_or_default(), args, cwd)
+        self.cairn_as(
+            &cairn_bin(),
+            &std::env::var("PATH").unwrap_or_default(),
+            args,
+            cwd,
+        )
     }
 
     /// Runs cairn as `program` (a bare name looked up in `path`, or a path
