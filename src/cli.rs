@@ -88,7 +88,6 @@ impl GlobalArgs {
 }
 
 #[derive(Debug, Subcommand)]
-#[allow(clippy::enum_variant_names)] // only wal-* so far; backup-* commands come next
 pub enum Command {
     /// Archive one WAL file (archive_command = 'cairn wal-push %p')
     WalPush {
@@ -107,6 +106,37 @@ pub enum Command {
         /// Prefetch the next M segments in the background [config: wal_fetch_prefetch]
         #[arg(long, value_name = "M")]
         prefetch: Option<String>,
+    },
+    /// Take a base backup of a running cluster (PostgreSQL connection from the
+    /// PG* variables or the postgres: config section)
+    BackupPush {
+        /// The cluster's data directory [config: pgdata, env: PGDATA]
+        pgdata: Option<PathBuf>,
+        /// A label for the backup (recorded in backup_label and the manifest)
+        #[arg(long)]
+        label: Option<String>,
+        /// Never delete this backup in retention
+        #[arg(long)]
+        permanent: bool,
+    },
+    /// Restore a base backup into an empty directory
+    BackupFetch {
+        /// Where to restore (must be empty or absent)
+        dest: PathBuf,
+        /// A backup name (see backup-list) or LATEST
+        name: String,
+        /// Set up recovery: latest, time=…, lsn=…, xid=… or name=…
+        #[arg(long, value_name = "TARGET")]
+        recovery_target: Option<String>,
+        /// Put tablespace OID at PATH instead of its original location (repeatable)
+        #[arg(long, value_name = "OID=PATH")]
+        tablespace_map: Vec<String>,
+    },
+    /// List base backups, oldest first by position in the WAL stream
+    BackupList {
+        /// Every manifest field, as JSON
+        #[arg(long)]
+        json: bool,
     },
     /// Internal: the background worker wal-fetch starts for prefetching
     #[command(hide = true)]

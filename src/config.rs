@@ -11,6 +11,7 @@ use std::time::Duration;
 use serde_yaml::Value;
 
 use crate::codec::{CodecSettings, Compression};
+use crate::pg::client::PgSettings;
 use crate::storage::{RetryPolicy, StorageOptions, StorageUrl};
 
 /// Where a setting came from, for error messages.
@@ -74,6 +75,14 @@ pub struct Config {
     pub upload_part_size: usize,
     pub wal_push_lookahead: usize,
     pub wal_fetch_prefetch: usize,
+    /// The data directory backup-push reads (also `PGDATA`).
+    pub pgdata: Option<PathBuf>,
+    /// The `postgres:` section; unset fields come from the libpq variables.
+    pub postgres: PgSettings,
+    pub backup_part_size: u64,
+    pub backup_concurrency: usize,
+    pub backup_fast_checkpoint: bool,
+    pub backup_archive_timeout: Duration,
 }
 
 pub const DEFAULT_STORAGE: &str = "file:///var/lib/cairn";
@@ -96,6 +105,14 @@ impl Default for Config {
             upload_part_size: 32 << 20,
             wal_push_lookahead: 8,
             wal_fetch_prefetch: 8,
+            pgdata: None,
+            postgres: PgSettings::default(),
+            backup_part_size: 1 << 30,
+            backup_concurrency: std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(2),
+            backup_fast_checkpoint: true,
+            backup_archive_timeout: Duration::from_secs(600),
         }
     }
 }
@@ -216,6 +233,27 @@ impl Config {
             "wal_fetch_prefetch" => {
                 self.wal_fetch_prefetch = number(v, 0, 256).map_err(bad)? as usize
             }
+            "pgdata" => self.pgdata = Some(PathBuf::from(string(v).map_err(bad)?)),
+            "postgres" => self.postgres = postgres_section(v, &s.source)?,
+            "backup_part_size" => {
+                self.backup_part_size = number(v, 1 << 20, 64 << 30).map_err(bad)?
+            }
+            "backup_concurrency" => {
+                self.backup_concurrency = number(v, 1, 64).map_err(bad)? as usize
+            }
+            "backup_checkpoint" => {
+                self.backup_fast_checkpoint = match string(v).map_err(bad)?.as_str() {
+                    "fast" => true,
+                    "spread" => false,
+                    other => {
+                        return Err(bad(format!("{other:?} is not fast or spread")));
+                    }
+                }
+            }
+            "backup_archive_timeout" => {
+                self.backup_archive_timeout =
+                    Duration::from_secs(number(v, 1, 7 * 86_400).map_err(bad)?)
+            }
             _ => {
                 return Err(ConfigError::UnknownKey {
                     key: s.key,
@@ -275,6 +313,40 @@ fn read_file(path: &Path) -> Result<Vec<Setting>, ConfigError> {
             other => Err(err(format!("key {other:?} is not a string"))),
         })
         .collect()
+}
+
+/// The `postgres:` section: host, port, user, password, dbname.
+fn postgres_section(v: &Value, source: &Source) -> Result<PgSettings, ConfigError> {
+    let bad = |key: &str, message: String| ConfigError::BadValue {
+        key: format!("postgres.{key}"),
+        origin: source.clone(),
+        message,
+    };
+    let Value::Mapping(map) = v else {
+        return Err(ConfigError::BadValue {
+            key: "postgres".into(),
+            origin: source.clone(),
+            message: "expected a mapping (host, port, user, password, dbname)".into(),
+        });
+    };
+    let mut pg = PgSettings::default();
+    for (k, v) in map {
+        let key = k.as_str().unwrap_or_default();
+        match key {
+            "host" => pg.host = Some(string(v).map_err(|m| bad(key, m))?),
+            "port" => pg.port = Some(number(v, 1, 65_535).map_err(|m| bad(key, m))? as u16),
+            "user" => pg.user = Some(string(v).map_err(|m| bad(key, m))?),
+            "password" => pg.password = Some(string(v).map_err(|m| bad(key, m))?),
+            "dbname" => pg.dbname = Some(string(v).map_err(|m| bad(key, m))?),
+            _ => {
+                return Err(ConfigError::UnknownKey {
+                    key: format!("postgres.{key}"),
+                    origin: source.clone(),
+                });
+            }
+        }
+    }
+    Ok(pg)
 }
 
 fn read_recipients_file(

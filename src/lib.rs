@@ -1,8 +1,9 @@
 //! cairn keeps PostgreSQL clusters recoverable to any moment: it archives WAL and
-//! (in later versions) base backups, compressed and encrypted, to a local
-//! directory, S3 or GCS, and brings them back. The library never prints; the
+//! takes base backups, compressed and encrypted, to a local directory, S3 or
+//! GCS, and brings them back. The library never prints; the
 //! binary (`main.rs`) owns presentation and exit codes.
 
+pub mod backup;
 pub mod codec;
 pub mod config;
 pub mod pg;

@@ -11,6 +11,7 @@ use anyhow::Context as _;
 use clap::Parser;
 
 use cairn::Context;
+use cairn::backup;
 use cairn::config::{Config, LogFormat};
 use cairn::wal::{self, WalError};
 use cli::{Cli, Command};
@@ -99,7 +100,7 @@ fn load_config(cli: &Cli) -> anyhow::Result<Config> {
     let (key, value) = match &cli.command {
         Command::WalPush { lookahead, .. } => ("wal_push_lookahead", lookahead),
         Command::WalFetch { prefetch, .. } => ("wal_fetch_prefetch", prefetch),
-        Command::WalPrefetch { .. } => ("", &None),
+        _ => ("", &None),
     };
     if let Some(v) = value {
         flags.push(cairn::config::Setting {
@@ -118,6 +119,100 @@ fn load_config(cli: &Cli) -> anyhow::Result<Config> {
     let env = std::env::vars_os()
         .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)));
     Ok(Config::load(file.as_deref(), env, flags)?)
+}
+
+/// `--tablespace-map OID=PATH`.
+fn parse_tablespace_mapping(m: &str) -> anyhow::Result<(u32, std::path::PathBuf)> {
+    let (oid, path) = m
+        .split_once('=')
+        .with_context(|| format!("--tablespace-map {m:?}: expected OID=PATH"))?;
+    let oid = oid
+        .parse()
+        .with_context(|| format!("--tablespace-map {m:?}: {oid:?} is not a tablespace OID"))?;
+    Ok((oid, path.into()))
+}
+
+/// The restore_command a restored cluster runs: this same binary with this same
+/// configuration (file, CAIRN_* variables, flags). Storage credentials are not
+/// copied: PostgreSQL's environment must provide them, as for archive_command.
+fn restore_command(global: &cli::GlobalArgs) -> anyhow::Result<String> {
+    let quote = |s: &str| format!("'{}'", s.replace('\'', r"'\''"));
+    let exe = std::env::current_exe().context("cannot find the cairn binary's own path")?;
+    let mut parts: Vec<String> = std::env::vars()
+        .filter(|(k, _)| k.starts_with("CAIRN_") && k != "CAIRN_CONFIG")
+        .map(|(k, v)| format!("{k}={}", quote(&v)))
+        .collect();
+    parts.sort();
+    parts.push(quote(&exe.to_string_lossy()));
+    let config = global
+        .config
+        .clone()
+        .or_else(|| std::env::var_os("CAIRN_CONFIG").map(Into::into));
+    if let Some(c) = config {
+        let abs = std::fs::canonicalize(&c).unwrap_or(c);
+        parts.push("--config".into());
+        parts.push(quote(&abs.to_string_lossy()));
+    }
+    let mut flags = global.clone();
+    flags.config = None;
+    for a in flags.to_args() {
+        parts.push(quote(&a.to_string_lossy()));
+    }
+    parts.push("wal-fetch %f %p".into());
+    Ok(parts.join(" "))
+}
+
+/// backup-list's table.
+fn backup_table(list: &[backup::manifest::Manifest]) -> String {
+    let mut rows = vec![[
+        "name".to_string(),
+        "finished".into(),
+        "wal range".into(),
+        "raw".into(),
+        "stored".into(),
+        "kind".into(),
+        "permanent".into(),
+    ]];
+    for m in list {
+        rows.push([
+            m.name.clone(),
+            m.finish_time.clone(),
+            format!("{}..{}", m.start_wal_file, m.stop_wal_file),
+            human_bytes(m.raw_size),
+            human_bytes(m.stored_size),
+            m.kind.clone(),
+            if m.permanent { "yes" } else { "no" }.into(),
+        ]);
+    }
+    let widths: Vec<usize> = (0..7)
+        .map(|i| rows.iter().map(|r| r[i].len()).max().unwrap_or(0))
+        .collect();
+    let mut out = String::new();
+    for r in &rows {
+        let line: Vec<String> = r
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
+        out.push_str(line.join("  ").trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+fn human_bytes(n: u64) -> String {
+    let units = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u + 1 < units.len() {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", units[u])
+    }
 }
 
 fn init_logging(config: &Config) {
@@ -148,6 +243,79 @@ async fn run(cli: Cli, config: Config) -> anyhow::Result<()> {
                 && let Err(e) = wal::fetch::spawn_prefetcher(&dest, &next, &cli.global.to_args())
             {
                 tracing::warn!("cannot start prefetch worker: {e}");
+            }
+        }
+        Command::BackupPush {
+            pgdata,
+            label,
+            permanent,
+        } => {
+            let pgdata = pgdata
+                .or_else(|| ctx.config.pgdata.clone())
+                .or_else(|| std::env::var_os("PGDATA").map(Into::into))
+                .context(
+                    "no data directory: pass it (cairn backup-push PGDATA), or set pgdata in \
+                     the configuration or PGDATA",
+                )?;
+            let opts = backup::push::PushOptions {
+                pgdata,
+                postgres: ctx.config.postgres.clone(),
+                label,
+                permanent,
+                fast_checkpoint: ctx.config.backup_fast_checkpoint,
+                archive_timeout: ctx.config.backup_archive_timeout,
+                part_size: ctx.config.backup_part_size,
+                concurrency: ctx.config.backup_concurrency,
+            };
+            let m = backup::push::push(&ctx, &opts).await?;
+            tracing::info!(
+                backup = %m.name,
+                start_lsn = %m.start_lsn,
+                stop_lsn = %m.stop_lsn,
+                raw_bytes = m.raw_size,
+                stored_bytes = m.stored_size,
+                parts = m.parts.len(),
+                "backup complete"
+            );
+            println!("{}", m.name);
+        }
+        Command::BackupFetch {
+            dest,
+            name,
+            recovery_target,
+            tablespace_map,
+        } => {
+            let recovery_target = recovery_target
+                .map(|t| t.parse::<backup::fetch::RecoveryTarget>())
+                .transpose()
+                .map_err(anyhow::Error::msg)?;
+            let tablespace_map = tablespace_map
+                .iter()
+                .map(|m| parse_tablespace_mapping(m))
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            let opts = backup::fetch::FetchOptions {
+                dest,
+                name,
+                tablespace_map,
+                recovery_target,
+                restore_command: restore_command(&cli.global)?,
+                concurrency: ctx.config.backup_concurrency,
+            };
+            let m = backup::fetch::fetch(&ctx, &opts).await?;
+            tracing::info!(
+                backup = %m.name,
+                dest = %opts.dest.display(),
+                raw_bytes = m.raw_size,
+                "restore complete"
+            );
+            println!("{}", m.name);
+        }
+        Command::BackupList { json } => {
+            let list = backup::catalog::list(&ctx).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&list)?);
+            } else {
+                print!("{}", backup_table(&list));
             }
         }
         Command::WalPrefetch { dir, names } => {

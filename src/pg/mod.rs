@@ -1,4 +1,7 @@
-//! PostgreSQL knowledge: WAL positions, file names and page headers.
-//! Nothing here does I/O; callers hand in names and bytes.
+//! PostgreSQL knowledge: WAL positions, file names and page headers (`wal`), what
+//! a data directory holds and what a backup leaves out (`datadir`), and the SQL
+//! session a backup runs on (`client`). No I/O beyond what a module names.
 
+pub mod client;
+pub mod datadir;
 pub mod wal;

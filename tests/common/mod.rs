@@ -505,6 +505,11 @@ impl Cluster {
         ]);
     }
 
+    /// The environment PostgreSQL (and so archive/restore_command) runs with.
+    pub fn set_env(&mut self, env: Vec<(String, String)>) {
+        self.env = env;
+    }
+
     pub fn restore_from(&mut self, archive: &Archive) {
         self.env = archive.env.clone();
         let cmd = format!("'{} wal-fetch %f %p'", cairn_bin().display());

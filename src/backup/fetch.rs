@@ -1,0 +1,706 @@
+//! `cairn backup-fetch <dest> <NAME|LATEST>`: restores a base backup into an
+//! empty directory. Data parts are downloaded, decrypted, decompressed and
+//! extracted concurrently; every file is checked against the manifest, every
+//! part against its recorded checksum. The control part (pg_control,
+//! backup_label) goes last, so a directory that misses anything cannot start;
+//! and on any failure, what was extracted is removed again.
+
+use std::collections::{HashMap, HashSet};
+use std::fs;
+use std::io::{self, BufWriter, Read, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Component, Path, PathBuf};
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use futures::StreamExt;
+
+use super::manifest::{FileEntry, Manifest, PartEntry, hex};
+use super::{BackupError, catalog, part_key};
+use crate::Context;
+use crate::codec::{CodecError, Decoder, Keyring};
+use crate::pg::datadir::EXCLUDED_CONTENTS;
+use crate::pg::wal::Lsn;
+use crate::storage::StorageError;
+
+/// Where recovery from the restored backup should stop.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RecoveryTarget {
+    /// The end of the archive.
+    Latest,
+    Time(String),
+    Lsn(Lsn),
+    Xid(u64),
+    Name(String),
+}
+
+impl std::str::FromStr for RecoveryTarget {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        if s == "latest" {
+            return Ok(RecoveryTarget::Latest);
+        }
+        let (kind, value) = s.split_once('=').ok_or_else(|| {
+            format!("recovery target {s:?}: use latest, time=…, lsn=…, xid=… or name=…")
+        })?;
+        if value.is_empty() {
+            return Err(format!("recovery target {s:?} has no value"));
+        }
+        match kind {
+            "time" => {
+                // PostgreSQL parses the time; reject what it surely cannot.
+                if !value.bytes().next().is_some_and(|b| b.is_ascii_digit()) {
+                    return Err(format!("recovery target time {value:?} is not a timestamp"));
+                }
+                Ok(RecoveryTarget::Time(value.to_string()))
+            }
+            "lsn" => value.parse().map(RecoveryTarget::Lsn).map_err(|_| {
+                format!("recovery target lsn {value:?} is not an LSN (like 0/3000028)")
+            }),
+            "xid" => value
+                .parse()
+                .map(RecoveryTarget::Xid)
+                .map_err(|_| format!("recovery target xid {value:?} is not a transaction id")),
+            "name" => Ok(RecoveryTarget::Name(value.to_string())),
+            _ => Err(format!(
+                "recovery target {s:?}: use latest, time=…, lsn=…, xid=… or name=…"
+            )),
+        }
+    }
+}
+
+/// What a backup-fetch does.
+#[derive(Debug, Clone)]
+pub struct FetchOptions {
+    pub dest: PathBuf,
+    /// A backup name or `LATEST`.
+    pub name: String,
+    /// Tablespace OID → where to put it instead of its original location.
+    pub tablespace_map: Vec<(u32, PathBuf)>,
+    pub recovery_target: Option<RecoveryTarget>,
+    /// The shell command for `restore_command` (cairn itself with this
+    /// configuration, then `wal-fetch %f %p`).
+    pub restore_command: String,
+    /// Parts downloaded and extracted at once.
+    pub concurrency: usize,
+}
+
+/// Restores a backup; returns its manifest.
+pub async fn fetch(ctx: &Context, opts: &FetchOptions) -> Result<Manifest, BackupError> {
+    let manifest = catalog::resolve(ctx, &opts.name).await?;
+    let layout = Layout::new(&manifest, opts)?;
+    let created = layout.prepare()?;
+    let result = restore(ctx, &manifest, &layout, opts).await;
+    if result.is_err() {
+        created.undo();
+    }
+    result.map(|()| manifest)
+}
+
+async fn restore(
+    ctx: &Context,
+    manifest: &Manifest,
+    layout: &Layout,
+    opts: &FetchOptions,
+) -> Result<(), BackupError> {
+    let keyring = if manifest.encrypted {
+        ctx.keyring()?
+    } else {
+        None
+    };
+    layout.make_dirs(manifest)?;
+    let (control, data): (Vec<&PartEntry>, Vec<&PartEntry>) =
+        manifest.parts.iter().partition(|p| p.control);
+    let by_part = files_by_part(manifest);
+    let empty = Vec::new();
+    // After a failure no new part starts and running ones stop at their next
+    // entry; all are waited for, so that nothing writes into the destination
+    // while a failed restore is being removed.
+    let stop = Arc::new(AtomicBool::new(false));
+    let results: Vec<Result<(), BackupError>> = futures::stream::iter(data)
+        .map(|p| {
+            let files = by_part.get(&p.key).unwrap_or(&empty);
+            let (stop, keyring) = (stop.clone(), keyring.clone());
+            async move {
+                if stop.load(Ordering::Relaxed) {
+                    return Ok(());
+                }
+                let r = extract_part(ctx, manifest, p, files, layout, keyring, &stop).await;
+                if r.is_err() {
+                    stop.store(true, Ordering::Relaxed);
+                }
+                r
+            }
+        })
+        .buffer_unordered(opts.concurrency.max(1))
+        .collect()
+        .await;
+    // In completion order: the first error is the cause, later ones its echo.
+    if let Some(e) = results.into_iter().find_map(Result::err) {
+        return Err(e);
+    }
+    // pg_control last: until it exists, the directory cannot be started.
+    for p in control {
+        let files = by_part.get(&p.key).unwrap_or(&empty);
+        extract_part(ctx, manifest, p, files, layout, keyring.clone(), &stop).await?;
+    }
+    layout.finish(manifest)?;
+    if let Some(target) = &opts.recovery_target {
+        write_recovery_settings(&layout.dest, target, &opts.restore_command, &manifest.name)?;
+    }
+    layout.sync()?;
+    Ok(())
+}
+
+fn files_by_part(manifest: &Manifest) -> HashMap<String, Vec<&FileEntry>> {
+    let mut by_part: HashMap<String, Vec<&FileEntry>> = HashMap::new();
+    for f in &manifest.files {
+        if let Some(p) = manifest.parts.get(f.part) {
+            by_part.entry(p.key.clone()).or_default().push(f);
+        }
+    }
+    by_part
+}
+
+/// Where each path of the backup goes: the destination, or a tablespace
+/// location for `pg_tblspc/<oid>/…`.
+struct Layout {
+    dest: PathBuf,
+    tablespaces: HashMap<u32, PathBuf>,
+}
+
+/// What [`Layout::prepare`] created, to remove again if the restore fails.
+struct Created {
+    dirs: Vec<(PathBuf, bool)>,
+}
+
+impl Created {
+    fn undo(&self) {
+        for (dir, existed) in &self.dirs {
+            if *existed {
+                if let Ok(rd) = fs::read_dir(dir) {
+                    for e in rd.flatten() {
+                        let p = e.path();
+                        let _ = if p.is_dir() && !p.is_symlink() {
+                            fs::remove_dir_all(&p)
+                        } else {
+                            fs::remove_file(&p)
+                        };
+                    }
+                }
+            } else {
+                let _ = fs::remove_dir_all(dir);
+            }
+        }
+    }
+}
+
+impl Layout {
+    fn new(manifest: &Manifest, opts: &FetchOptions) -> Result<Layout, BackupError> {
+        let mut tablespaces = HashMap::new();
+        for ts in &manifest.tablespaces {
+            let location = opts
+                .tablespace_map
+                .iter()
+                .find(|(oid, _)| *oid == ts.oid)
+                .map(|(_, p)| p.clone())
+                .unwrap_or_else(|| ts.location.clone());
+            if !location.is_absolute() {
+                return Err(BackupError::BadArgument(format!(
+                    "tablespace {} location {} is not an absolute path",
+                    ts.oid,
+                    location.display()
+                )));
+            }
+            tablespaces.insert(ts.oid, location);
+        }
+        for (oid, _) in &opts.tablespace_map {
+            if !manifest.tablespaces.iter().any(|t| t.oid == *oid) {
+                return Err(BackupError::BadArgument(format!(
+                    "--tablespace-map {oid}=…: backup {} has no tablespace {oid}",
+                    manifest.name
+                )));
+            }
+        }
+        Ok(Layout {
+            dest: opts.dest.clone(),
+            tablespaces,
+        })
+    }
+
+    /// Checks that the destination and tablespace locations are empty (or
+    /// absent) and creates them.
+    fn prepare(&self) -> Result<Created, BackupError> {
+        let mut created = Created { dirs: Vec::new() };
+        let roots = std::iter::once(&self.dest).chain(self.tablespaces.values());
+        for dir in roots {
+            let existed = match fs::read_dir(dir) {
+                Ok(mut rd) => {
+                    if rd.next().is_some() {
+                        created.undo();
+                        return Err(BackupError::DestinationNotEmpty(dir.clone()));
+                    }
+                    true
+                }
+                Err(e) if e.kind() == io::ErrorKind::NotFound => false,
+                Err(e) => {
+                    created.undo();
+                    return Err(BackupError::io(dir)(e));
+                }
+            };
+            if !existed && let Err(e) = fs::create_dir_all(dir) {
+                created.undo();
+                return Err(BackupError::io(dir)(e));
+            }
+            // PostgreSQL refuses a data directory others can read.
+            let _ = fs::set_permissions(dir, fs::Permissions::from_mode(0o700));
+            created.dirs.push((dir.clone(), existed));
+        }
+        Ok(created)
+    }
+
+    /// The place for backup path `path`, or why it is unsafe. Only plain
+    /// relative components are allowed, so no entry can leave its root.
+    fn target(&self, path: &str) -> Result<PathBuf, &'static str> {
+        let p = Path::new(path);
+        if p.is_absolute() {
+            return Err("absolute path");
+        }
+        let mut parts = Vec::new();
+        for c in p.components() {
+            match c {
+                Component::Normal(s) => parts.push(s.to_str().ok_or("name is not UTF-8")?),
+                Component::CurDir => {}
+                Component::ParentDir => return Err("`..` in path"),
+                _ => return Err("not a relative path"),
+            }
+        }
+        if parts.is_empty() {
+            return Err("empty path");
+        }
+        if let ["pg_tblspc", oid, rest @ ..] = parts.as_slice()
+            && !rest.is_empty()
+        {
+            let oid: u32 = oid
+                .parse()
+                .map_err(|_| "pg_tblspc entry not named by an OID")?;
+            let root = self
+                .tablespaces
+                .get(&oid)
+                .ok_or("tablespace not in the manifest")?;
+            return Ok(rest.iter().fold(root.clone(), |p, s| p.join(s)));
+        }
+        Ok(parts.iter().fold(self.dest.clone(), |p, s| p.join(s)))
+    }
+
+    /// Creates every directory of the backup (and the tablespace links), so
+    /// that parts can be extracted in any order.
+    fn make_dirs(&self, manifest: &Manifest) -> Result<(), BackupError> {
+        for f in manifest.files.iter().filter(|f| f.dir) {
+            if let Some(oid) = tablespace_link(&f.path) {
+                let link = self.dest.join("pg_tblspc").join(oid.to_string());
+                let to = self
+                    .tablespaces
+                    .get(&oid)
+                    .ok_or_else(|| unsafe_entry(manifest, f, "tablespace not in the manifest"))?;
+                if let Some(parent) = link.parent() {
+                    fs::create_dir_all(parent).map_err(BackupError::io(parent))?;
+                }
+                std::os::unix::fs::symlink(to, &link).map_err(BackupError::io(&link))?;
+                continue;
+            }
+            let dir = self
+                .target(&f.path)
+                .map_err(|r| unsafe_entry(manifest, f, r))?;
+            fs::create_dir_all(&dir).map_err(BackupError::io(&dir))?;
+        }
+        Ok(())
+    }
+
+    /// Empty pg_wal/archive_status and the other directories whose contents
+    /// backups leave out, then the directories' modes.
+    fn finish(&self, manifest: &Manifest) -> Result<(), BackupError> {
+        for d in EXCLUDED_CONTENTS
+            .iter()
+            .copied()
+            .chain(["pg_wal/archive_status", "pg_tblspc"])
+        {
+            let p = self.dest.join(d);
+            fs::create_dir_all(&p).map_err(BackupError::io(&p))?;
+        }
+        for f in manifest.files.iter().filter(|f| f.dir) {
+            if tablespace_link(&f.path).is_some() {
+                continue;
+            }
+            if let Ok(dir) = self.target(&f.path) {
+                fs::set_permissions(&dir, fs::Permissions::from_mode(f.mode & 0o7777))
+                    .map_err(BackupError::io(&dir))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Makes everything durable: one syncfs per filesystem touched.
+    fn sync(&self) -> Result<(), BackupError> {
+        for dir in std::iter::once(&self.dest).chain(self.tablespaces.values()) {
+            let f = fs::File::open(dir).map_err(BackupError::io(dir))?;
+            // SAFETY: syncfs on a valid, open descriptor.
+            let rc = unsafe { libc::syncfs(std::os::fd::AsRawFd::as_raw_fd(&f)) };
+            if rc != 0 {
+                return Err(BackupError::io(dir)(io::Error::last_os_error()));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `pg_tblspc/<oid>` itself: the tablespace link.
+fn tablespace_link(path: &str) -> Option<u32> {
+    let rest = path.strip_prefix("pg_tblspc/")?;
+    if rest.contains('/') {
+        return None;
+    }
+    rest.parse().ok()
+}
+
+fn unsafe_entry(manifest: &Manifest, f: &FileEntry, reason: &'static str) -> BackupError {
+    BackupError::UnsafeEntry {
+        name: manifest.name.clone(),
+        part: manifest
+            .parts
+            .get(f.part)
+            .map_or_else(|| "?".into(), |p| p.key.clone()),
+        entry: f.path.clone(),
+        reason,
+    }
+}
+
+/// Downloads, decodes and extracts one part, verifying each file against the
+/// manifest and the part against its checksum.
+async fn extract_part(
+    ctx: &Context,
+    manifest: &Manifest,
+    part: &PartEntry,
+    files: &[&FileEntry],
+    layout: &Layout,
+    keyring: Option<Keyring>,
+    stop: &Arc<AtomicBool>,
+) -> Result<(), BackupError> {
+    let key = part_key(&manifest.name, &part.key)?;
+    let stream = match ctx.storage.get(&key).await {
+        Ok(s) => s,
+        Err(StorageError::NotFound { .. }) => {
+            return Err(BackupError::MissingPart {
+                name: manifest.name.clone(),
+                key: key.to_string(),
+                location: ctx.storage.location().to_string(),
+            });
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let reader = tokio_util::io::SyncIoBridge::new(tokio_util::io::StreamReader::new(stream));
+    let object = format!("{}/{key}", ctx.storage.location().trim_end_matches('/'));
+    let expected: HashMap<String, FileEntry> = files
+        .iter()
+        .filter(|f| !f.dir)
+        .map(|f| (f.path.clone(), (*f).clone()))
+        .collect();
+    let job = Extraction {
+        backup: manifest.name.clone(),
+        part: part.clone(),
+        layout: Layout {
+            dest: layout.dest.clone(),
+            tablespaces: layout.tablespaces.clone(),
+        },
+        rewrite_tablespace_map: manifest
+            .tablespaces
+            .iter()
+            .any(|t| layout.tablespaces.get(&t.oid) != Some(&t.location)),
+        stop: stop.clone(),
+    };
+    tokio::task::spawn_blocking(move || -> Result<(), BackupError> {
+        let decoder = Decoder::new(reader, keyring.as_ref(), &object)?;
+        job.run(decoder, expected)
+    })
+    .await
+    .map_err(BackupError::task)?
+}
+
+struct Extraction {
+    backup: String,
+    part: PartEntry,
+    layout: Layout,
+    rewrite_tablespace_map: bool,
+    /// Set when another part failed: stop early.
+    stop: Arc<AtomicBool>,
+}
+
+impl Extraction {
+    fn damaged(&self, reason: String) -> BackupError {
+        BackupError::Damaged {
+            name: self.backup.clone(),
+            part: self.part.key.clone(),
+            reason,
+        }
+    }
+
+    fn unsafe_entry(&self, entry: &str, reason: &'static str) -> BackupError {
+        BackupError::UnsafeEntry {
+            name: self.backup.clone(),
+            part: self.part.key.clone(),
+            entry: entry.to_string(),
+            reason,
+        }
+    }
+
+    fn run<R: Read>(
+        &self,
+        decoder: Decoder<R>,
+        mut expected: HashMap<String, FileEntry>,
+    ) -> Result<(), BackupError> {
+        let mut hashing = HashingReader {
+            inner: decoder,
+            hasher: blake3::Hasher::new(),
+            len: 0,
+        };
+        let mut seen = HashSet::new();
+        {
+            let mut archive = tar::Archive::new(&mut hashing);
+            let entries = archive.entries().map_err(|e| self.read_error(e))?;
+            for entry in entries {
+                if self.stop.load(Ordering::Relaxed) {
+                    return Err(self.damaged("stopped: another part failed".into()));
+                }
+                let mut entry = entry.map_err(|e| self.read_error(e))?;
+                let path = String::from_utf8(entry.path_bytes().into_owned())
+                    .map_err(|_| self.unsafe_entry("(not UTF-8)", "name is not UTF-8"))?;
+                let path = path.trim_end_matches('/').to_string();
+                let target = self
+                    .layout
+                    .target(&path)
+                    .map_err(|r| self.unsafe_entry(&path, r))?;
+                match entry.header().entry_type() {
+                    tar::EntryType::Directory => {
+                        if tablespace_link(&path).is_none() {
+                            fs::create_dir_all(&target).map_err(BackupError::io(&target))?;
+                        }
+                    }
+                    tar::EntryType::Regular | tar::EntryType::Continuous => {
+                        let want = expected
+                            .remove(&path)
+                            .ok_or_else(|| self.unsafe_entry(&path, "file not in the manifest"))?;
+                        self.write_file(&mut entry, &path, &target, &want)?;
+                        seen.insert(path);
+                    }
+                    _ => {
+                        return Err(self.unsafe_entry(
+                            &path,
+                            "links and special files have no place in a backup",
+                        ));
+                    }
+                }
+            }
+        }
+        // Read to the end, so that the decoder checks the object's trailer.
+        io::copy(&mut hashing, &mut io::sink()).map_err(|e| self.read_error(e))?;
+        let digest = hex(hashing.hasher.finalize().as_bytes());
+        if digest != self.part.blake3 || hashing.len != self.part.raw_size {
+            return Err(self.damaged(format!(
+                "part checksum {digest} ({} bytes) does not match the manifest's {} ({} bytes)",
+                hashing.len, self.part.blake3, self.part.raw_size
+            )));
+        }
+        if let Some(missing) = expected.keys().next() {
+            return Err(self.damaged(format!("file {missing} listed in the manifest is missing")));
+        }
+        Ok(())
+    }
+
+    fn read_error(&self, e: io::Error) -> BackupError {
+        match CodecError::from_io(e) {
+            CodecError::Io(e) => self.damaged(format!("unreadable: {e}")),
+            other => BackupError::Codec(other),
+        }
+    }
+
+    fn write_file<R: Read>(
+        &self,
+        entry: &mut R,
+        path: &str,
+        target: &Path,
+        want: &FileEntry,
+    ) -> Result<(), BackupError> {
+        if let Some(parent) = target.parent() {
+            fs::create_dir_all(parent).map_err(BackupError::io(parent))?;
+        }
+        let file = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(target)
+            .map_err(BackupError::io(target))?;
+        let mut out = BufWriter::with_capacity(1 << 20, file);
+        let mut hasher = blake3::Hasher::new();
+        let mut buf = vec![0u8; 256 << 10];
+        let mut len = 0u64;
+        let mut body = Vec::new();
+        let keep_body = path == "tablespace_map" && self.rewrite_tablespace_map;
+        loop {
+            let n = match entry.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(self.read_error(e)),
+            };
+            hasher.update(&buf[..n]);
+            len += n as u64;
+            if keep_body {
+                body.extend_from_slice(&buf[..n]);
+            } else {
+                out.write_all(&buf[..n]).map_err(BackupError::io(target))?;
+            }
+        }
+        let digest = hex(hasher.finalize().as_bytes());
+        if digest != want.blake3 || len != want.size {
+            return Err(self.damaged(format!(
+                "file {path} does not match the manifest (checksum {digest}, {len} bytes; \
+                 expected {}, {} bytes)",
+                want.blake3, want.size
+            )));
+        }
+        if keep_body {
+            let text = String::from_utf8_lossy(&body);
+            out.write_all(self.remap_tablespace_map(&text).as_bytes())
+                .map_err(BackupError::io(target))?;
+        }
+        out.flush().map_err(BackupError::io(target))?;
+        fs::set_permissions(target, fs::Permissions::from_mode(want.mode & 0o7777))
+            .map_err(BackupError::io(target))?;
+        Ok(())
+    }
+
+    /// tablespace_map lines are `<oid> <path>`; PostgreSQL recreates the links
+    /// from it at startup, so it must name where the tablespaces now are.
+    fn remap_tablespace_map(&self, text: &str) -> String {
+        text.lines()
+            .map(|line| {
+                let oid = line.split(' ').next().and_then(|o| o.parse::<u32>().ok());
+                match oid.and_then(|o| self.layout.tablespaces.get(&o).map(|p| (o, p))) {
+                    Some((o, p)) => format!("{o} {}\n", p.display()),
+                    None => format!("{line}\n"),
+                }
+            })
+            .collect()
+    }
+}
+
+struct HashingReader<R: Read> {
+    inner: R,
+    hasher: blake3::Hasher,
+    len: u64,
+}
+
+impl<R: Read> Read for HashingReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.len += n as u64;
+        Ok(n)
+    }
+}
+
+/// Makes the restored directory start as a recovery to `target`, fetching WAL
+/// with `restore_command`.
+fn write_recovery_settings(
+    dest: &Path,
+    target: &RecoveryTarget,
+    restore_command: &str,
+    backup: &str,
+) -> Result<(), BackupError> {
+    let quote = |s: &str| format!("'{}'", s.replace('\'', "''"));
+    let mut conf = format!(
+        "\n# Added by cairn backup-fetch of {backup} at {}\nrestore_command = {}\n",
+        super::now_rfc3339(),
+        quote(restore_command)
+    );
+    let setting = match target {
+        RecoveryTarget::Latest => None,
+        RecoveryTarget::Time(t) => Some(("recovery_target_time", t.clone())),
+        RecoveryTarget::Lsn(l) => Some(("recovery_target_lsn", l.to_string())),
+        RecoveryTarget::Xid(x) => Some(("recovery_target_xid", x.to_string())),
+        RecoveryTarget::Name(n) => Some(("recovery_target_name", n.clone())),
+    };
+    conf.push_str("recovery_target_timeline = 'latest'\n");
+    if let Some((key, value)) = setting {
+        conf.push_str(&format!("{key} = {}\n", quote(&value)));
+        // Open for writes at the target, on a new timeline, rather than pause.
+        conf.push_str("recovery_target_action = 'promote'\n");
+    }
+    let auto = dest.join("postgresql.auto.conf");
+    let mut f = fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .open(&auto)
+        .map_err(BackupError::io(&auto))?;
+    f.write_all(conf.as_bytes())
+        .map_err(BackupError::io(&auto))?;
+    let signal = dest.join("recovery.signal");
+    fs::write(&signal, b"").map_err(BackupError::io(&signal))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recovery_targets_parse() {
+        assert_eq!("latest".parse(), Ok(RecoveryTarget::Latest));
+        assert_eq!(
+            "lsn=0/3000028".parse(),
+            Ok(RecoveryTarget::Lsn("0/3000028".parse().unwrap()))
+        );
+        assert_eq!("xid=1234".parse(), Ok(RecoveryTarget::Xid(1234)));
+        assert_eq!(
+            "time=2026-11-21 10:00:00+00".parse(),
+            Ok(RecoveryTarget::Time("2026-11-21 10:00:00+00".into()))
+        );
+        for bad in [
+            "",
+            "now",
+            "time=",
+            "lsn=x",
+            "xid=-1",
+            "when=1",
+            "time=yesterday",
+        ] {
+            assert!(bad.parse::<RecoveryTarget>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn targets_stay_inside_their_roots() {
+        let layout = Layout {
+            dest: PathBuf::from("/restore"),
+            tablespaces: HashMap::from([(16400, PathBuf::from("/ts"))]),
+        };
+        assert_eq!(
+            layout.target("base/1/1259"),
+            Ok(PathBuf::from("/restore/base/1/1259"))
+        );
+        assert_eq!(
+            layout.target("pg_tblspc/16400/PG_15/1/16500"),
+            Ok(PathBuf::from("/ts/PG_15/1/16500"))
+        );
+        for bad in [
+            "/etc/passwd",
+            "../x",
+            "base/../../x",
+            "pg_tblspc/99/x",
+            "pg_tblspc/x/y",
+            "",
+        ] {
+            assert!(layout.target(bad).is_err(), "{bad}");
+        }
+    }
+}

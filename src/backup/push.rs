@@ -1,0 +1,315 @@
+//! `cairn backup-push [PGDATA]`: a base backup of a running cluster, taken with
+//! the non-exclusive low-level API on one session. The data directory is walked,
+//! split into parts ([`super::tar_split`]) that are built, encoded and uploaded
+//! concurrently; after `pg_backup_stop`, the control part (pg_control,
+//! backup_label, tablespace_map) and then the manifest are written.
+
+use std::fs::File;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use futures::{StreamExt, TryStreamExt};
+
+use super::manifest::{FileEntry, MANIFEST_VERSION, Manifest, PartEntry, hex};
+use super::tar_split::{plan, write_control_part, write_part};
+use super::{BackupError, manifest_key, part_key};
+use crate::Context;
+use crate::codec::{CodecSettings, encode_to_vec, encoding_channel};
+use crate::pg::client::{PgSession, PgSettings};
+use crate::pg::datadir::{self, Entry};
+use crate::pg::wal::{Segment, SegmentSize, WalFileName};
+use crate::storage::{PutBody, PutMode, StorageError};
+
+/// What a backup-push does, from configuration and flags.
+#[derive(Debug, Clone)]
+pub struct PushOptions {
+    pub pgdata: PathBuf,
+    pub postgres: PgSettings,
+    pub label: Option<String>,
+    pub permanent: bool,
+    /// Fast (immediate) checkpoint instead of a spread one.
+    pub fast_checkpoint: bool,
+    /// How long pg_backup_stop may wait for the WAL to be archived.
+    pub archive_timeout: Duration,
+    /// Bytes of file data per part.
+    pub part_size: u64,
+    /// Parts built and uploaded at once.
+    pub concurrency: usize,
+}
+
+/// Takes a base backup; returns its manifest once stored.
+pub async fn push(ctx: &Context, opts: &PushOptions) -> Result<Manifest, BackupError> {
+    let pgdata = std::fs::canonicalize(&opts.pgdata)
+        .map_err(|_| datadir::DataDirError::NotADataDir(opts.pgdata.clone()))?;
+    let local_id = datadir::system_identifier(&pgdata)?;
+    let session = PgSession::connect(&opts.postgres).await?;
+    let server_id = session.system_identifier().await?;
+    if server_id != local_id {
+        return Err(BackupError::OtherCluster {
+            pgdata,
+            local: local_id,
+            server: server_id,
+        });
+    }
+    session.check_archiving().await?;
+    let _lock = BackupLock::acquire(&pgdata)?;
+    let segment_size = SegmentSize::new(session.wal_segment_size().await?).map_err(|e| {
+        BackupError::BadArgument(format!("server reports an invalid wal_segment_size: {e}"))
+    })?;
+
+    let start_time = super::now_rfc3339();
+    let label = opts
+        .label
+        .clone()
+        .unwrap_or_else(|| format!("cairn backup {start_time}"));
+    let (start_lsn, timeline) = session.backup_start(&label, opts.fast_checkpoint).await?;
+    let start_file =
+        WalFileName::Segment(Segment::containing(timeline, start_lsn, segment_size)).to_string();
+    let name = format!("base_{start_file}");
+    tracing::info!(backup = %name, lsn = %start_lsn, "backup started");
+    if ctx.storage.head(&manifest_key(&name)?).await?.is_some() {
+        return Err(BackupError::Exists {
+            name,
+            location: ctx.storage.location().to_string(),
+        });
+    }
+
+    let walked = {
+        let pgdata = pgdata.clone();
+        tokio::task::spawn_blocking(move || datadir::walk(&pgdata))
+            .await
+            .map_err(BackupError::task)??
+    };
+    let (entries, tablespaces) = walked;
+    let planned = plan(&entries, opts.part_size);
+    let data_parts = planned.len();
+    let uploaded: Vec<(PartEntry, Vec<FileEntry>)> =
+        futures::stream::iter(planned.into_iter().enumerate())
+            .map(|(i, part)| upload_part(ctx, &name, i, part))
+            .buffered(opts.concurrency.max(1))
+            .try_collect()
+            .await?;
+    // An error above drops the session, which aborts the backup on the server.
+
+    let stop = session.backup_stop(opts.archive_timeout).await?;
+    let stop_file =
+        WalFileName::Segment(Segment::containing(timeline, stop.lsn, segment_size)).to_string();
+    let control_path = pgdata.join("global/pg_control");
+    let pg_control = std::fs::read(&control_path).map_err(BackupError::io(&control_path))?;
+    let mut control_files: Vec<(&str, &[u8], u32)> = vec![
+        ("global/pg_control", &pg_control, 0o600),
+        ("backup_label", stop.backup_label.as_bytes(), 0o600),
+    ];
+    if let Some(map) = &stop.tablespace_map {
+        control_files.push(("tablespace_map", map.as_bytes(), 0o600));
+    }
+    let control = upload_control_part(ctx, &name, data_parts, &control_files).await?;
+
+    let mut parts = Vec::with_capacity(uploaded.len() + 1);
+    let mut files = Vec::new();
+    for (p, f) in uploaded.into_iter().chain(std::iter::once(control)) {
+        parts.push(p);
+        files.extend(f);
+    }
+    let settings = ctx.config.codec();
+    let manifest = Manifest {
+        manifest_version: MANIFEST_VERSION,
+        name: name.clone(),
+        kind: "full".into(),
+        start_lsn,
+        stop_lsn: stop.lsn,
+        timeline,
+        start_wal_file: start_file,
+        stop_wal_file: stop_file,
+        wal_segment_size: segment_size.bytes(),
+        start_time,
+        finish_time: super::now_rfc3339(),
+        system_identifier: server_id.to_string(),
+        pg_version: session.version_num,
+        hostname: super::hostname(),
+        data_directory: pgdata.display().to_string(),
+        tablespaces,
+        raw_size: files.iter().map(|f| f.size).sum(),
+        stored_size: parts.iter().map(|p| p.stored_size).sum(),
+        compression: settings.compression.to_string(),
+        encrypted: !settings.recipients.is_empty(),
+        label,
+        permanent: opts.permanent,
+        backup_label: stop.backup_label,
+        tablespace_map: stop.tablespace_map,
+        parts,
+        files,
+    };
+    store_manifest(ctx, &manifest, PutMode::CreateIfAbsent).await?;
+    Ok(manifest)
+}
+
+/// Stores a manifest: compressed, never encrypted (see `manifest.rs`).
+pub async fn store_manifest(
+    ctx: &Context,
+    manifest: &Manifest,
+    mode: PutMode,
+) -> Result<(), BackupError> {
+    let settings = CodecSettings {
+        recipients: Vec::new(),
+        ..ctx.config.codec()
+    };
+    let (bytes, _) = encode_to_vec(&manifest.to_json(), &settings)?;
+    let key = manifest_key(&manifest.name)?;
+    match ctx
+        .storage
+        .put(&key, PutBody::Bytes(bytes.into()), mode)
+        .await
+    {
+        Err(StorageError::AlreadyExists { .. }) => Err(BackupError::Exists {
+            name: manifest.name.clone(),
+            location: ctx.storage.location().to_string(),
+        }),
+        other => Ok(other?),
+    }
+}
+
+fn part_name(index: usize) -> String {
+    format!("part_{:05}.tar", index + 1)
+}
+
+/// Builds one part on a blocking thread and uploads it as it is built.
+async fn upload_part(
+    ctx: &Context,
+    backup: &str,
+    index: usize,
+    entries: Vec<Entry>,
+) -> Result<(PartEntry, Vec<FileEntry>), BackupError> {
+    let settings = ctx.config.codec();
+    let build = move |sink: crate::codec::StreamSink| write_part(&entries, index, sink);
+    upload(ctx, backup, part_name(index), false, settings, build).await
+}
+
+async fn upload_control_part(
+    ctx: &Context,
+    backup: &str,
+    index: usize,
+    files: &[(&str, &[u8], u32)],
+) -> Result<(PartEntry, Vec<FileEntry>), BackupError> {
+    let owned: Vec<(String, Vec<u8>, u32)> = files
+        .iter()
+        .map(|(p, b, m)| (p.to_string(), b.to_vec(), *m))
+        .collect();
+    let build = move |sink: crate::codec::StreamSink| {
+        let borrowed: Vec<(&str, &[u8], u32)> = owned
+            .iter()
+            .map(|(p, b, m)| (p.as_str(), b.as_slice(), *m))
+            .collect();
+        write_control_part(&borrowed, index, sink)
+    };
+    upload(
+        ctx,
+        backup,
+        part_name(index),
+        true,
+        ctx.config.codec(),
+        build,
+    )
+    .await
+}
+
+/// Runs `build` (writing a tar stream) into an encoder on a blocking thread,
+/// while the encoded stream is uploaded to the part's key.
+async fn upload<F>(
+    ctx: &Context,
+    backup: &str,
+    part: String,
+    control: bool,
+    settings: CodecSettings,
+    build: F,
+) -> Result<(PartEntry, Vec<FileEntry>), BackupError>
+where
+    F: FnOnce(
+            crate::codec::StreamSink,
+        ) -> std::io::Result<(Vec<FileEntry>, crate::codec::StreamSink)>
+        + Send
+        + 'static,
+{
+    let key = part_key(backup, &part)?;
+    let (pending, body) = encoding_channel();
+    let task = tokio::task::spawn_blocking(move || -> Result<_, BackupError> {
+        let sink = pending.start(&settings, None)?;
+        let (files, sink) =
+            build(sink).map_err(|e| BackupError::Codec(crate::codec::CodecError::from_io(e)))?;
+        let (digest, stored) = sink.finish()?;
+        Ok((files, digest, stored))
+    });
+    let put = ctx
+        .storage
+        .put(&key, PutBody::Stream(body), PutMode::Overwrite)
+        .await;
+    let built = task.await.map_err(BackupError::task)?;
+    let (files, digest, stored) = match (put, built) {
+        (Ok(()), Ok(b)) => b,
+        // The builder's error says why; the storage's only that the body broke.
+        (_, Err(e)) => return Err(e),
+        (Err(e), Ok(_)) => return Err(e.into()),
+    };
+    tracing::debug!(part = %key, raw = digest.len, stored, "part uploaded");
+    Ok((
+        PartEntry {
+            key: part,
+            raw_size: digest.len,
+            stored_size: stored,
+            blake3: hex(&digest.blake3),
+            control,
+        },
+        files,
+    ))
+}
+
+/// One backup of a cluster at a time from this host: an exclusive lock on a
+/// file in the data directory's `pg_wal/.cairn/`, which the kernel releases
+/// when the holder exits, however it exits.
+struct BackupLock {
+    _file: File,
+}
+
+impl BackupLock {
+    fn acquire(pgdata: &Path) -> Result<BackupLock, BackupError> {
+        let dir = pgdata.join("pg_wal/.cairn");
+        std::fs::create_dir_all(&dir).map_err(BackupError::io(&dir))?;
+        let path = dir.join("backup.lock");
+        let mut file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(BackupError::io(&path))?;
+        // Run as root (cron), cairn must not leave root-owned state where
+        // wal-push, running as the cluster's owner, keeps its own.
+        if let Ok(owner) = std::fs::metadata(pgdata) {
+            use std::os::unix::fs::MetadataExt;
+            for p in [&dir, &path] {
+                let _ = std::os::unix::fs::chown(p, Some(owner.uid()), Some(owner.gid()));
+            }
+        }
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                let holder = std::fs::read_to_string(&path).unwrap_or_default();
+                return Err(BackupError::Locked {
+                    path,
+                    holder: holder.trim().to_string(),
+                });
+            }
+            Err(std::fs::TryLockError::Error(e)) => return Err(BackupError::io(&path)(e)),
+        }
+        let holder = format!(
+            "pid {} on {} since {}",
+            std::process::id(),
+            super::hostname(),
+            super::now_rfc3339()
+        );
+        let _ = file.set_len(0);
+        let _ = file.write_all(holder.as_bytes());
+        Ok(BackupLock { _file: file })
+    }
+}

@@ -1,0 +1,324 @@
+//! Base backups on real PostgreSQL and real storage: the operator's drill
+//! (backup, workload, destroy, restore, replay, compare), and what bad input
+//! gets.
+
+mod common;
+
+use std::path::Path;
+use std::process::Output;
+use std::time::Duration;
+
+use common::{AgeKey, Archive, Backend, Cluster, TestDir};
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+#[track_caller]
+fn ok(o: &Output, what: &str) -> String {
+    assert!(
+        o.status.success(),
+        "{what} failed ({}): {}",
+        o.status,
+        stderr(o)
+    );
+    String::from_utf8_lossy(&o.stdout).trim().to_string()
+}
+
+#[track_caller]
+fn fails(o: &Output, needle: &str) {
+    let err = stderr(o);
+    assert!(!o.status.success(), "succeeded; stderr: {err}");
+    assert!(
+        err.to_lowercase().contains(&needle.to_lowercase()),
+        "stderr lacks {needle:?}: {err}"
+    );
+    let errors = err.lines().filter(|l| l.contains("ERROR")).count();
+    assert_eq!(errors, 1, "want a one-line error: {err}");
+}
+
+/// The archive's settings plus a connection to `c`.
+fn with_pg(a: &Archive, c: &Cluster) -> Archive {
+    a.clone_with("PGHOST", "127.0.0.1")
+        .with("PGPORT", &c.port.to_string())
+        .with("PGUSER", "postgres")
+}
+
+/// The environment a restored cluster gets: storage credentials only, so that
+/// the restore_command backup-fetch wrote must carry cairn's settings itself.
+fn credentials_only(a: &Archive) -> Vec<(String, String)> {
+    a.env
+        .iter()
+        .filter(|(k, _)| !k.starts_with("CAIRN_"))
+        .cloned()
+        .collect()
+}
+
+fn wait_archived(c: &Cluster) {
+    let last = c.sql("select pg_walfile_name(pg_current_wal_lsn())");
+    c.sql("select pg_switch_wal()");
+    c.wait_until("WAL to be archived", Duration::from_secs(180), |c| {
+        c.sql("select coalesce(last_archived_wal, '') from pg_stat_archiver") >= last
+    });
+}
+
+fn start_restored(t: &TestDir, a: &Archive, dir: &Path) -> Cluster {
+    common::chown_pg(dir);
+    let mut restored = Cluster::existing(t, dir.to_path_buf());
+    restored.set_env(credentials_only(a));
+    restored.start();
+    restored.wait_until("the end of recovery", Duration::from_secs(300), |c| {
+        c.try_sql("select pg_is_in_recovery()").as_deref() == Some("f")
+    });
+    restored
+}
+
+/// `a`, encrypting to a new age key whose identity it also uses to read.
+fn encrypted(a: Archive, t: &TestDir) -> Archive {
+    let k = AgeKey::new(t.path());
+    a.with("CAIRN_AGE_RECIPIENTS", &k.recipient).with(
+        "CAIRN_AGE_IDENTITY_FILE",
+        &k.identity_file.display().to_string(),
+    )
+}
+
+/// A running cluster archiving to `a`, and one backup of it; returns the
+/// cluster, `a` with a connection to it, and the backup's name.
+fn primary_with_backup(t: &TestDir, a: &Archive) -> (Cluster, Archive, String) {
+    let mut primary = Cluster::init(t, "primary", &[]);
+    primary.archive_to(a);
+    primary.start();
+    let pg = with_pg(a, &primary);
+    let name = ok(
+        &pg.cairn(
+            &["backup-push", primary.datadir.to_str().unwrap()],
+            t.path(),
+        ),
+        "backup-push",
+    );
+    (primary, pg, name)
+}
+
+/// The drill: backup-push, a pgbench workload, pg_dumpall, stop and delete the
+/// data directory, backup-fetch LATEST with recovery to the end of the archive,
+/// start, compare.
+fn drill(backend: Backend, compression: &str, encrypt: bool) {
+    let t = TestDir::new();
+    let mut a = Archive::new(backend)
+        .with("CAIRN_COMPRESSION", compression)
+        // Small parts, so that a small cluster still makes several.
+        .with("CAIRN_BACKUP_PART_SIZE", "4194304");
+    if encrypt {
+        a = encrypted(a, &t);
+    }
+    let (mut primary, pg, name) = primary_with_backup(&t, &a);
+    assert!(name.starts_with("base_0000000100000000000000"), "{name}");
+
+    primary.pgbench(&["-i", "-s", "10", "-q"]);
+    primary.pgbench(&["-c", "4", "-j", "2", "-t", "200"]);
+    let dump = primary.dumpall();
+    primary.sql("checkpoint");
+    wait_archived(&primary);
+    primary.stop();
+    let data = primary.datadir.clone();
+    std::fs::remove_dir_all(&data).unwrap();
+
+    let list = ok(
+        &pg.cairn(&["backup-list", "--json"], t.path()),
+        "backup-list",
+    );
+    let list: serde_json::Value = serde_json::from_str(&list).unwrap();
+    assert_eq!(list[0]["name"], name.as_str(), "{list}");
+    assert!(list[0]["parts"].as_array().unwrap().len() > 2, "{list}");
+
+    let fetched = ok(
+        &pg.cairn(
+            &[
+                "backup-fetch",
+                data.to_str().unwrap(),
+                "LATEST",
+                "--recovery-target",
+                "latest",
+            ],
+            t.path(),
+        ),
+        "backup-fetch",
+    );
+    assert_eq!(fetched, name);
+    let restored = start_restored(&t, &a, &data);
+    common::assert_same_dump(&restored.dumpall(), &dump, &restored.log_text());
+}
+
+#[test]
+fn drill_local_directory_lz4_age() {
+    drill(Backend::File, "lz4", true);
+}
+
+#[test]
+fn drill_s3_zstd() {
+    drill(Backend::S3, "zstd", false);
+}
+
+#[test]
+fn drill_gcs_uncompressed() {
+    drill(Backend::Gcs, "none", false);
+}
+
+/// Every bad input backup-push and backup-fetch can get, against one cluster
+/// and one good backup: a one-line error naming the problem, a non-zero exit,
+/// and nothing left behind that looks restored.
+#[test]
+fn bad_input_is_refused_and_leaves_nothing_half_restored() {
+    let t = TestDir::new();
+    let a = Archive::new(Backend::File).with("CAIRN_BACKUP_PART_SIZE", "1048576");
+    let mut primary = Cluster::init(&t, "primary", &[]);
+    primary.archive_to(&a);
+    primary.start();
+    primary.sql("create table t as select g from generate_series(1, 100000) g");
+    let pg = with_pg(&a, &primary);
+    let data = primary.datadir.to_str().unwrap().to_string();
+
+    // The connection.
+    let refused = a
+        .clone_with("PGHOST", "127.0.0.1")
+        .with("PGPORT", &common::free_port().to_string())
+        .with("PGUSER", "postgres");
+    fails(
+        &refused.cairn(&["backup-push", &data], t.path()),
+        "cannot connect to PostgreSQL at 127.0.0.1",
+    );
+    primary.sql("create role alice login superuser password 'right'");
+    let hba = primary.datadir.join("pg_hba.conf");
+    let text = std::fs::read_to_string(&hba).unwrap();
+    std::fs::write(
+        &hba,
+        format!("host all alice 127.0.0.1/32 scram-sha-256\n{text}"),
+    )
+    .unwrap();
+    primary.sql("select pg_reload_conf()");
+    let alice = pg.clone_with("PGUSER", "alice").with("PGPASSWORD", "wrong");
+    fails(
+        &alice.cairn(&["backup-push", &data], t.path()),
+        "password authentication failed for user \"alice\"",
+    );
+
+    // The data directory.
+    fails(
+        &pg.cairn(&["backup-push", t.path().to_str().unwrap()], t.path()),
+        "is not a PostgreSQL data directory",
+    );
+    let other = Cluster::init(&t, "other", &[]);
+    fails(
+        &pg.cairn(&["backup-push", other.datadir.to_str().unwrap()], t.path()),
+        "belongs to cluster",
+    );
+    let mut plain = Cluster::init(&t, "plain", &[]);
+    plain.start();
+    fails(
+        &with_pg(&a, &plain).cairn(&["backup-push", plain.datadir.to_str().unwrap()], t.path()),
+        "WAL archiving is not enabled",
+    );
+    plain.stop();
+    assert!(
+        !a.dir.as_ref().unwrap().join("basebackups").exists(),
+        "a refused backup stored something"
+    );
+
+    let name = ok(&pg.cairn(&["backup-push", &data], t.path()), "backup-push");
+    let backup_dir = a.dir.as_ref().unwrap().join("basebackups").join(&name);
+    let dest = t.path().join("restore");
+    let fetch = |a: &Archive, args: &[&str]| {
+        let mut all = vec!["backup-fetch", dest.to_str().unwrap()];
+        all.extend_from_slice(args);
+        a.cairn(&all, t.path())
+    };
+    let nothing_left = |what: &str| {
+        let left: Vec<_> = std::fs::read_dir(&dest)
+            .map(|r| r.flatten().map(|e| e.file_name()).collect())
+            .unwrap_or_default();
+        assert!(left.is_empty(), "{what}: left behind {left:?}");
+    };
+
+    fails(
+        &fetch(&pg, &["base_000000010000000000000099"]),
+        "no backup named base_000000010000000000000099",
+    );
+    nothing_left("unknown name");
+
+    std::fs::create_dir(&dest).unwrap();
+    std::fs::write(dest.join("precious"), "x").unwrap();
+    fails(&fetch(&pg, &["LATEST"]), "is not empty");
+    assert_eq!(std::fs::read_to_string(dest.join("precious")).unwrap(), "x");
+    std::fs::remove_file(dest.join("precious")).unwrap();
+
+    // A part with one byte flipped, then the same part missing.
+    let part = backup_dir.join("part_00002.tar");
+    let good = std::fs::read(&part).unwrap();
+    let mut bad = good.clone();
+    let mid = bad.len() / 2;
+    bad[mid] ^= 0x01;
+    std::fs::write(&part, &bad).unwrap();
+    fails(&fetch(&pg, &["LATEST"]), "part_00002.tar");
+    nothing_left("flipped byte");
+    std::fs::remove_file(&part).unwrap();
+    fails(&fetch(&pg, &["LATEST"]), "part_00002.tar of backup");
+    nothing_left("missing part");
+    std::fs::write(&part, &good).unwrap();
+
+    // A crafted part whose entry climbs out of the destination.
+    let mut tar = tar::Builder::new(Vec::new());
+    let mut h = tar::Header::new_gnu();
+    h.set_size(4);
+    h.set_mode(0o600);
+    h.set_entry_type(tar::EntryType::Regular);
+    // set_path refuses `..`; write the name bytes directly, as an attacker would.
+    h.as_old_mut().name[..13].copy_from_slice(b"../escaped-by");
+    h.set_cksum();
+    tar.append(&h, &b"evil"[..]).unwrap();
+    let crafted = tar.into_inner().unwrap();
+    let (object, _) =
+        cairn::codec::encode_to_vec(&crafted, &cairn::codec::CodecSettings::default()).unwrap();
+    std::fs::write(&part, object).unwrap();
+    fails(&fetch(&pg, &["LATEST"]), "../escaped-by");
+    assert!(!t.path().join("escaped-by").exists(), "the entry escaped");
+    nothing_left("crafted entry");
+    std::fs::write(&part, &good).unwrap();
+
+    // And the untouched backup restores.
+    ok(&fetch(&pg, &[&name]), "backup-fetch after repairs");
+    assert!(dest.join("global/pg_control").exists());
+    primary.stop();
+}
+
+/// An encrypted backup needs the right identity; the wrong one is named.
+#[test]
+fn encrypted_backup_needs_the_right_identity() {
+    let t = TestDir::new();
+    let a = encrypted(Archive::new(Backend::File), &t);
+    let (mut primary, pg, _) = primary_with_backup(&t, &a);
+    primary.stop();
+    let dest = t.path().join("restore");
+    let wrong = AgeKey::new(t.path());
+    let other = pg.clone_with(
+        "CAIRN_AGE_IDENTITY_FILE",
+        &wrong.identity_file.display().to_string(),
+    );
+    fails(
+        &other.cairn(
+            &["backup-fetch", dest.to_str().unwrap(), "LATEST"],
+            t.path(),
+        ),
+        &wrong.identity_file.display().to_string(),
+    );
+    assert!(!dest.exists(), "a failed restore left {}", dest.display());
+    let none = pg.clone_with("CAIRN_AGE_IDENTITY_FILE", "");
+    let mut none = none;
+    none.env.retain(|(k, _)| k != "CAIRN_AGE_IDENTITY_FILE");
+    fails(
+        &none.cairn(
+            &["backup-fetch", dest.to_str().unwrap(), "LATEST"],
+            t.path(),
+        ),
+        "no identity is configured",
+    );
+}
