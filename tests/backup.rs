@@ -44,16 +44,6 @@ fn with_pg(a: &Archive, c: &Cluster) -> Archive {
         .with("PGUSER", "postgres")
 }
 
-/// The environment a restored cluster gets: storage credentials only, so that
-/// the restore_command backup-fetch wrote must carry cairn's settings itself.
-fn credentials_only(a: &Archive) -> Vec<(String, String)> {
-    a.env
-        .iter()
-        .filter(|(k, _)| !k.starts_with("CAIRN_"))
-        .cloned()
-        .collect()
-}
-
 fn wait_archived(c: &Cluster) {
     let last = c.sql("select pg_walfile_name(pg_current_wal_lsn())");
     c.sql("select pg_switch_wal()");
@@ -62,10 +52,12 @@ fn wait_archived(c: &Cluster) {
     });
 }
 
+/// Starts a restored cluster in the primary's environment (its
+/// archive_command needs it) and waits for the end of recovery.
 fn start_restored(t: &TestDir, a: &Archive, dir: &Path) -> Cluster {
     common::chown_pg(dir);
     let mut restored = Cluster::existing(t, dir.to_path_buf());
-    restored.set_env(credentials_only(a));
+    restored.set_env(a.env.clone());
     restored.start();
     restored.wait_until("the end of recovery", Duration::from_secs(300), |c| {
         c.try_sql("select pg_is_in_recovery()").as_deref() == Some("f")
@@ -145,6 +137,17 @@ fn drill(backend: Backend, compression: &str, encrypt: bool) {
         "backup-fetch",
     );
     assert_eq!(fetched, name);
+    // restore_command carries cairn's settings itself: PostgreSQL's environment
+    // need only provide storage credentials.
+    let auto = std::fs::read_to_string(data.join("postgresql.auto.conf")).unwrap();
+    let restore = auto
+        .lines()
+        .rfind(|l| l.starts_with("restore_command"))
+        .unwrap();
+    for needle in ["CAIRN_STORAGE=", "CAIRN_COMPRESSION=", "wal-fetch %f %p"] {
+        assert!(restore.contains(needle), "{restore}");
+    }
+    assert!(data.join("recovery.signal").exists());
     let restored = start_restored(&t, &a, &data);
     common::assert_same_dump(&restored.dumpall(), &dump, &restored.log_text());
 }
@@ -321,4 +324,217 @@ fn encrypted_backup_needs_the_right_identity() {
         ),
         "no identity is configured",
     );
+}
+
+/// Removes a stopped cluster's data directory.
+fn destroy(c: &mut Cluster) {
+    c.stop();
+    std::fs::remove_dir_all(&c.datadir).unwrap();
+}
+
+fn fetch_to(pg: &Archive, t: &TestDir, dest: &Path, extra: &[&str]) -> Output {
+    let mut args = vec!["backup-fetch", dest.to_str().unwrap(), "LATEST"];
+    args.extend_from_slice(extra);
+    pg.cairn(&args, t.path())
+}
+
+/// Point in time: row 'first', a moment, row 'second'; recovery to the moment
+/// has 'first' only, on a new timeline whose history file reaches the archive.
+#[test]
+fn point_in_time_recovery_stops_at_the_target_on_a_new_timeline() {
+    let t = TestDir::new();
+    let a = Archive::new(Backend::File);
+    let (mut primary, pg, _) = primary_with_backup(&t, &a);
+    primary.sql("create table marks(v text); insert into marks values ('first')");
+    let moment = primary.sql("select clock_timestamp()");
+    std::thread::sleep(Duration::from_millis(200));
+    primary.sql("insert into marks values ('second')");
+    wait_archived(&primary);
+    destroy(&mut primary);
+
+    let data = primary.datadir.clone();
+    let target = format!("time={moment}");
+    ok(
+        &fetch_to(&pg, &t, &data, &["--recovery-target", &target]),
+        "backup-fetch",
+    );
+    let restored = start_restored(&t, &a, &data);
+    assert_eq!(
+        restored.sql("select string_agg(v, ',') from marks"),
+        "first"
+    );
+    assert_eq!(
+        restored.sql("select substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8)"),
+        "00000002",
+        "not on a new timeline"
+    );
+    let history = a.dir.as_ref().unwrap().join("wal/00000002.history");
+    restored.wait_until(
+        "the .history file to be archived",
+        Duration::from_secs(60),
+        |_| history.exists(),
+    );
+}
+
+/// A segment deleted from the middle of the archive: recovery, to the end or
+/// to a time after the hole, stops with an error naming it, never opens.
+#[test]
+fn a_hole_in_the_archive_stops_recovery() {
+    let t = TestDir::new();
+    let a = Archive::new(Backend::File);
+    let (mut primary, pg, _) = primary_with_backup(&t, &a);
+    for i in 0..6 {
+        primary.sql(&format!(
+            "create table t{i} as select g from generate_series(1, 1000) g; select pg_switch_wal()"
+        ));
+    }
+    let after = primary.sql("select clock_timestamp()");
+    primary.sql("create table last as select 1");
+    wait_archived(&primary);
+    destroy(&mut primary);
+    let wal = a.dir.as_ref().unwrap().join("wal");
+    let mut segments: Vec<String> = std::fs::read_dir(&wal)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.len() == 24)
+        .collect();
+    segments.sort();
+    let hole = segments[segments.len() / 2 + 1].clone();
+    std::fs::remove_file(wal.join(&hole)).unwrap();
+
+    let data = primary.datadir.clone();
+    let time_target = format!("time={after}");
+    for target in ["latest", time_target.as_str()] {
+        let _ = std::fs::remove_dir_all(&data);
+        ok(
+            &fetch_to(&pg, &t, &data, &["--recovery-target", target]),
+            "backup-fetch",
+        );
+        common::chown_pg(&data);
+        // The log is named after the data directory: the primary's was too.
+        std::fs::remove_file(restored_log(&t, &data)).ok();
+        let mut restored = Cluster::existing(&t, data.clone());
+        restored.set_env(a.env.clone());
+        restored.start_no_wait();
+        restored.wait_until(
+            "PostgreSQL to stop at the hole",
+            Duration::from_secs(120),
+            |c| c.log_text().contains("database system is shut down") && !c.is_running(),
+        );
+        let log = restored.log_text();
+        assert!(
+            !log.contains("database system is ready to accept connections"),
+            "{target}: opened with data missing:\n{log}"
+        );
+        assert!(
+            log.contains(&hole) && log.contains("gap"),
+            "{target}: the log does not name the hole {hole}:\n{log}"
+        );
+    }
+}
+
+fn restored_log(t: &TestDir, data: &Path) -> std::path::PathBuf {
+    t.path().join(format!(
+        "{}.log",
+        data.file_name().unwrap().to_string_lossy()
+    ))
+}
+
+/// A tablespace outside PGDATA comes back at its original path, or where
+/// --tablespace-map puts it.
+#[test]
+fn tablespaces_restore_in_place_or_remapped() {
+    let t = TestDir::new();
+    let a = Archive::new(Backend::File);
+    let mut primary = Cluster::init(&t, "primary", &[]);
+    primary.archive_to(&a);
+    primary.start();
+    let ts = t.path().join("ts1");
+    std::fs::create_dir(&ts).unwrap();
+    common::chown_pg(&ts);
+    primary.sql(&format!(
+        "create tablespace ts1 location '{}'",
+        ts.display()
+    ));
+    primary.sql("create table tt tablespace ts1 as select g from generate_series(1, 5000) g");
+    let oid = primary.sql("select oid from pg_tablespace where spcname = 'ts1'");
+    let pg = with_pg(&a, &primary);
+    ok(
+        &pg.cairn(
+            &["backup-push", primary.datadir.to_str().unwrap()],
+            t.path(),
+        ),
+        "backup-push",
+    );
+    primary.sql("insert into tt select g from generate_series(5001, 6000) g");
+    wait_archived(&primary);
+    destroy(&mut primary);
+    std::fs::remove_dir_all(&ts).unwrap();
+    let data = primary.datadir.clone();
+
+    let moved = t.path().join("moved-ts1");
+    let mapping = format!("{oid}={}", moved.display());
+    for (extra, place) in [
+        (vec![], &ts),
+        (vec!["--tablespace-map", mapping.as_str()], &moved),
+    ] {
+        let mut args = vec!["--recovery-target", "latest"];
+        args.extend(extra);
+        ok(&fetch_to(&pg, &t, &data, &args), "backup-fetch");
+        common::chown_pg(place);
+        let mut restored = start_restored(&t, &a, &data);
+        assert_eq!(restored.sql("select count(*) from tt"), "6000");
+        assert_eq!(
+            std::fs::read_link(data.join("pg_tblspc").join(&oid)).unwrap(),
+            *place
+        );
+        destroy(&mut restored);
+        std::fs::remove_dir_all(place).unwrap();
+        std::fs::remove_file(restored_log(&t, &data)).ok();
+    }
+}
+
+/// A second backup of the same cluster while one runs is refused at once,
+/// naming the holder; a server that does not archive makes the stop wait only
+/// as long as configured, and no backup is recorded.
+#[test]
+fn concurrent_backups_and_archiving_stalls_are_refused() {
+    let t = TestDir::new();
+    let a = Archive::new(Backend::File).with("CAIRN_BACKUP_ARCHIVE_TIMEOUT", "3");
+    let mut primary = Cluster::init(&t, "primary", &[]);
+    primary.archive_to(&a);
+    primary.start();
+    let pg = with_pg(&a, &primary);
+    let data = primary.datadir.to_str().unwrap().to_string();
+
+    let lock_dir = primary.datadir.join("pg_wal/.cairn");
+    std::fs::create_dir_all(&lock_dir).unwrap();
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .write(true)
+        .open(lock_dir.join("backup.lock"))
+        .unwrap();
+    lock.lock().unwrap();
+    std::fs::write(lock_dir.join("backup.lock"), "pid 4242 on testhost").unwrap();
+    fails(
+        &pg.cairn(&["backup-push", &data], t.path()),
+        "another backup of this cluster is running (pid 4242 on testhost",
+    );
+    drop(lock);
+    common::chown_pg(&lock_dir);
+
+    primary.set(&[("archive_command", "'/bin/false'")]);
+    primary.sql("select pg_reload_conf()");
+    fails(
+        &pg.cairn(&["backup-push", &data], t.path()),
+        "was not archived within 3 s",
+    );
+    let listed = ok(
+        &pg.cairn(&["backup-list", "--json"], t.path()),
+        "backup-list",
+    );
+    assert_eq!(listed.trim(), "[]", "a stalled backup was recorded");
+    primary.stop();
 }
