@@ -534,4 +534,37 @@ mod tests {
             2
         );
     }
+
+    /// The example documents the defaults: loading it changes nothing.
+    #[test]
+    fn the_example_file_is_valid_and_states_the_defaults() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/cairn.example.yaml");
+        let c = Config::load(Some(&path), Vec::new(), Vec::new()).unwrap();
+        let d = Config::default();
+        assert_eq!(format!("{:?}", c.storage), format!("{:?}", d.storage));
+        assert_eq!(c.compression, d.compression);
+        assert_eq!(c.zstd_level, d.zstd_level);
+        assert_eq!(c.storage_timeout, d.storage_timeout);
+        assert_eq!(c.upload_part_size, d.upload_part_size);
+        assert_eq!(c.wal_push_lookahead, d.wal_push_lookahead);
+        assert_eq!(c.wal_fetch_prefetch, d.wal_fetch_prefetch);
+        assert_eq!(c.backup_part_size, d.backup_part_size);
+        assert_eq!(c.backup_fast_checkpoint, d.backup_fast_checkpoint);
+        assert_eq!(c.backup_archive_timeout, d.backup_archive_timeout);
+        let pg = Config::load(
+            None,
+            Vec::new(),
+            vec![Setting {
+                key: "postgres".into(),
+                value: serde_yaml::from_str("{host: db, port: 5433, password: pw}").unwrap(),
+                source: Source::Default,
+            }],
+        )
+        .unwrap();
+        assert_eq!(pg.postgres.port, Some(5433));
+        assert!(
+            !format!("{:?}", pg.postgres).contains("pw"),
+            "password in Debug"
+        );
+    }
 }
