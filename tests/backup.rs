@@ -291,13 +291,36 @@ fn bad_input_is_refused_and_leaves_nothing_half_restored() {
     h.set_cksum();
     tar.append(&h, &b"evil"[..]).unwrap();
     let crafted = tar.into_inner().unwrap();
-    let (object, _) =
-        cairn::codec::encode_to_vec(&crafted, &cairn::codec::CodecSettings::default()).unwrap();
+    let settings = cairn::codec::CodecSettings {
+        compression: cairn::codec::Compression::None,
+        ..Default::default()
+    };
+    let (object, _) = cairn::codec::encode_to_vec(&crafted, &settings).unwrap();
     std::fs::write(&part, object).unwrap();
+    // Whoever can write parts can write the manifest: make it vouch for them.
+    let manifest_path = backup_dir.join("manifest.json");
+    let good_manifest = std::fs::read(&manifest_path).unwrap();
+    let mut json = Vec::new();
+    std::io::Read::read_to_end(
+        &mut cairn::codec::Decoder::new(&good_manifest[..], None, "manifest").unwrap(),
+        &mut json,
+    )
+    .unwrap();
+    let mut m = cairn::backup::manifest::Manifest::from_json(&json, "manifest").unwrap();
+    let p = m
+        .parts
+        .iter_mut()
+        .find(|p| p.key == "part_00002.tar")
+        .unwrap();
+    p.blake3 = cairn::backup::manifest::hex(blake3::hash(&crafted).as_bytes());
+    p.raw_size = crafted.len() as u64;
+    let (forged, _) = cairn::codec::encode_to_vec(&m.to_json(), &settings).unwrap();
+    std::fs::write(&manifest_path, forged).unwrap();
     fails(&fetch(&pg, &["LATEST"]), "../escaped-by");
     assert!(!t.path().join("escaped-by").exists(), "the entry escaped");
     nothing_left("crafted entry");
     std::fs::write(&part, &good).unwrap();
+    std::fs::write(&manifest_path, good_manifest).unwrap();
 
     // And the untouched backup restores.
     ok(&fetch(&pg, &[&name]), "backup-fetch after repairs");

@@ -5,9 +5,9 @@
 //! backup_label) goes last, so a directory that misses anything cannot start;
 //! and on any failure, what was extracted is removed again.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::fs;
-use std::io::{self, BufWriter, Read, Write};
+use std::io::{self, Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Component, Path, PathBuf};
 
@@ -19,7 +19,7 @@ use futures::StreamExt;
 use super::manifest::{FileEntry, Manifest, PartEntry, hex};
 use super::{BackupError, catalog, part_key};
 use crate::Context;
-use crate::codec::{CodecError, Decoder, Keyring};
+use crate::codec::{CodecError, Decoder, Keyring, PipeWriter, pipe};
 use crate::pg::datadir::EXCLUDED_CONTENTS;
 use crate::pg::wal::Lsn;
 use crate::storage::StorageError;
@@ -399,7 +399,7 @@ async fn extract_part(
         }
         Err(e) => return Err(e.into()),
     };
-    let reader = tokio_util::io::SyncIoBridge::new(tokio_util::io::StreamReader::new(stream));
+    let source = tokio_util::io::SyncIoBridge::new(tokio_util::io::StreamReader::new(stream));
     let object = format!("{}/{key}", ctx.storage.location().trim_end_matches('/'));
     let expected: HashMap<String, FileEntry> = files
         .iter()
@@ -419,12 +419,19 @@ async fn extract_part(
             .any(|t| layout.tablespaces.get(&t.oid) != Some(&t.location)),
         stop: stop.clone(),
     };
-    tokio::task::spawn_blocking(move || -> Result<(), BackupError> {
-        let decoder = Decoder::new(reader, keyring.as_ref(), &object)?;
-        job.run(decoder, expected)
-    })
-    .await
-    .map_err(BackupError::task)?
+    // Two stages, each on its own core: decrypt, decompress and verify; then
+    // extract, hash and write.
+    let (writer, reader) = pipe();
+    let check = job.clone_for_decoding();
+    let decode = tokio::task::spawn_blocking(move || -> Result<(), BackupError> {
+        let decoder = Decoder::new(source, keyring.as_ref(), &object)?;
+        check.decode_into(decoder, writer)
+    });
+    let extract = tokio::task::spawn_blocking(move || job.run(reader, expected));
+    let (decoded, extracted) = futures::join!(decode, extract);
+    // A decoding error is the cause; the extractor then only saw its input end.
+    decoded.map_err(BackupError::task)??;
+    extracted.map_err(BackupError::task)?
 }
 
 struct Extraction {
@@ -437,6 +444,62 @@ struct Extraction {
 }
 
 impl Extraction {
+    /// What the decoding stage needs to name errors.
+    fn clone_for_decoding(&self) -> Extraction {
+        Extraction {
+            backup: self.backup.clone(),
+            part: self.part.clone(),
+            layout: Layout {
+                dest: self.layout.dest.clone(),
+                tablespaces: HashMap::new(),
+            },
+            rewrite_tablespace_map: false,
+            stop: self.stop.clone(),
+        }
+    }
+
+    /// Decodes the whole object into `writer`; at its (verified) end, checks
+    /// that it is this part, by the manifest's checksum of its tar bytes.
+    fn decode_into<R: Read>(
+        &self,
+        mut decoder: Decoder<R>,
+        mut writer: PipeWriter,
+    ) -> Result<(), BackupError> {
+        loop {
+            // Each chunk goes to the extractor as it is read, without a copy.
+            let mut buf = bytes::BytesMut::zeroed(256 << 10);
+            let n = match decoder.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    let err = self.read_error(e);
+                    writer.fail(err.to_string());
+                    return Err(err);
+                }
+            };
+            buf.truncate(n);
+            if writer.send_bytes(buf.freeze()).is_err() {
+                // The extractor stopped; its error is the one to report.
+                return Ok(());
+            }
+        }
+        let digest = decoder.verified_digest();
+        let matches = digest
+            .is_some_and(|d| hex(&d.blake3) == self.part.blake3 && d.len == self.part.raw_size);
+        if !matches {
+            let err = self.damaged(format!(
+                "its contents ({}) are not the part the manifest lists ({}, {} bytes)",
+                digest.map_or_else(|| "unverified".to_string(), |d| d.to_string()),
+                self.part.blake3,
+                self.part.raw_size
+            ));
+            writer.fail(err.to_string());
+            return Err(err);
+        }
+        writer.finish().or(Ok(()))
+    }
+
     fn damaged(&self, reason: String) -> BackupError {
         BackupError::Damaged {
             name: self.backup.clone(),
@@ -456,17 +519,11 @@ impl Extraction {
 
     fn run<R: Read>(
         &self,
-        decoder: Decoder<R>,
+        mut reader: R,
         mut expected: HashMap<String, FileEntry>,
     ) -> Result<(), BackupError> {
-        let mut hashing = HashingReader {
-            inner: decoder,
-            hasher: blake3::Hasher::new(),
-            len: 0,
-        };
-        let mut seen = HashSet::new();
         {
-            let mut archive = tar::Archive::new(&mut hashing);
+            let mut archive = tar::Archive::new(&mut reader);
             let entries = archive.entries().map_err(|e| self.read_error(e))?;
             for entry in entries {
                 if self.stop.load(Ordering::Relaxed) {
@@ -491,7 +548,6 @@ impl Extraction {
                             .remove(&path)
                             .ok_or_else(|| self.unsafe_entry(&path, "file not in the manifest"))?;
                         self.write_file(&mut entry, &path, &target, &want)?;
-                        seen.insert(path);
                     }
                     _ => {
                         return Err(self.unsafe_entry(
@@ -502,15 +558,9 @@ impl Extraction {
                 }
             }
         }
-        // Read to the end, so that the decoder checks the object's trailer.
-        io::copy(&mut hashing, &mut io::sink()).map_err(|e| self.read_error(e))?;
-        let digest = hex(hashing.hasher.finalize().as_bytes());
-        if digest != self.part.blake3 || hashing.len != self.part.raw_size {
-            return Err(self.damaged(format!(
-                "part checksum {digest} ({} bytes) does not match the manifest's {} ({} bytes)",
-                hashing.len, self.part.blake3, self.part.raw_size
-            )));
-        }
+        // Read to the end: only there does the decoding stage confirm that the
+        // object was whole and is the manifest's part.
+        io::copy(&mut reader, &mut io::sink()).map_err(|e| self.read_error(e))?;
         if let Some(missing) = expected.keys().next() {
             return Err(self.damaged(format!("file {missing} listed in the manifest is missing")));
         }
@@ -534,12 +584,12 @@ impl Extraction {
         if let Some(parent) = target.parent() {
             fs::create_dir_all(parent).map_err(BackupError::io(parent))?;
         }
-        let file = fs::OpenOptions::new()
+        // Unbuffered: the chunks are large already.
+        let mut out = fs::OpenOptions::new()
             .write(true)
             .create_new(true)
             .open(target)
             .map_err(BackupError::io(target))?;
-        let mut out = BufWriter::with_capacity(1 << 20, file);
         let mut hasher = blake3::Hasher::new();
         let mut buf = vec![0u8; 256 << 10];
         let mut len = 0u64;
@@ -591,21 +641,6 @@ impl Extraction {
                 }
             })
             .collect()
-    }
-}
-
-struct HashingReader<R: Read> {
-    inner: R,
-    hasher: blake3::Hasher,
-    len: u64,
-}
-
-impl<R: Read> Read for HashingReader<R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        self.hasher.update(&buf[..n]);
-        self.len += n as u64;
-        Ok(n)
     }
 }
 

@@ -15,7 +15,7 @@ use super::manifest::{FileEntry, MANIFEST_VERSION, Manifest, PartEntry, hex};
 use super::tar_split::{plan, write_control_part, write_part};
 use super::{BackupError, manifest_key, part_key};
 use crate::Context;
-use crate::codec::{CodecSettings, encode_to_vec, encoding_channel};
+use crate::codec::{CodecError, CodecSettings, PipeWriter, encode_stream, encode_to_vec, pipe};
 use crate::pg::client::{PgSession, PgSettings};
 use crate::pg::datadir::{self, Entry};
 use crate::pg::wal::{Segment, SegmentSize, WalFileName};
@@ -174,16 +174,15 @@ fn part_name(index: usize) -> String {
     format!("part_{:05}.tar", index + 1)
 }
 
-/// Builds one part on a blocking thread and uploads it as it is built.
+/// Builds one part and uploads it as it is built.
 async fn upload_part(
     ctx: &Context,
     backup: &str,
     index: usize,
     entries: Vec<Entry>,
 ) -> Result<(PartEntry, Vec<FileEntry>), BackupError> {
-    let settings = ctx.config.codec();
-    let build = move |sink: crate::codec::StreamSink| write_part(&entries, index, sink);
-    upload(ctx, backup, part_name(index), false, settings, build).await
+    let build = move |w: PipeWriter| write_part(&entries, index, w);
+    upload(ctx, backup, part_name(index), false, build).await
 }
 
 async fn upload_control_part(
@@ -196,61 +195,48 @@ async fn upload_control_part(
         .iter()
         .map(|(p, b, m)| (p.to_string(), b.to_vec(), *m))
         .collect();
-    let build = move |sink: crate::codec::StreamSink| {
+    let build = move |w: PipeWriter| {
         let borrowed: Vec<(&str, &[u8], u32)> = owned
             .iter()
             .map(|(p, b, m)| (p.as_str(), b.as_slice(), *m))
             .collect();
-        write_control_part(&borrowed, index, sink)
+        write_control_part(&borrowed, index, w)
     };
-    upload(
-        ctx,
-        backup,
-        part_name(index),
-        true,
-        ctx.config.codec(),
-        build,
-    )
-    .await
+    upload(ctx, backup, part_name(index), true, build).await
 }
 
-/// Runs `build` (writing a tar stream) into an encoder on a blocking thread,
-/// while the encoded stream is uploaded to the part's key.
+/// A three-stage pipeline per part: `build` writes the tar stream (reading and
+/// hashing files) on one blocking thread, the encoder compresses and encrypts
+/// it on another, and storage uploads it; so even one large part keeps two
+/// cores busy.
 async fn upload<F>(
     ctx: &Context,
     backup: &str,
     part: String,
     control: bool,
-    settings: CodecSettings,
     build: F,
 ) -> Result<(PartEntry, Vec<FileEntry>), BackupError>
 where
-    F: FnOnce(
-            crate::codec::StreamSink,
-        ) -> std::io::Result<(Vec<FileEntry>, crate::codec::StreamSink)>
-        + Send
-        + 'static,
+    F: FnOnce(PipeWriter) -> std::io::Result<(Vec<FileEntry>, PipeWriter)> + Send + 'static,
 {
     let key = part_key(backup, &part)?;
-    let (pending, body) = encoding_channel();
-    let task = tokio::task::spawn_blocking(move || -> Result<_, BackupError> {
-        let sink = pending.start(&settings, None)?;
-        let (files, sink) =
-            build(sink).map_err(|e| BackupError::Codec(crate::codec::CodecError::from_io(e)))?;
-        let (digest, stored) = sink.finish()?;
-        Ok((files, digest, stored))
+    let (writer, reader) = pipe();
+    let builder = tokio::task::spawn_blocking(move || {
+        let (files, writer) = build(writer)?;
+        writer.finish()?;
+        Ok::<_, std::io::Error>(files)
     });
+    let encoded = encode_stream(reader, ctx.config.codec(), None, format!("part {key}"));
     let put = ctx
         .storage
-        .put(&key, PutBody::Stream(body), PutMode::Overwrite)
+        .put(&key, PutBody::Stream(encoded.body), PutMode::Overwrite)
         .await;
-    let built = task.await.map_err(BackupError::task)?;
-    let (files, digest, stored) = match (put, built) {
-        (Ok(()), Ok(b)) => b,
-        // The builder's error says why; the storage's only that the body broke.
-        (_, Err(e)) => return Err(e),
-        (Err(e), Ok(_)) => return Err(e.into()),
-    };
+    let built = builder.await.map_err(BackupError::task)?;
+    let encoding = encoded.task.await.map_err(BackupError::task)?;
+    // The earliest stage's error says why; later ones only that input broke.
+    let files = built.map_err(|e| BackupError::Codec(CodecError::from_io(e)))?;
+    let (digest, stored) = encoding?;
+    put?;
     tracing::debug!(part = %key, raw = digest.len, stored, "part uploaded");
     Ok((
         PartEntry {

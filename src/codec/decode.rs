@@ -54,6 +54,8 @@ pub struct Decoder<R: Read> {
     ready: usize,
     filled: usize,
     done: bool,
+    /// The plain bytes' digest, once the end was read and verified.
+    verified: Option<PlainDigest>,
 }
 
 impl<R: Read> Decoder<R> {
@@ -89,6 +91,7 @@ impl<R: Read> Decoder<R> {
             ready: 0,
             filled: 0,
             done: false,
+            verified: None,
         })
     }
 
@@ -163,7 +166,14 @@ impl<R: Read> Decoder<R> {
             )));
         }
         self.done = true;
+        self.verified = Some(actual);
         Ok(())
+    }
+
+    /// The digest of the plain bytes, after everything was read and the
+    /// trailer verified; `None` before.
+    pub fn verified_digest(&self) -> Option<PlainDigest> {
+        self.verified
     }
 }
 

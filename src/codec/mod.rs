@@ -7,6 +7,7 @@
 mod decode;
 mod encode;
 pub mod format;
+mod pipe;
 mod stream;
 
 use std::fmt;
@@ -16,6 +17,7 @@ use std::str::FromStr;
 pub use decode::Decoder;
 pub use encode::{Encoder, encode_to_vec};
 pub use format::{Header, PlainDigest};
+pub use pipe::{PipeReader, PipeWriter, pipe};
 pub use stream::{
     EncodedStream, PendingSink, STREAM_BUFFERS, StreamSink, encode_stream, encoding_channel,
 };

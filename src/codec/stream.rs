@@ -27,10 +27,10 @@ const READ_BUF: usize = 256 << 10;
 pub const STREAM_BUFFERS: usize = READ_BUF + CHUNK * (QUEUE + 2);
 
 /// The encoded stream and the task producing it; the task yields the plain
-/// bytes' digest, or the error that also ended the stream.
+/// bytes' digest and the encoded size, or the error that also ended the stream.
 pub struct EncodedStream {
     pub body: ByteStream,
-    pub task: JoinHandle<Result<PlainDigest, CodecError>>,
+    pub task: JoinHandle<Result<(PlainDigest, u64), CodecError>>,
 }
 
 /// Encodes everything `src` yields. With `known`, the digest goes into the
@@ -63,10 +63,7 @@ pub fn encode_stream<R: Read + Send + 'static>(
             }
         }
         let tx = sink.tx.clone();
-        let (digest, _) = sink
-            .finish_checked(known, &what)
-            .map_err(|e| fail(&tx, e))?;
-        Ok(digest)
+        sink.finish_checked(known, &what).map_err(|e| fail(&tx, e))
     });
     EncodedStream { body, task }
 }

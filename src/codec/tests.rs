@@ -209,7 +209,9 @@ async fn encode_stream_matches_the_writer_and_verifies() {
             "sample".into(),
         );
         let obj = collect(e.body).await.unwrap();
-        assert_eq!(e.task.await.unwrap().unwrap(), digest);
+        let (d, stored) = e.task.await.unwrap().unwrap();
+        assert_eq!(d, digest);
+        assert_eq!(stored, obj.len() as u64);
         assert_eq!(decode(&obj, Some(&kr)).unwrap(), plain);
         assert_eq!(
             Header::read_from(&mut &obj[..], "o").unwrap().digest,
