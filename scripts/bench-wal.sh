@@ -23,8 +23,7 @@ readonly ONLY_BASELINES=${BENCH_ONLY_BASELINES:-0}
 SCRIPT_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 CAIRN=${1:-$SCRIPT_DIR/../target/release/cairn}
 
-log() { printf '[bench %s] %s\n' "$(date +%T)" "$*" >&2; }
-die() { printf 'bench-wal: error: %s\n' "$*" >&2; exit 1; }
+. "$SCRIPT_DIR/lib/bench.sh"
 
 # ---------------------------------------------------------------------------
 # Preconditions and tools
@@ -37,60 +36,14 @@ if [[ $ONLY_BASELINES != 1 ]]; then
   CAIRN=$(realpath -e "$CAIRN") # the calls run from fake data directories
 fi
 
-APT_UPDATED=0
-# apt_install <pkg>...: installs packages, refreshing the index once if needed.
-apt_install() {
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -q "$@" >/dev/null 2>&1 && return 0
-  if ((APT_UPDATED == 0)); then
-    APT_UPDATED=1
-    apt-get update -q >/dev/null 2>&1 || true
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -q "$@" >/dev/null 2>&1 && return 0
-  fi
-  return 1
-}
-
-[[ -x /usr/bin/time ]] || apt_install time || die "cannot install package 'time' (for peak RSS)"
-if [[ $ONLY_BASELINES != 1 ]]; then
-  command -v age-keygen >/dev/null || apt_install age || die "cannot install package 'age'"
-  S3S_FS=$HOME/.cache/cairn-test-tools/bin/s3s-fs
-  if [[ ! -x $S3S_FS ]]; then
-    if command -v s3s-fs >/dev/null; then
-      S3S_FS=$(command -v s3s-fs)
-    else
-      log "installing s3s-fs 0.14.1 (once, into ~/.cache/cairn-test-tools)"
-      cargo install -q --root "$HOME/.cache/cairn-test-tools" s3s-fs@0.14.1 --features binary >&2 ||
-        die "cannot install s3s-fs"
-    fi
-  fi
-fi
-HAVE_PGBR=1
-command -v pgbackrest >/dev/null || apt_install pgbackrest || HAVE_PGBR=0
-((HAVE_PGBR)) || echo "pgbackrest: not installed"
-
-# Nothing from the caller's environment may change what cairn does (and cairn
-# rejects CAIRN_* names it does not know), nor may AWS settings leak in.
-unset "${!CAIRN_@}" "${!AWS_@}"
-export AWS_EC2_METADATA_DISABLED=true
+install_tools
+isolate_env
 
 # ---------------------------------------------------------------------------
-# Work directory, cleanup
+# Work directory
 # ---------------------------------------------------------------------------
-WORK=$(mktemp -d /tmp/cairn-bench.XXXXXX)
-chmod 755 "$WORK"
-chown postgres:postgres "$WORK"
+make_work_dir /tmp/cairn-bench.XXXXXX
 PGDATA=$WORK/pgdata SOCK=$WORK/sock CORPUS=$WORK/corpus
-PG_RUNNING=0 S3_PID=""
-
-# pids of cairn processes (e.g. detached prefetch workers) running in our work dir.
-our_cairn_pids() {
-  local p
-  [[ -n ${CAIRN:-} && -x ${CAIRN:-/nonexistent} ]] || return 0
-  for p in /proc/[0-9]*; do
-    [[ $(readlink "$p/exe" 2>/dev/null) == "$CAIRN" ]] || continue
-    [[ $(readlink "$p/cwd" 2>/dev/null) == "$WORK"* ]] || continue
-    echo "${p#/proc/}"
-  done
-}
 
 # wait_for_workers: prefetch workers outlive wal-fetch; let them finish so the next
 # run does not compete with them for the CPU.
@@ -103,76 +56,10 @@ wait_for_workers() {
   die "cairn prefetch workers still running after 60 s: $(our_cairn_pids | tr '\n' ' ')"
 }
 
-cleanup() {
-  local rc=$? pid
-  set +e
-  cd /
-  if [[ -n $S3_PID ]]; then kill "$S3_PID" 2>/dev/null; wait "$S3_PID" 2>/dev/null; fi
-  ((PG_RUNNING)) && runuser -u postgres -- "$PGBIN/pg_ctl" -D "$PGDATA" -m immediate -w stop >/dev/null 2>&1
-  for pid in $(our_cairn_pids); do kill "$pid" 2>/dev/null; done
-  rm -rf "$WORK"
-  exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-# free_port: a TCP port nothing on this machine uses right now.
-free_port() {
-  local p i
-  for ((i = 0; i < 200; i++)); do
-    p=$((20000 + RANDOM % 40000))
-    [[ -z $(ss -Htan "sport = :$p" 2>/dev/null) ]] || continue
-    (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null && continue
-    echo "$p"
-    return 0
-  done
-  die "no free port found"
-}
-
-# mkdir_pg <dir>...: directories the postgres user must write to.
-mkdir_pg() { mkdir -p "$@" && chown postgres:postgres "$@"; }
-
-psql_() { runuser -u postgres -- "$PGBIN/psql" -X -q -At -h "$SOCK" -p "$PGPORT" -d postgres -v ON_ERROR_STOP=1 "$@"; }
-
 # ---------------------------------------------------------------------------
-# Timing: every call is run like PostgreSQL runs it — one process, one segment
+# Results. Every call is run like PostgreSQL runs it — one process, one segment —
+# and timed by run_call; bookkeeping such as renaming .ready files is not timed.
 # ---------------------------------------------------------------------------
-CALL_US=0   # wall time of the calls of the current run, microseconds
-RSS_FILE="" # /usr/bin/time appends each call's peak RSS (KiB) here
-RUN_ERR=""  # stderr of the run's calls, appended (detached prefetch workers write here too)
-NOISY_RUNS=()
-
-start_run() {
-  CALL_US=0 RSS_FILE=$WORK/rss.$1 RUN_ERR=$WORK/stderr.$1
-  : >"$RSS_FILE"
-  : >"$RUN_ERR"
-}
-
-# run_call <cmd>...: runs one call under /usr/bin/time; only the call itself is timed
-# (bookkeeping such as renaming .ready files is not). Any failure stops the benchmark
-# and prints everything needed to reproduce it.
-run_call() {
-  local t0 t1 rc=0 off
-  off=$(stat -c %s "$RUN_ERR")
-  t0=${EPOCHREALTIME/./}
-  /usr/bin/time -f %M -a -o "$RSS_FILE" "$@" >/dev/null 2>>"$RUN_ERR" || rc=$?
-  t1=${EPOCHREALTIME/./}
-  CALL_US=$((CALL_US + t1 - t0))
-  if ((rc != 0)); then
-    {
-      echo "bench-wal: FAILED call (exit code $rc)"
-      echo "  cwd:     $PWD"
-      echo "  command: $*"
-      echo "  env:     $(env | grep -E '^(CAIRN_|AWS_ACCESS)' | sort | tr '\n' ' ')"
-      echo "  stderr:"
-      tail -c "+$((off + 1))" "$RUN_ERR" | sed 's/^/    /'
-    } >&2
-    exit 1
-  fi
-}
-
-peak_rss_mib() { awk '/^[0-9]+$/ { if ($1 > m) m = $1 } END { printf "%.1f", m / 1024 }' "$RSS_FILE"; }
-
 # stored_bytes <dir>: total size of the WAL objects (24-hex-digit names) under dir.
 stored_bytes() {
   find "$1" -type f -regextype posix-extended -regex '.*/[0-9A-F]{24}([.-].*)?' -printf '%s\n' |
@@ -182,8 +69,6 @@ stored_count() {
   find "$1" -type f -regextype posix-extended -regex '.*/[0-9A-F]{24}([.-].*)?' | wc -l
 }
 
-# Results, in run order: one table row per run.
-ROWS=()
 declare -A SECS_PER_SEG TOTAL_SECS
 # add_row <id> <backend> <variant> <stored bytes or "-"> : records the current run.
 add_row() {
@@ -194,32 +79,18 @@ add_row() {
       ratio = (st == "-") ? "-" : sprintf("%.3f", st / raw)
       printf "%-10s | %-30s | %5d | %8.2f | %9.4f | %8.1f | %6s | %12s\n", b, v, n, s, s / n, raw / 1e6 / s, ratio, rss
     }')
-  ROWS+=("$row")
-  # Successful calls should be silent at log level warn: keep whatever they said.
-  if [[ -s $RUN_ERR ]]; then
-    NOISY_RUNS+=("$id")
-    cp "$RUN_ERR" "$WORK/noisy.$id"
-  fi
   TOTAL_SECS[$id]=$(awk -v us="$CALL_US" 'BEGIN { printf "%.6f", us / 1e6 }')
   SECS_PER_SEG[$id]=$(awk -v us="$CALL_US" -v n="$NSEG" 'BEGIN { printf "%.6f", us / 1e6 / n }')
-  log "done: $row"
+  record_row "$id" "$row"
 }
 
 # ---------------------------------------------------------------------------
 # 1. Corpus: 64 real, not trivially compressible segments from a throw-away cluster
 # ---------------------------------------------------------------------------
-PGPORT=$(free_port)
-mkdir_pg "$SOCK" "$CORPUS"
-chmod 700 "$SOCK"
-log "initdb in $PGDATA, port $PGPORT"
-runuser -u postgres -- "$PGBIN/initdb" -D "$PGDATA" -U postgres --auth=trust -E UTF8 --no-sync >"$WORK/initdb.log" 2>&1 ||
-  { cat "$WORK/initdb.log" >&2; die "initdb failed"; }
+init_cluster "$CORPUS"
 # archive_command copies each completed segment into the corpus directory. fsync=off
 # and a large max_wal_size only make the corpus faster to produce.
 cat >>"$PGDATA/postgresql.conf" <<EOF
-listen_addresses = '127.0.0.1'
-port = $PGPORT
-unix_socket_directories = '$SOCK'
 archive_mode = on
 archive_command = 'test ! -f $CORPUS/%f && cp %p $CORPUS/%f'
 max_wal_size = 4GB
@@ -264,31 +135,7 @@ log "corpus: ${SEGS[0]} .. ${SEGS[NSEG - 1]} (${#SEGS[@]} segments)"
 
 # pgBackRest's stanza-create needs the cluster running; do it now, then stop it.
 if ((HAVE_PGBR)); then
-  PGBR=$WORK/pgbackrest
-  mkdir_pg "$PGBR" "$PGBR/log" "$PGBR/lock" "$PGBR/spool" "$PGBR/repo"
-  PGBR_CONF=$PGBR/pgbackrest.conf
-  cat >"$PGBR_CONF" <<EOF
-[global]
-repo1-type=posix
-repo1-path=$PGBR/repo
-compress-type=lz4
-archive-async=n
-log-path=$PGBR/log
-lock-path=$PGBR/lock
-spool-path=$PGBR/spool
-log-level-console=warn
-log-level-stderr=warn
-log-level-file=off
-
-[bench]
-pg1-path=$PGDATA
-pg1-port=$PGPORT
-pg1-socket-path=$SOCK
-EOF
-  chown postgres:postgres "$PGBR_CONF"
-  # setpriv only switches user and execs (runuser would add a PAM session per call);
-  # an array, not a function, so /usr/bin/time can run it.
-  PGBR_CMD=(setpriv --reuid=postgres --regid=postgres --init-groups pgbackrest --config="$PGBR_CONF" --stanza=bench)
+  pgbr_setup compress-type=lz4
   "${PGBR_CMD[@]}" stanza-create >"$WORK/pgbr-stanza.log" 2>&1 || { cat "$WORK/pgbr-stanza.log" >&2; die "pgbackrest stanza-create failed"; }
   # The burst needs an empty repository too: copy the freshly created one.
   cp -a "$PGBR/repo" "$PGBR/repo-burst"
@@ -311,19 +158,6 @@ rm -rf "$WORK/cp"
 # ---------------------------------------------------------------------------
 # cairn runs
 # ---------------------------------------------------------------------------
-# cairn_env <storage-url> [VAR=value]...: exactly these settings for the next calls.
-cairn_env() {
-  unset "${!CAIRN_@}" AWS_ACCESS_KEY_ID AWS_SECRET_ACCESS_KEY
-  export CAIRN_LOG_LEVEL=warn CAIRN_STORAGE=$1
-  shift
-  if [[ $CAIRN_STORAGE == s3://* ]]; then
-    export CAIRN_S3_ENDPOINT=http://127.0.0.1:$S3_PORT CAIRN_S3_REGION=us-east-1 CAIRN_S3_FORCE_PATH_STYLE=true
-    export AWS_ACCESS_KEY_ID=$S3_ACCESS_KEY AWS_SECRET_ACCESS_KEY=$S3_SECRET_KEY
-  fi
-  local kv
-  for kv in "$@"; do export "${kv?}"; done
-}
-
 # fake_datadir <dir> [ready]: a data directory whose pg_wal holds (hard links to) all
 # corpus segments; with "ready", each also has archive_status/<name>.ready.
 fake_datadir() {
@@ -423,9 +257,7 @@ check_age_archive() {
 }
 
 if [[ $ONLY_BASELINES != 1 ]]; then
-  AGE_KEY=$WORK/age.key
-  age-keygen -o "$AGE_KEY" 2>/dev/null
-  AGE_RECIPIENT=$(age-keygen -y "$AGE_KEY")
+  make_age_key
   L=$WORK/store-local
 
   # -------------------------------------------------------------------------
@@ -450,28 +282,14 @@ if [[ $ONLY_BASELINES != 1 ]]; then
   # -------------------------------------------------------------------------
   # 6. The same on S3 (s3s-fs on 127.0.0.1); <root>/<bucket> is the bucket
   # -------------------------------------------------------------------------
-  S3_ROOT=$WORK/s3
-  mkdir -p "$S3_ROOT/$S3_BUCKET"
-  S3_PORT=$(free_port)
-  "$S3S_FS" --host 127.0.0.1 --port "$S3_PORT" --access-key "$S3_ACCESS_KEY" --secret-key "$S3_SECRET_KEY" \
-    "$S3_ROOT" >"$WORK/s3s-fs.log" 2>&1 &
-  S3_PID=$!
-  for ((i = 0; ; i++)); do
-    (exec 3<>"/dev/tcp/127.0.0.1/$S3_PORT") 2>/dev/null && break
-    kill -0 "$S3_PID" 2>/dev/null || { cat "$WORK/s3s-fs.log" >&2; die "s3s-fs exited"; }
-    ((i < 100)) || die "s3s-fs does not listen on port $S3_PORT"
-    sleep 0.1
-  done
+  s3_start
   B=$S3_ROOT/$S3_BUCKET
   push_each s-lz4 s3 "lz4" "s3://$S3_BUCKET/lz4" "$B/lz4" CAIRN_COMPRESSION=lz4
   burst s-burst8 s3 8 "s3://$S3_BUCKET/burst8" "$B/burst8"
   burst s-burst0 s3 0 "s3://$S3_BUCKET/burst0" "$B/burst0"
   fetch_each s-fetch0 s3 0 "s3://$S3_BUCKET/lz4"
   fetch_each s-fetch8 s3 8 "s3://$S3_BUCKET/lz4"
-  kill "$S3_PID"
-  wait "$S3_PID" 2>/dev/null || true
-  S3_PID=""
-  rm -rf "$S3_ROOT"
+  s3_stop
   unset "${!CAIRN_@}" AWS_ACCESS_KEY_ID AWS_SECRET_ACCESS_KEY
 fi
 
@@ -522,11 +340,7 @@ printf '%s\n' "-----------+--------------------------------+-------+----------+-
 printf '%s\n' "${ROWS[@]}"
 echo
 echo "ratio = stored bytes / raw bytes; peak RSS = max over the calls (MiB); MB = 10^6 bytes."
-for id in "${NOISY_RUNS[@]}"; do
-  echo
-  echo "stderr of run $id ($(wc -l <"$WORK/noisy.$id") lines; first 10):"
-  head -n 10 "$WORK/noisy.$id" | sed 's/^/  /'
-done
+print_noisy_runs
 
 if ((HAVE_PGBR)) && [[ $ONLY_BASELINES != 1 ]]; then
   echo
