@@ -427,11 +427,66 @@ async fn extract_part(
         let decoder = Decoder::new(source, keyring.as_ref(), &object)?;
         check.decode_into(decoder, writer)
     });
-    let extract = tokio::task::spawn_blocking(move || job.run(reader, expected));
-    let (decoded, extracted) = futures::join!(decode, extract);
-    // A decoding error is the cause; the extractor then only saw its input end.
+    let (ops, queue) = std::sync::mpsc::sync_channel(WRITE_QUEUE);
+    let extract = tokio::task::spawn_blocking(move || job.run(reader, expected, &ops));
+    let write = tokio::task::spawn_blocking(move || write_files(queue));
+    let (decoded, extracted, written) = futures::join!(decode, extract, write);
+    // The earliest stage's error is the cause; later stages only saw their
+    // input end, the extractor its writer stop.
     decoded.map_err(BackupError::task)??;
+    written.map_err(BackupError::task)??;
     extracted.map_err(BackupError::task)?
+}
+
+/// Chunks waiting for the writer: with 256 KiB chunks, 2 MiB per part.
+const WRITE_QUEUE: usize = 8;
+
+/// What the extractor asks the writer to do, in order.
+enum WriteOp {
+    Create(PathBuf),
+    Data(bytes::Bytes),
+    Close(u32),
+}
+
+/// The third stage of a part's restore: creates and writes the files the
+/// extractor verified, so that copying into the page cache (the largest cost
+/// of a restore) runs beside decoding and hashing instead of after them.
+fn write_files(queue: std::sync::mpsc::Receiver<WriteOp>) -> Result<(), BackupError> {
+    let mut current: Option<(fs::File, PathBuf, u64, u64)> = None;
+    for op in queue {
+        match op {
+            WriteOp::Create(target) => {
+                if let Some(parent) = target.parent() {
+                    fs::create_dir_all(parent).map_err(BackupError::io(parent))?;
+                }
+                let f = fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .open(&target)
+                    .map_err(BackupError::io(&target))?;
+                current = Some((f, target, 0, 0));
+            }
+            WriteOp::Data(chunk) => {
+                let Some((f, target, len, flushed)) = current.as_mut() else {
+                    continue;
+                };
+                f.write_all(&chunk).map_err(BackupError::io(&*target))?;
+                *len += chunk.len() as u64;
+                if *len - *flushed >= WRITEBACK_EVERY {
+                    start_writeback(f, *flushed, *len);
+                    *flushed = *len;
+                }
+            }
+            WriteOp::Close(mode) => {
+                if let Some((f, target, len, flushed)) = current.take() {
+                    start_writeback(&f, flushed, len);
+                    fs::set_permissions(&target, fs::Permissions::from_mode(mode & 0o7777))
+                        .map_err(BackupError::io(&target))?;
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 struct Extraction {
@@ -521,6 +576,7 @@ impl Extraction {
         &self,
         mut reader: R,
         mut expected: HashMap<String, FileEntry>,
+        ops: &std::sync::mpsc::SyncSender<WriteOp>,
     ) -> Result<(), BackupError> {
         {
             let mut archive = tar::Archive::new(&mut reader);
@@ -547,7 +603,7 @@ impl Extraction {
                         let want = expected
                             .remove(&path)
                             .ok_or_else(|| self.unsafe_entry(&path, "file not in the manifest"))?;
-                        self.write_file(&mut entry, &path, &target, &want)?;
+                        self.write_file(&mut entry, &path, target, &want, ops)?;
                     }
                     _ => {
                         return Err(self.unsafe_entry(
@@ -574,48 +630,42 @@ impl Extraction {
         }
     }
 
+    /// Reads one file's bytes, hashing them, and hands them to the writer;
+    /// fails if they are not what the manifest says.
     fn write_file<R: Read>(
         &self,
         entry: &mut R,
         path: &str,
-        target: &Path,
+        target: PathBuf,
         want: &FileEntry,
+        ops: &std::sync::mpsc::SyncSender<WriteOp>,
     ) -> Result<(), BackupError> {
-        if let Some(parent) = target.parent() {
-            fs::create_dir_all(parent).map_err(BackupError::io(parent))?;
-        }
-        // Unbuffered: the chunks are large already.
-        let mut out = fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(target)
-            .map_err(BackupError::io(target))?;
+        let send = |op: WriteOp| {
+            ops.send(op)
+                .map_err(|_| self.damaged("the file writer stopped".into()))
+        };
+        send(WriteOp::Create(target))?;
         let mut hasher = blake3::Hasher::new();
-        let mut buf = vec![0u8; 256 << 10];
         let mut len = 0u64;
-        let mut flushed = 0u64;
         let mut body = Vec::new();
         let keep_body = path == "tablespace_map" && self.rewrite_tablespace_map;
         loop {
+            let mut buf = bytes::BytesMut::zeroed(256 << 10);
             let n = match entry.read(&mut buf) {
                 Ok(0) => break,
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(self.read_error(e)),
             };
-            hasher.update(&buf[..n]);
+            buf.truncate(n);
+            hasher.update(&buf);
             len += n as u64;
             if keep_body {
-                body.extend_from_slice(&buf[..n]);
+                body.extend_from_slice(&buf);
             } else {
-                out.write_all(&buf[..n]).map_err(BackupError::io(target))?;
-                if len - flushed >= WRITEBACK_EVERY {
-                    start_writeback(&out, flushed, len);
-                    flushed = len;
-                }
+                send(WriteOp::Data(buf.freeze()))?;
             }
         }
-        start_writeback(&out, flushed, len);
         let digest = hex(hasher.finalize().as_bytes());
         if digest != want.blake3 || len != want.size {
             return Err(self.damaged(format!(
@@ -626,13 +676,9 @@ impl Extraction {
         }
         if keep_body {
             let text = String::from_utf8_lossy(&body);
-            out.write_all(self.remap_tablespace_map(&text).as_bytes())
-                .map_err(BackupError::io(target))?;
+            send(WriteOp::Data(self.remap_tablespace_map(&text).into()))?;
         }
-        out.flush().map_err(BackupError::io(target))?;
-        fs::set_permissions(target, fs::Permissions::from_mode(want.mode & 0o7777))
-            .map_err(BackupError::io(target))?;
-        Ok(())
+        send(WriteOp::Close(want.mode))
     }
 
     /// tablespace_map lines are `<oid> <path>`; PostgreSQL recreates the links
