@@ -312,7 +312,7 @@ fn bad_input_is_refused_and_leaves_nothing_half_restored() {
         .iter_mut()
         .find(|p| p.key == "part_00002.tar")
         .unwrap();
-    p.blake3 = cairn::backup::manifest::hex(blake3::hash(&crafted).as_bytes());
+    p.blake3 = cairn::codec::hex(blake3::hash(&crafted).as_bytes());
     p.raw_size = crafted.len() as u64;
     let (forged, _) = cairn::codec::encode_to_vec(&m.to_json(), &settings).unwrap();
     std::fs::write(&manifest_path, forged).unwrap();

@@ -16,9 +16,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use futures::StreamExt;
 
-use super::manifest::{FileEntry, Manifest, PartEntry, hex};
+use super::manifest::{FileEntry, Manifest, PartEntry};
 use super::{BackupError, catalog, part_key};
 use crate::Context;
+use crate::codec::hex;
 use crate::codec::{CodecError, Decoder, Keyring, PipeWriter, pipe};
 use crate::pg::datadir::EXCLUDED_CONTENTS;
 use crate::pg::wal::Lsn;
@@ -165,6 +166,7 @@ fn files_by_part(manifest: &Manifest) -> HashMap<String, Vec<&FileEntry>> {
 
 /// Where each path of the backup goes: the destination, or a tablespace
 /// location for `pg_tblspc/<oid>/…`.
+#[derive(Clone)]
 struct Layout {
     dest: PathBuf,
     tablespaces: HashMap<u32, PathBuf>,
@@ -409,10 +411,7 @@ async fn extract_part(
     let job = Extraction {
         backup: manifest.name.clone(),
         part: part.clone(),
-        layout: Layout {
-            dest: layout.dest.clone(),
-            tablespaces: layout.tablespaces.clone(),
-        },
+        layout: layout.clone(),
         rewrite_tablespace_map: manifest
             .tablespaces
             .iter()
@@ -422,7 +421,7 @@ async fn extract_part(
     // Two stages, each on its own core: decrypt, decompress and verify; then
     // extract, hash and write.
     let (writer, reader) = pipe();
-    let check = job.clone_for_decoding();
+    let check = job.clone();
     let decode = tokio::task::spawn_blocking(move || -> Result<(), BackupError> {
         let decoder = Decoder::new(source, keyring.as_ref(), &object)?;
         check.decode_into(decoder, writer)
@@ -489,6 +488,7 @@ fn write_files(queue: std::sync::mpsc::Receiver<WriteOp>) -> Result<(), BackupEr
     Ok(())
 }
 
+#[derive(Clone)]
 struct Extraction {
     backup: String,
     part: PartEntry,
@@ -499,20 +499,6 @@ struct Extraction {
 }
 
 impl Extraction {
-    /// What the decoding stage needs to name errors.
-    fn clone_for_decoding(&self) -> Extraction {
-        Extraction {
-            backup: self.backup.clone(),
-            part: self.part.clone(),
-            layout: Layout {
-                dest: self.layout.dest.clone(),
-                tablespaces: HashMap::new(),
-            },
-            rewrite_tablespace_map: false,
-            stop: self.stop.clone(),
-        }
-    }
-
     /// Decodes the whole object into `writer`; at its (verified) end, checks
     /// that it is this part, by the manifest's checksum of its tar bytes.
     fn decode_into<R: Read>(

@@ -110,7 +110,3 @@ impl Manifest {
         serde_json::from_slice(bytes).map_err(|e| format!("{object}: damaged manifest: {e}"))
     }
 }
-
-pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}

@@ -11,10 +11,11 @@ use std::time::Duration;
 
 use futures::{StreamExt, TryStreamExt};
 
-use super::manifest::{FileEntry, MANIFEST_VERSION, Manifest, PartEntry, hex};
-use super::tar_split::{plan, write_control_part, write_part};
+use super::manifest::{FileEntry, MANIFEST_VERSION, Manifest, PartEntry};
+use super::tar_split::{ControlFile, plan, write_control_part, write_part};
 use super::{BackupError, manifest_key, part_key};
 use crate::Context;
+use crate::codec::hex;
 use crate::codec::{CodecError, CodecSettings, PipeWriter, encode_stream, encode_to_vec, pipe};
 use crate::pg::client::{PgSession, PgSettings};
 use crate::pg::datadir::{self, Entry};
@@ -97,14 +98,14 @@ pub async fn push(ctx: &Context, opts: &PushOptions) -> Result<Manifest, BackupE
         WalFileName::Segment(Segment::containing(timeline, stop.lsn, segment_size)).to_string();
     let control_path = pgdata.join("global/pg_control");
     let pg_control = std::fs::read(&control_path).map_err(BackupError::io(&control_path))?;
-    let mut control_files: Vec<(&str, &[u8], u32)> = vec![
-        ("global/pg_control", &pg_control, 0o600),
-        ("backup_label", stop.backup_label.as_bytes(), 0o600),
+    let mut control_files = vec![
+        ControlFile::new("global/pg_control", pg_control),
+        ControlFile::new("backup_label", stop.backup_label.clone().into_bytes()),
     ];
     if let Some(map) = &stop.tablespace_map {
-        control_files.push(("tablespace_map", map.as_bytes(), 0o600));
+        control_files.push(ControlFile::new("tablespace_map", map.clone().into_bytes()));
     }
-    let control = upload_control_part(ctx, &name, data_parts, &control_files).await?;
+    let control = upload_control_part(ctx, &name, data_parts, control_files).await?;
 
     let mut parts = Vec::with_capacity(uploaded.len() + 1);
     let mut files = Vec::new();
@@ -189,19 +190,9 @@ async fn upload_control_part(
     ctx: &Context,
     backup: &str,
     index: usize,
-    files: &[(&str, &[u8], u32)],
+    files: Vec<ControlFile>,
 ) -> Result<(PartEntry, Vec<FileEntry>), BackupError> {
-    let owned: Vec<(String, Vec<u8>, u32)> = files
-        .iter()
-        .map(|(p, b, m)| (p.to_string(), b.to_vec(), *m))
-        .collect();
-    let build = move |w: PipeWriter| {
-        let borrowed: Vec<(&str, &[u8], u32)> = owned
-            .iter()
-            .map(|(p, b, m)| (p.as_str(), b.as_slice(), *m))
-            .collect();
-        write_control_part(&borrowed, index, w)
-    };
+    let build = move |w: PipeWriter| write_control_part(&files, index, w);
     upload(ctx, backup, part_name(index), true, build).await
 }
 

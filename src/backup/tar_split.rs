@@ -8,7 +8,8 @@ use std::fs::File;
 use std::io::{self, Read, Write};
 use std::path::Path;
 
-use crate::backup::manifest::{FileEntry, hex};
+use crate::backup::manifest::FileEntry;
+use crate::codec::hex;
 use crate::pg::datadir::{Entry, EntryKind};
 
 /// Assigns entries to parts in order, starting a new part once a part holds
@@ -98,10 +99,25 @@ pub fn write_part<W: Write>(
     Ok((written, out))
 }
 
-/// Writes the control part: files given as bytes (pg_control read after the
-/// backup stopped, backup_label and tablespace_map from the stop call).
+/// A file of the control part, given as bytes: pg_control read after the
+/// backup stopped, backup_label and tablespace_map from the stop call.
+pub struct ControlFile {
+    pub path: &'static str,
+    pub bytes: Vec<u8>,
+}
+
+impl ControlFile {
+    pub fn new(path: &'static str, bytes: Vec<u8>) -> Self {
+        ControlFile { path, bytes }
+    }
+}
+
+/// Files of the control part are the server's own: owner-only.
+const CONTROL_MODE: u32 = 0o600;
+
+/// Writes the control part.
 pub fn write_control_part<W: Write>(
-    files: &[(&str, &[u8], u32)],
+    files: &[ControlFile],
     part: usize,
     out: W,
 ) -> io::Result<(Vec<FileEntry>, W)> {
@@ -111,15 +127,16 @@ pub fn write_control_part<W: Write>(
         .map(|d| d.as_secs() as i64)
         .unwrap_or(0);
     let mut written = Vec::new();
-    for (path, bytes, mode) in files {
-        let mut h = header(tar::EntryType::Regular, *mode, now, bytes.len() as u64);
-        tar.append_data(&mut h, path, *bytes)?;
+    for f in files {
+        let size = f.bytes.len() as u64;
+        let mut h = header(tar::EntryType::Regular, CONTROL_MODE, now, size);
+        tar.append_data(&mut h, f.path, &f.bytes[..])?;
         written.push(FileEntry {
-            path: path.to_string(),
+            path: f.path.to_string(),
             dir: false,
-            size: bytes.len() as u64,
-            mode: *mode,
-            blake3: hex(blake3::hash(bytes).as_bytes()),
+            size,
+            mode: CONTROL_MODE,
+            blake3: hex(blake3::hash(&f.bytes).as_bytes()),
             part,
         });
     }

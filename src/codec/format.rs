@@ -25,6 +25,11 @@ const FLAG_DIGEST: u8 = 1;
 pub(crate) const ENCRYPTION_NONE: u8 = 0;
 pub(crate) const ENCRYPTION_AGE: u8 = 1;
 
+/// Lower-case hex, as digests are written in manifests and markers.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
 /// Length and BLAKE3 hash of an object's plain bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PlainDigest {

@@ -16,11 +16,9 @@ use std::str::FromStr;
 
 pub use decode::Decoder;
 pub use encode::{Encoder, encode_to_vec};
-pub use format::{Header, PlainDigest};
+pub use format::{Header, PlainDigest, hex};
 pub use pipe::{PipeReader, PipeWriter, pipe};
-pub use stream::{
-    EncodedStream, PendingSink, STREAM_BUFFERS, StreamSink, encode_stream, encoding_channel,
-};
+pub use stream::{EncodedStream, STREAM_BUFFERS, encode_stream};
 
 /// Compression of an object's body.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]

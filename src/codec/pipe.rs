@@ -9,9 +9,44 @@ use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 
 use bytes::{Buf, Bytes, BytesMut};
 
-const CHUNK: usize = 256 << 10;
+/// Size of the chunks passed between stages (pipes and encoded streams).
+pub(super) const CHUNK: usize = 256 << 10;
 /// Chunks in flight: with [`CHUNK`], at most 1 MiB per pipe.
 const DEPTH: usize = 4;
+
+/// Collects written bytes into [`CHUNK`]-sized `Bytes`, so that the stages of
+/// a pipeline hand each other few, large pieces.
+pub(super) struct Chunks {
+    buf: BytesMut,
+}
+
+impl Chunks {
+    pub(super) fn new() -> Self {
+        Chunks {
+            buf: BytesMut::with_capacity(CHUNK),
+        }
+    }
+
+    /// Takes as much of `data` as fits in the current chunk; returns how much,
+    /// and the chunk once it is full.
+    pub(super) fn fill(&mut self, data: &[u8]) -> (usize, Option<Bytes>) {
+        let n = data.len().min(CHUNK - self.buf.len());
+        self.buf.extend_from_slice(&data[..n]);
+        let full = (self.buf.len() >= CHUNK).then(|| self.take());
+        (n, full)
+    }
+
+    /// What is left, if anything.
+    pub(super) fn rest(&mut self) -> Option<Bytes> {
+        (!self.buf.is_empty()).then(|| self.take())
+    }
+
+    fn take(&mut self) -> Bytes {
+        let chunk = self.buf.split().freeze();
+        self.buf.reserve(CHUNK);
+        chunk
+    }
+}
 
 enum Msg {
     Data(Bytes),
@@ -25,7 +60,7 @@ pub fn pipe() -> (PipeWriter, PipeReader) {
     (
         PipeWriter {
             tx,
-            buf: BytesMut::with_capacity(CHUNK),
+            chunks: Chunks::new(),
         },
         PipeReader {
             rx,
@@ -37,7 +72,7 @@ pub fn pipe() -> (PipeWriter, PipeReader) {
 
 pub struct PipeWriter {
     tx: SyncSender<Msg>,
-    buf: BytesMut,
+    chunks: Chunks,
 }
 
 impl PipeWriter {
@@ -47,24 +82,22 @@ impl PipeWriter {
         })
     }
 
-    fn send_buf(&mut self) -> io::Result<()> {
-        if !self.buf.is_empty() {
-            let chunk = self.buf.split().freeze();
-            self.buf.reserve(CHUNK);
-            self.send(Msg::Data(chunk))?;
+    fn send_rest(&mut self) -> io::Result<()> {
+        match self.chunks.rest() {
+            Some(chunk) => self.send(Msg::Data(chunk)),
+            None => Ok(()),
         }
-        Ok(())
     }
 
     /// Sends a chunk as it is, without copying (after whatever was written).
     pub fn send_bytes(&mut self, chunk: Bytes) -> io::Result<()> {
-        self.send_buf()?;
+        self.send_rest()?;
         self.send(Msg::Data(chunk))
     }
 
     /// Ends the stream cleanly.
     pub fn finish(mut self) -> io::Result<()> {
-        self.send_buf()?;
+        self.send_rest()?;
         self.send(Msg::End)
     }
 
@@ -76,10 +109,9 @@ impl PipeWriter {
 
 impl Write for PipeWriter {
     fn write(&mut self, data: &[u8]) -> io::Result<usize> {
-        let n = data.len().min(CHUNK - self.buf.len());
-        self.buf.extend_from_slice(&data[..n]);
-        if self.buf.len() >= CHUNK {
-            self.send_buf()?;
+        let (n, full) = self.chunks.fill(data);
+        if let Some(chunk) = full {
+            self.send(Msg::Data(chunk))?;
         }
         Ok(n)
     }

@@ -16,7 +16,7 @@ use tokio::sync::Semaphore;
 
 use super::{WalError, state_dir, wal_key, write_atomically};
 use crate::Context;
-use crate::codec::{Header, PlainDigest, encode_stream};
+use crate::codec::{CodecSettings, Header, PlainDigest, encode_stream};
 use crate::pg::wal::{LongPageHeader, SegmentSize, WalFileName};
 use crate::storage::{PutBody, PutMode, StorageError};
 
@@ -114,13 +114,13 @@ pub async fn push(ctx: &Context, path: &Path, lookahead: usize) -> Result<Report
 const BUDGET_KIB: u64 = 44 << 10;
 
 /// What archiving one file of `size` bytes holds in memory, in KiB of the budget.
-fn memory_cost(ctx: &Context, size: u64) -> u32 {
+fn memory_cost(ctx: &Context, settings: &CodecSettings, size: u64) -> u32 {
     // Encoded size can exceed the plain size a little (incompressible data,
     // framing, age tags).
     let encoded = size + size / 64 + (64 << 10);
     let bytes = ctx.storage.put_buffering(encoded)
         + crate::codec::STREAM_BUFFERS as u64
-        + ctx.config.codec().working_set();
+        + settings.working_set();
     (bytes.div_ceil(1 << 10)).min(BUDGET_KIB) as u32
 }
 
@@ -130,12 +130,13 @@ async fn push_one(
     name: WalFileName,
     budget: &Semaphore,
 ) -> Result<(Outcome, PlainDigest), WalError> {
+    let settings = ctx.config.codec();
     let size = tokio::fs::metadata(&path)
         .await
         .map_err(WalError::file(&path))?
         .len();
     let _permit = budget
-        .acquire_many(memory_cost(ctx, size))
+        .acquire_many(memory_cost(ctx, &settings, size))
         .await
         .map_err(|e| WalError::File {
             path: path.clone(),
@@ -144,12 +145,7 @@ async fn push_one(
     // Hash first, so that the digest goes into the object's header where a
     // later push can compare it without decrypting; then encode as it uploads.
     let (file, digest) = open_wal_file(path.clone(), name).await?;
-    let encoded = encode_stream(
-        file,
-        ctx.config.codec(),
-        Some(digest),
-        path.display().to_string(),
-    );
+    let encoded = encode_stream(file, settings, Some(digest), path.display().to_string());
     let key = wal_key(&name);
     let put = ctx
         .storage
@@ -273,10 +269,9 @@ fn read_marker(path: &Path) -> Option<PlainDigest> {
 
 fn record_marker(markers: &Path, name: &WalFileName, d: PlainDigest) -> std::io::Result<()> {
     std::fs::create_dir_all(markers)?;
-    let hex: String = d.blake3.iter().map(|b| format!("{b:02x}")).collect();
     write_atomically(
         &markers.join(name.to_string()),
-        format!("{} {hex}\n", d.len).as_bytes(),
+        format!("{} {}\n", d.len, crate::codec::hex(&d.blake3)).as_bytes(),
     )
 }
 
