@@ -508,10 +508,9 @@ impl Extraction {
     ) -> Result<(), BackupError> {
         loop {
             // Each chunk goes to the extractor as it is read, without a copy.
-            let mut buf = bytes::BytesMut::zeroed(256 << 10);
-            let n = match decoder.read(&mut buf) {
-                Ok(0) => break,
-                Ok(n) => n,
+            let chunk = match decoder.next_chunk() {
+                Ok(Some(chunk)) => chunk,
+                Ok(None) => break,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => {
                     let err = self.read_error(e);
@@ -519,8 +518,7 @@ impl Extraction {
                     return Err(err);
                 }
             };
-            buf.truncate(n);
-            if writer.send_bytes(buf.freeze()).is_err() {
+            if writer.send_bytes(chunk).is_err() {
                 // The extractor stopped; its error is the one to report.
                 return Ok(());
             }
