@@ -7,6 +7,7 @@ pub mod backup;
 pub mod codec;
 pub mod config;
 pub mod pg;
+pub mod retention;
 pub mod storage;
 pub mod wal;
 
