@@ -118,6 +118,12 @@ pub enum Command {
         /// Never delete this backup in retention
         #[arg(long)]
         permanent: bool,
+        /// Store only what changed since the latest backup [config: delta_max_steps]
+        #[arg(long, conflicts_with = "full")]
+        delta: bool,
+        /// Take a full backup even when delta_max_steps asks for a delta
+        #[arg(long)]
+        full: bool,
     },
     /// Restore a base backup into an empty directory
     BackupFetch {

@@ -83,6 +83,8 @@ pub struct Config {
     pub backup_concurrency: usize,
     pub backup_fast_checkpoint: bool,
     pub backup_archive_timeout: Duration,
+    /// backup-push takes deltas until the chain has this many, then a full; 0: always full.
+    pub delta_max_steps: u32,
 }
 
 pub const DEFAULT_STORAGE: &str = "file:///var/lib/cairn";
@@ -113,6 +115,7 @@ impl Default for Config {
                 .unwrap_or(2),
             backup_fast_checkpoint: true,
             backup_archive_timeout: Duration::from_secs(600),
+            delta_max_steps: 0,
         }
     }
 }
@@ -254,6 +257,7 @@ impl Config {
                 self.backup_archive_timeout =
                     Duration::from_secs(number(v, 1, 7 * 86_400).map_err(bad)?)
             }
+            "delta_max_steps" => self.delta_max_steps = number(v, 0, 1000).map_err(bad)? as u32,
             _ => {
                 return Err(ConfigError::UnknownKey {
                     key: s.key,
@@ -551,6 +555,7 @@ mod tests {
         assert_eq!(c.backup_part_size, d.backup_part_size);
         assert_eq!(c.backup_fast_checkpoint, d.backup_fast_checkpoint);
         assert_eq!(c.backup_archive_timeout, d.backup_archive_timeout);
+        assert_eq!(c.delta_max_steps, d.delta_max_steps);
         let pg = Config::load(
             None,
             Vec::new(),

@@ -263,6 +263,8 @@ async fn run(cli: Cli, config: Config) -> anyhow::Result<()> {
             pgdata,
             label,
             permanent,
+            delta,
+            full,
         } => {
             let pgdata = pgdata
                 .or_else(|| ctx.config.pgdata.clone())
@@ -280,12 +282,22 @@ async fn run(cli: Cli, config: Config) -> anyhow::Result<()> {
                 archive_timeout: ctx.config.backup_archive_timeout,
                 part_size: ctx.config.backup_part_size,
                 concurrency: ctx.config.backup_concurrency,
+                kind: if full {
+                    backup::push::BackupKind::Full
+                } else if delta {
+                    backup::push::BackupKind::Delta
+                } else {
+                    backup::push::BackupKind::Auto {
+                        max_steps: ctx.config.delta_max_steps,
+                    }
+                },
             };
             let m = backup::push::push(&ctx, &opts).await?;
             tracing::info!(
                 backup = %m.name,
                 start_lsn = %m.start_lsn,
                 stop_lsn = %m.stop_lsn,
+                kind = %m.kind,
                 raw_bytes = m.raw_size,
                 stored_bytes = m.stored_size,
                 parts = m.parts.len(),
@@ -319,6 +331,7 @@ async fn run(cli: Cli, config: Config) -> anyhow::Result<()> {
             tracing::info!(
                 backup = %m.name,
                 dest = %opts.dest.display(),
+                kind = %m.kind,
                 raw_bytes = m.raw_size,
                 "restore complete"
             );

@@ -1,8 +1,11 @@
-//! The backups in storage: every complete backup (one with a manifest), in WAL
-//! order. Names sort by start WAL file only within one timeline and one
-//! cluster, so order comes from the manifests: start LSN, then finish time.
+//! The backups in storage: every complete backup (one with a manifest), in the
+//! order they were taken, and the chains of deltas. Names sort by start WAL
+//! file only within one timeline and one cluster, so order comes from the
+//! manifests (see [`order`]).
 
 use std::io::Read;
+
+use futures::{StreamExt, TryStreamExt};
 
 use super::manifest::Manifest;
 use super::{BackupError, manifest_key};
@@ -36,7 +39,7 @@ pub async fn load(ctx: &Context, name: &str) -> Result<Manifest, BackupError> {
     Manifest::from_json(&json, &object).map_err(BackupError::BadManifest)
 }
 
-/// Every complete backup, oldest first by position in the WAL stream.
+/// Every complete backup, oldest first (see [`order`]).
 pub async fn list(ctx: &Context) -> Result<Vec<Manifest>, BackupError> {
     let objects = ctx.storage.list("basebackups/", None, None).await?;
     let names: Vec<String> = objects
@@ -47,11 +50,55 @@ pub async fn list(ctx: &Context) -> Result<Vec<Manifest>, BackupError> {
             (file == "manifest.json").then(|| name.to_string())
         })
         .collect();
-    let manifests: Vec<Manifest> =
-        futures::future::try_join_all(names.iter().map(|n| load(ctx, n))).await?;
-    let mut manifests = manifests;
-    manifests.sort_by(|a, b| (a.start_lsn, &a.finish_time).cmp(&(b.start_lsn, &b.finish_time)));
+    // A bounded number of reads at once: a catalog may hold thousands.
+    let mut manifests: Vec<Manifest> = futures::stream::iter(names.iter().map(|n| load(ctx, n)))
+        .buffered(32)
+        .try_collect()
+        .await?;
+    manifests.sort_by(order);
     Ok(manifests)
+}
+
+/// Backups in the order they were taken: by start time (RFC 3339 UTC, whole
+/// seconds, so text order is time order), then start LSN. Time first, because
+/// after a point-in-time restore the new timeline reuses lower LSNs, and a new
+/// cluster in the same prefix may too.
+pub fn order(a: &Manifest, b: &Manifest) -> std::cmp::Ordering {
+    (&a.start_time, a.start_lsn, &a.finish_time).cmp(&(&b.start_time, b.start_lsn, &b.finish_time))
+}
+
+/// The backups a restore of `backup` needs, its full backup first and
+/// `backup` last; a missing or foreign ancestor is an error naming it.
+pub async fn chain(ctx: &Context, backup: Manifest) -> Result<Vec<Manifest>, BackupError> {
+    let mut chain = vec![backup];
+    while let Some(parent) = chain.last().and_then(|m| m.parent.clone()) {
+        let child = chain.last().map(|m| m.name.clone()).unwrap_or_default();
+        let broken = |reason: String| BackupError::BrokenChain {
+            name: chain[0].name.clone(),
+            reason,
+        };
+        if chain.iter().any(|m| m.name == parent) || chain.len() > 10_000 {
+            return Err(broken(format!("its chain loops at {parent}")));
+        }
+        let m = match load(ctx, &parent).await {
+            Ok(m) => m,
+            Err(BackupError::NoSuchBackup { location, .. }) => {
+                return Err(broken(format!(
+                    "{child} is a delta of {parent}, which is missing from {location}                      (deleted?); restore a backup whose chain is whole"
+                )));
+            }
+            Err(e) => return Err(e),
+        };
+        if m.system_identifier != chain[0].system_identifier {
+            return Err(broken(format!(
+                "its ancestor {parent} belongs to another cluster ({})",
+                m.system_identifier
+            )));
+        }
+        chain.push(m);
+    }
+    chain.reverse();
+    Ok(chain)
 }
 
 /// A backup by name, or the newest one for `LATEST`.

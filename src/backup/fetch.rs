@@ -5,7 +5,7 @@
 //! backup_label) goes last, so a directory that misses anything cannot start;
 //! and on any failure, what was extracted is removed again.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fs;
 use std::io::{self, Read, Write};
 use std::os::unix::fs::PermissionsExt;
@@ -16,12 +16,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use futures::StreamExt;
 
-use super::manifest::{FileEntry, Manifest, PartEntry};
+use super::delta::PageSetHead;
+use super::manifest::{FileEntry, Manifest, PartEntry, Stored};
 use super::{BackupError, catalog, part_key};
 use crate::Context;
 use crate::codec::hex;
 use crate::codec::{CodecError, Decoder, Keyring, PipeWriter, pipe};
 use crate::pg::datadir::EXCLUDED_CONTENTS;
+use crate::pg::page::PAGE_SIZE;
 use crate::pg::wal::Lsn;
 use crate::storage::StorageError;
 
@@ -90,74 +92,197 @@ pub struct FetchOptions {
 /// Restores a backup; returns its manifest.
 pub async fn fetch(ctx: &Context, opts: &FetchOptions) -> Result<Manifest, BackupError> {
     let manifest = catalog::resolve(ctx, &opts.name).await?;
-    let layout = Layout::new(&manifest, opts)?;
+    let chain = catalog::chain(ctx, manifest).await?;
+    let sources = sources(&chain)?;
+    let Some(manifest) = chain.last() else {
+        return Err(BackupError::BadArgument("empty backup chain".into()));
+    };
+    let layout = Layout::new(manifest, opts)?;
     let created = layout.prepare()?;
-    let result = restore(ctx, &manifest, &layout, opts).await;
+    let result = restore(ctx, &chain, &sources, &layout, opts).await;
     if result.is_err() {
         created.undo();
     }
-    result.map(|()| manifest)
+    result.map(|()| manifest.clone())
+}
+
+/// What a restore does with one file entry of one backup of the chain.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Action {
+    /// A newer backup of the chain holds this file, or it is gone.
+    Skip,
+    /// Create the file from the entry's bytes.
+    Write { mode: u32 },
+    /// Apply the entry's page set to the file an older backup wrote.
+    Patch { mode: u32 },
+}
+
+/// For each backup of `chain` (full first), the files to take from it: for
+/// every file of the last backup, the newest backup that holds it whole, then
+/// each later one's page set. Files of older backups that the last one does
+/// not list were removed, and are never written.
+fn sources(chain: &[Manifest]) -> Result<Vec<HashMap<String, Action>>, BackupError> {
+    let Some(last) = chain.last() else {
+        return Ok(Vec::new());
+    };
+    let maps: Vec<HashMap<&str, &FileEntry>> = chain
+        .iter()
+        .map(|m| {
+            m.files
+                .iter()
+                .filter(|f| !f.dir)
+                .map(|f| (f.path.as_str(), f))
+                .collect()
+        })
+        .collect();
+    let mut out = vec![HashMap::new(); chain.len()];
+    for f in last.files.iter().filter(|f| !f.dir) {
+        let mut k = chain.len() - 1;
+        loop {
+            let broken = |reason: String| BackupError::BrokenChain {
+                name: last.name.clone(),
+                reason,
+            };
+            let e = maps[k].get(f.path.as_str()).ok_or_else(|| {
+                broken(format!(
+                    "file {} is not in {}, on which the next backup of the chain builds",
+                    f.path, chain[k].name
+                ))
+            })?;
+            match e.stored {
+                Stored::Whole => {
+                    out[k].insert(f.path.clone(), Action::Write { mode: f.mode });
+                    break;
+                }
+                Stored::Pages { .. } => {
+                    out[k].insert(f.path.clone(), Action::Patch { mode: f.mode });
+                }
+                Stored::Unchanged => {}
+            }
+            if k == 0 {
+                return Err(broken(format!(
+                    "no backup of its chain holds file {} whole",
+                    f.path
+                )));
+            }
+            k -= 1;
+        }
+    }
+    Ok(out)
 }
 
 async fn restore(
     ctx: &Context,
-    manifest: &Manifest,
+    chain: &[Manifest],
+    sources: &[HashMap<String, Action>],
     layout: &Layout,
     opts: &FetchOptions,
 ) -> Result<(), BackupError> {
-    let keyring = if manifest.encrypted {
+    let Some(last) = chain.last() else {
+        return Ok(());
+    };
+    let keyring = if chain.iter().any(|m| m.encrypted) {
         ctx.keyring()?
     } else {
         None
     };
-    layout.make_dirs(manifest)?;
-    let (control, data): (Vec<&PartEntry>, Vec<&PartEntry>) =
-        manifest.parts.iter().partition(|p| p.control);
-    let by_part = files_by_part(manifest);
-    let empty = Vec::new();
-    // After a failure no new part starts and running ones stop at their next
-    // entry; all are waited for, so that nothing writes into the destination
-    // while a failed restore is being removed.
-    let stop = Arc::new(AtomicBool::new(false));
-    let results: Vec<Result<(), BackupError>> = futures::stream::iter(data)
-        .map(|p| {
-            let files = by_part.get(&p.key).unwrap_or(&empty);
-            let (stop, keyring) = (stop.clone(), keyring.clone());
-            async move {
-                if stop.load(Ordering::Relaxed) {
-                    return Ok(());
+    layout.make_dirs(last)?;
+    let job = Job {
+        layout: layout.clone(),
+        keyring,
+        rewrite_tablespace_map: last
+            .tablespaces
+            .iter()
+            .any(|t| layout.tablespaces.get(&t.oid) != Some(&t.location)),
+        dirs: Arc::new(
+            last.files
+                .iter()
+                .filter(|f| f.dir)
+                .map(|f| f.path.clone())
+                .collect(),
+        ),
+        // After a failure no new part starts and running ones stop at their
+        // next entry; all are waited for, so that nothing writes into the
+        // destination while a failed restore is being removed.
+        stop: Arc::new(AtomicBool::new(false)),
+    };
+    // Oldest first: a delta's page sets patch what its ancestors wrote.
+    for (k, (manifest, actions)) in chain.iter().zip(sources).enumerate() {
+        let is_last = k + 1 == chain.len();
+        let by_part = files_by_part(manifest);
+        let needed = |p: &PartEntry| {
+            by_part
+                .get(&p.key)
+                .is_some_and(|files| files.iter().any(|f| actions.contains_key(&f.path)))
+        };
+        let (control, data): (Vec<&PartEntry>, Vec<&PartEntry>) = manifest
+            .parts
+            .iter()
+            .filter(|p| needed(p))
+            .partition(|p| p.control && is_last);
+        let empty = Vec::new();
+        let planned = |p: &PartEntry| -> HashMap<String, (FileEntry, Action)> {
+            by_part
+                .get(&p.key)
+                .unwrap_or(&empty)
+                .iter()
+                .filter(|f| !f.dir)
+                .map(|f| {
+                    let action = actions.get(&f.path).copied().unwrap_or(Action::Skip);
+                    (f.path.clone(), ((*f).clone(), action))
+                })
+                .collect()
+        };
+        let results: Vec<Result<(), BackupError>> = futures::stream::iter(data)
+            .map(|p| {
+                let files = planned(p);
+                let job = &job;
+                async move {
+                    if job.stop.load(Ordering::Relaxed) {
+                        return Ok(());
+                    }
+                    let r = extract_part(ctx, manifest, p, files, job).await;
+                    if r.is_err() {
+                        job.stop.store(true, Ordering::Relaxed);
+                    }
+                    r
                 }
-                let r = extract_part(ctx, manifest, p, files, layout, keyring, &stop).await;
-                if r.is_err() {
-                    stop.store(true, Ordering::Relaxed);
-                }
-                r
-            }
-        })
-        .buffer_unordered(opts.concurrency.max(1))
-        .collect()
-        .await;
-    // In completion order: the first error is the cause, later ones its echo.
-    if let Some(e) = results.into_iter().find_map(Result::err) {
-        return Err(e);
+            })
+            .buffer_unordered(opts.concurrency.max(1))
+            .collect()
+            .await;
+        // In completion order: the first error is the cause, later ones its echo.
+        if let Some(e) = results.into_iter().find_map(Result::err) {
+            return Err(e);
+        }
+        // pg_control last: until it exists, the directory cannot be started.
+        for p in control {
+            extract_part(ctx, manifest, p, planned(p), &job).await?;
+        }
     }
-    // pg_control last: until it exists, the directory cannot be started.
-    for p in control {
-        let files = by_part.get(&p.key).unwrap_or(&empty);
-        extract_part(ctx, manifest, p, files, layout, keyring.clone(), &stop).await?;
-    }
-    layout.finish(manifest)?;
+    layout.finish(last)?;
     if let Some(target) = &opts.recovery_target {
-        write_recovery_settings(&layout.dest, target, &opts.restore_command, &manifest.name)?;
+        write_recovery_settings(&layout.dest, target, &opts.restore_command, &last.name)?;
     }
     layout.sync()?;
     Ok(())
 }
 
+/// What every part's extraction of one restore shares.
+struct Job {
+    layout: Layout,
+    keyring: Option<Keyring>,
+    rewrite_tablespace_map: bool,
+    /// The directories of the restored backup: older backups' others are gone.
+    dirs: Arc<HashSet<String>>,
+    /// Set when a part failed: the others stop.
+    stop: Arc<AtomicBool>,
+}
+
 fn files_by_part(manifest: &Manifest) -> HashMap<String, Vec<&FileEntry>> {
     let mut by_part: HashMap<String, Vec<&FileEntry>> = HashMap::new();
     for f in &manifest.files {
-        if let Some(p) = manifest.parts.get(f.part) {
+        if let Some(p) = f.part.and_then(|i| manifest.parts.get(i)) {
             by_part.entry(p.key.clone()).or_default().push(f);
         }
     }
@@ -369,9 +494,9 @@ fn tablespace_link(path: &str) -> Option<u32> {
 fn unsafe_entry(manifest: &Manifest, f: &FileEntry, reason: &'static str) -> BackupError {
     BackupError::UnsafeEntry {
         name: manifest.name.clone(),
-        part: manifest
-            .parts
-            .get(f.part)
+        part: f
+            .part
+            .and_then(|i| manifest.parts.get(i))
             .map_or_else(|| "?".into(), |p| p.key.clone()),
         entry: f.path.clone(),
         reason,
@@ -384,10 +509,8 @@ async fn extract_part(
     ctx: &Context,
     manifest: &Manifest,
     part: &PartEntry,
-    files: &[&FileEntry],
-    layout: &Layout,
-    keyring: Option<Keyring>,
-    stop: &Arc<AtomicBool>,
+    expected: HashMap<String, (FileEntry, Action)>,
+    job: &Job,
 ) -> Result<(), BackupError> {
     let key = part_key(&manifest.name, &part.key)?;
     let stream = match ctx.storage.get(&key).await {
@@ -403,31 +526,25 @@ async fn extract_part(
     };
     let source = tokio_util::io::SyncIoBridge::new(tokio_util::io::StreamReader::new(stream));
     let object = format!("{}/{key}", ctx.storage.location().trim_end_matches('/'));
-    let expected: HashMap<String, FileEntry> = files
-        .iter()
-        .filter(|f| !f.dir)
-        .map(|f| (f.path.clone(), (*f).clone()))
-        .collect();
-    let job = Extraction {
+    let extraction = Extraction {
         backup: manifest.name.clone(),
         part: part.clone(),
-        layout: layout.clone(),
-        rewrite_tablespace_map: manifest
-            .tablespaces
-            .iter()
-            .any(|t| layout.tablespaces.get(&t.oid) != Some(&t.location)),
-        stop: stop.clone(),
+        layout: job.layout.clone(),
+        rewrite_tablespace_map: job.rewrite_tablespace_map,
+        dirs: job.dirs.clone(),
+        stop: job.stop.clone(),
     };
     // Two stages, each on its own core: decrypt, decompress and verify; then
     // extract, hash and write.
     let (writer, reader) = pipe();
-    let check = job.clone();
+    let check = extraction.clone();
+    let keyring = job.keyring.clone();
     let decode = tokio::task::spawn_blocking(move || -> Result<(), BackupError> {
         let decoder = Decoder::new(source, keyring.as_ref(), &object)?;
         check.decode_into(decoder, writer)
     });
     let (ops, queue) = std::sync::mpsc::sync_channel(WRITE_QUEUE);
-    let extract = tokio::task::spawn_blocking(move || job.run(reader, expected, &ops));
+    let extract = tokio::task::spawn_blocking(move || extraction.run(reader, expected, &ops));
     let write = tokio::task::spawn_blocking(move || write_files(queue));
     let (decoded, extracted, written) = futures::join!(decode, extract, write);
     // The earliest stage's error is the cause; later stages only saw their
@@ -442,8 +559,13 @@ const WRITE_QUEUE: usize = 8;
 
 /// What the extractor asks the writer to do, in order.
 enum WriteOp {
+    /// A new file, written in order by `Data`.
     Create(PathBuf),
     Data(bytes::Bytes),
+    /// A file an older backup wrote, cut or extended to this length, then
+    /// patched by `At`.
+    Patch(PathBuf, u64),
+    At(u64, bytes::Bytes),
     Close(u32),
 }
 
@@ -464,6 +586,22 @@ fn write_files(queue: std::sync::mpsc::Receiver<WriteOp>) -> Result<(), BackupEr
                     .open(&target)
                     .map_err(BackupError::io(&target))?;
                 current = Some((f, target, 0, 0));
+            }
+            WriteOp::Patch(target, len) => {
+                let f = fs::OpenOptions::new()
+                    .write(true)
+                    .open(&target)
+                    .map_err(BackupError::io(&target))?;
+                f.set_len(len).map_err(BackupError::io(&target))?;
+                // Written pages are scattered: flush the whole range at close.
+                current = Some((f, target, len, 0));
+            }
+            WriteOp::At(offset, page) => {
+                let Some((f, target, _, _)) = current.as_mut() else {
+                    continue;
+                };
+                std::os::unix::fs::FileExt::write_all_at(f, &page, offset)
+                    .map_err(BackupError::io(&*target))?;
             }
             WriteOp::Data(chunk) => {
                 let Some((f, target, len, flushed)) = current.as_mut() else {
@@ -494,6 +632,7 @@ struct Extraction {
     part: PartEntry,
     layout: Layout,
     rewrite_tablespace_map: bool,
+    dirs: Arc<HashSet<String>>,
     /// Set when another part failed: stop early.
     stop: Arc<AtomicBool>,
 }
@@ -559,7 +698,7 @@ impl Extraction {
     fn run<R: Read>(
         &self,
         mut reader: R,
-        mut expected: HashMap<String, FileEntry>,
+        mut expected: HashMap<String, (FileEntry, Action)>,
         ops: &std::sync::mpsc::SyncSender<WriteOp>,
     ) -> Result<(), BackupError> {
         {
@@ -573,21 +712,35 @@ impl Extraction {
                 let path = String::from_utf8(entry.path_bytes().into_owned())
                     .map_err(|_| self.unsafe_entry("(not UTF-8)", "name is not UTF-8"))?;
                 let path = path.trim_end_matches('/').to_string();
-                let target = self
-                    .layout
-                    .target(&path)
-                    .map_err(|r| self.unsafe_entry(&path, r))?;
                 match entry.header().entry_type() {
-                    tar::EntryType::Directory => {
-                        if tablespace_link(&path).is_none() {
-                            fs::create_dir_all(&target).map_err(BackupError::io(&target))?;
-                        }
+                    // The restored backup's directories exist already; an
+                    // older backup's others were removed since.
+                    tar::EntryType::Directory if self.dirs.contains(&path) => {
+                        self.layout
+                            .target(&path)
+                            .map_err(|r| self.unsafe_entry(&path, r))?;
                     }
+                    tar::EntryType::Directory => {}
                     tar::EntryType::Regular | tar::EntryType::Continuous => {
-                        let want = expected
+                        let (want, action) = expected
                             .remove(&path)
                             .ok_or_else(|| self.unsafe_entry(&path, "file not in the manifest"))?;
-                        self.write_file(&mut entry, &path, target, &want, ops)?;
+                        if action == Action::Skip {
+                            continue;
+                        }
+                        let target = self
+                            .layout
+                            .target(&path)
+                            .map_err(|r| self.unsafe_entry(&path, r))?;
+                        match action {
+                            Action::Patch { mode } => {
+                                self.patch_file(&mut entry, &path, target, &want, mode, ops)?
+                            }
+                            Action::Write { mode } => {
+                                self.write_file(&mut entry, &path, target, &want, mode, ops)?
+                            }
+                            Action::Skip => {}
+                        }
                     }
                     _ => {
                         return Err(self.unsafe_entry(
@@ -622,12 +775,10 @@ impl Extraction {
         path: &str,
         target: PathBuf,
         want: &FileEntry,
+        mode: u32,
         ops: &std::sync::mpsc::SyncSender<WriteOp>,
     ) -> Result<(), BackupError> {
-        let send = |op: WriteOp| {
-            ops.send(op)
-                .map_err(|_| self.damaged("the file writer stopped".into()))
-        };
+        let send = |op: WriteOp| self.send(ops, op);
         send(WriteOp::Create(target))?;
         let mut hasher = blake3::Hasher::new();
         let mut len = 0u64;
@@ -650,19 +801,79 @@ impl Extraction {
                 send(WriteOp::Data(buf.freeze()))?;
             }
         }
-        let digest = hex(hasher.finalize().as_bytes());
-        if digest != want.blake3 || len != want.size {
-            return Err(self.damaged(format!(
-                "file {path} does not match the manifest (checksum {digest}, {len} bytes; \
-                 expected {}, {} bytes)",
-                want.blake3, want.size
-            )));
-        }
+        self.check_file(path, hasher, len, want)?;
         if keep_body {
             let text = String::from_utf8_lossy(&body);
             send(WriteOp::Data(self.remap_tablespace_map(&text).into()))?;
         }
-        send(WriteOp::Close(want.mode))
+        send(WriteOp::Close(mode))
+    }
+
+    fn send(
+        &self,
+        ops: &std::sync::mpsc::SyncSender<WriteOp>,
+        op: WriteOp,
+    ) -> Result<(), BackupError> {
+        ops.send(op)
+            .map_err(|_| self.damaged("the file writer stopped".into()))
+    }
+
+    /// Fails unless the entry's bytes are the ones the manifest lists.
+    fn check_file(
+        &self,
+        path: &str,
+        hasher: blake3::Hasher,
+        len: u64,
+        want: &FileEntry,
+    ) -> Result<(), BackupError> {
+        let digest = hex(hasher.finalize().as_bytes());
+        if digest != want.blake3 || len != want.entry_size() {
+            return Err(self.damaged(format!(
+                "file {path} does not match the manifest (checksum {digest}, {len} bytes; \
+                 expected {}, {} bytes)",
+                want.blake3,
+                want.entry_size()
+            )));
+        }
+        Ok(())
+    }
+
+    /// Reads a page set and has its pages written over the file an older
+    /// backup of the chain restored.
+    fn patch_file<R: Read>(
+        &self,
+        entry: &mut R,
+        path: &str,
+        target: PathBuf,
+        want: &FileEntry,
+        mode: u32,
+        ops: &std::sync::mpsc::SyncSender<WriteOp>,
+    ) -> Result<(), BackupError> {
+        let send = |op: WriteOp| self.send(ops, op);
+        let mut reader = Hashing {
+            inner: entry,
+            hasher: blake3::Hasher::new(),
+            len: 0,
+            error: None,
+        };
+        let head =
+            PageSetHead::read_from(&mut reader, want.entry_size()).map_err(
+                |reason| match reader.error.take() {
+                    Some(e) => self.read_error(e),
+                    None => self.damaged(format!("file {path}: {reason}")),
+                },
+            )?;
+        send(WriteOp::Patch(target, head.file_len))?;
+        for no in head.pages {
+            let mut page = bytes::BytesMut::zeroed(PAGE_SIZE);
+            reader
+                .read_exact(&mut page)
+                .map_err(|e| self.read_error(e))?;
+            send(WriteOp::At(u64::from(no) * PAGE_SIZE as u64, page.freeze()))?;
+        }
+        io::copy(&mut reader, &mut io::sink()).map_err(|e| self.read_error(e))?;
+        self.check_file(path, reader.hasher, reader.len, want)?;
+        send(WriteOp::Close(mode))
     }
 
     /// tablespace_map lines are `<oid> <path>`; PostgreSQL recreates the links
@@ -677,6 +888,32 @@ impl Extraction {
                 }
             })
             .collect()
+    }
+}
+
+/// Counts and hashes what is read through it; keeps a read error whole for
+/// a caller that only passes on its text.
+struct Hashing<R> {
+    inner: R,
+    hasher: blake3::Hasher,
+    len: u64,
+    error: Option<io::Error>,
+}
+
+impl<R: Read> Read for Hashing<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self.inner.read(buf) {
+            Ok(n) => {
+                self.hasher.update(&buf[..n]);
+                self.len += n as u64;
+                Ok(n)
+            }
+            Err(e) => {
+                let copy = io::Error::new(e.kind(), e.to_string());
+                self.error = Some(e);
+                Err(copy)
+            }
+        }
     }
 }
 

@@ -9,16 +9,29 @@ use serde::{Deserialize, Serialize};
 use crate::pg::datadir::Tablespace;
 use crate::pg::wal::{Lsn, TimelineId};
 
-/// Version of the manifest layout; readers refuse newer ones.
-pub const MANIFEST_VERSION: u32 = 1;
+/// Version of the manifest layout; readers refuse newer ones. Full backups are
+/// still written as version 1, which older cairns read; deltas need version 2.
+pub const MANIFEST_VERSION: u32 = 2;
+/// The version of a full backup's manifest.
+pub const FULL_MANIFEST_VERSION: u32 = 1;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Manifest {
     pub manifest_version: u32,
     /// `base_<start WAL file>`.
     pub name: String,
-    /// `full` (deltas come later).
+    /// `full` or `delta`.
     pub kind: String,
+    /// For a delta: the backup it is built on (which may be a delta itself).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent: Option<String>,
+    /// For a delta: pages whose LSN is at or after this (the parent's start
+    /// LSN) were stored; older ones are the parent's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delta_from_lsn: Option<Lsn>,
+    /// Deltas between this backup and its full backup: 0 for a full.
+    #[serde(default)]
+    pub chain_depth: u32,
     pub start_lsn: Lsn,
     pub stop_lsn: Lsn,
     pub timeline: TimelineId,
@@ -81,14 +94,53 @@ pub struct FileEntry {
     #[serde(default)]
     pub size: u64,
     pub mode: u32,
-    /// BLAKE3 of the bytes stored, hex (files only).
+    /// BLAKE3 of the bytes stored, hex (files only): of the whole file, or of
+    /// the page set for `stored: pages`; for `unchanged`, the parent's value.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub blake3: String,
-    /// Index into `parts`.
-    pub part: usize,
+    /// Index into `parts`; none for a file this backup does not store.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub part: Option<usize>,
+    /// How a delta holds this file; `whole` (the default) in full backups.
+    #[serde(default, skip_serializing_if = "Stored::is_whole")]
+    pub stored: Stored,
+}
+
+/// How a backup holds one file.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Stored {
+    /// All its bytes, as a tar entry.
+    #[default]
+    Whole,
+    /// Not at all: it is as the parent backup has it.
+    Unchanged,
+    /// As a page set (`docs/FORMAT.md`) applied to the parent's version: the
+    /// tar entry has `bytes` bytes and holds `pages` pages.
+    Pages { bytes: u64, pages: u64 },
+}
+
+impl Stored {
+    pub fn is_whole(&self) -> bool {
+        *self == Stored::Whole
+    }
+}
+
+impl FileEntry {
+    /// Bytes of this file's tar entry, when the backup stores it.
+    pub fn entry_size(&self) -> u64 {
+        match self.stored {
+            Stored::Pages { bytes, .. } => bytes,
+            _ => self.size,
+        }
+    }
 }
 
 impl Manifest {
+    pub fn is_delta(&self) -> bool {
+        self.parent.is_some()
+    }
+
     pub fn to_json(&self) -> Vec<u8> {
         // Serializing plain data to a Vec cannot fail.
         serde_json::to_vec_pretty(self).expect("manifest serializes")

@@ -4,6 +4,7 @@
 //! parts, a control part, and the manifest, written last.
 
 pub mod catalog;
+pub mod delta;
 pub mod fetch;
 pub mod manifest;
 pub mod push;
@@ -80,6 +81,8 @@ pub enum BackupError {
         entry: String,
         reason: &'static str,
     },
+    #[error("backup {name} cannot be restored: {reason}")]
+    BrokenChain { name: String, reason: String },
     #[error("destination {0} is not empty; restore into an empty or new directory")]
     DestinationNotEmpty(PathBuf),
     #[error("{0}")]

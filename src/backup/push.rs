@@ -11,15 +11,18 @@ use std::time::Duration;
 
 use futures::{StreamExt, TryStreamExt};
 
-use super::manifest::{FileEntry, MANIFEST_VERSION, Manifest, PartEntry};
+use super::delta::DeltaBase;
+use super::manifest::{FULL_MANIFEST_VERSION, FileEntry, MANIFEST_VERSION, Manifest, PartEntry};
 use super::tar_split::{ControlFile, plan, write_control_part, write_part};
-use super::{BackupError, manifest_key, part_key};
+use super::{BackupError, catalog, manifest_key, part_key};
 use crate::Context;
 use crate::codec::hex;
 use crate::codec::{CodecError, CodecSettings, PipeWriter, encode_stream, encode_to_vec, pipe};
 use crate::pg::client::{PgSession, PgSettings};
 use crate::pg::datadir::{self, Entry};
-use crate::pg::wal::{Segment, SegmentSize, WalFileName};
+use crate::pg::page::PAGE_SIZE;
+use crate::pg::timeline::TimelineHistory;
+use crate::pg::wal::{Lsn, Segment, SegmentSize, TimelineId, WalFileName};
 use crate::storage::{PutBody, PutMode, StorageError};
 
 /// What a backup-push does, from configuration and flags.
@@ -37,6 +40,20 @@ pub struct PushOptions {
     pub part_size: u64,
     /// Parts built and uploaded at once.
     pub concurrency: usize,
+    /// Full or delta.
+    pub kind: BackupKind,
+}
+
+/// Which kind of backup to take.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BackupKind {
+    /// `--full`, or `delta_max_steps: 0`.
+    Full,
+    /// `--delta`: built on the latest backup when it can be.
+    Delta,
+    /// `delta_max_steps: N`: a delta while the latest backup's chain has
+    /// fewer than N deltas, else a full.
+    Auto { max_steps: u32 },
 }
 
 /// Takes a base backup; returns its manifest once stored.
@@ -76,6 +93,11 @@ pub async fn push(ctx: &Context, opts: &PushOptions) -> Result<Manifest, BackupE
         });
     }
 
+    let delta = choose_parent(ctx, opts, &session, server_id, start_lsn, timeline).await?;
+    if let Some(d) = &delta {
+        tracing::info!(backup = %name, parent = %d.parent, depth = d.chain_depth, "taking a delta backup");
+    }
+
     let walked = {
         let pgdata = pgdata.clone();
         tokio::task::spawn_blocking(move || datadir::walk(&pgdata))
@@ -85,9 +107,10 @@ pub async fn push(ctx: &Context, opts: &PushOptions) -> Result<Manifest, BackupE
     let (entries, tablespaces) = walked;
     let planned = plan(&entries, opts.part_size);
     let data_parts = planned.len();
+    let shared_delta = delta.clone().map(std::sync::Arc::new);
     let uploaded: Vec<(PartEntry, Vec<FileEntry>)> =
         futures::stream::iter(planned.into_iter().enumerate())
-            .map(|(i, part)| upload_part(ctx, &name, i, part))
+            .map(|(i, part)| upload_part(ctx, &name, i, part, shared_delta.clone()))
             .buffered(opts.concurrency.max(1))
             .try_collect()
             .await?;
@@ -115,9 +138,16 @@ pub async fn push(ctx: &Context, opts: &PushOptions) -> Result<Manifest, BackupE
     }
     let settings = ctx.config.codec();
     let manifest = Manifest {
-        manifest_version: MANIFEST_VERSION,
+        manifest_version: if delta.is_some() {
+            MANIFEST_VERSION
+        } else {
+            FULL_MANIFEST_VERSION
+        },
         name: name.clone(),
-        kind: "full".into(),
+        kind: if delta.is_some() { "delta" } else { "full" }.into(),
+        parent: delta.as_ref().map(|d| d.parent.clone()),
+        delta_from_lsn: delta.as_ref().map(|d| d.from_lsn),
+        chain_depth: delta.as_ref().map_or(0, |d| d.chain_depth),
         start_lsn,
         stop_lsn: stop.lsn,
         timeline,
@@ -144,6 +174,98 @@ pub async fn push(ctx: &Context, opts: &PushOptions) -> Result<Manifest, BackupE
     };
     store_manifest(ctx, &manifest, PutMode::CreateIfAbsent).await?;
     Ok(manifest)
+}
+
+/// The backup a delta is built on, or `None` for a full backup (the log says
+/// why when a delta was wanted). The parent must be the latest backup of this
+/// cluster, taken by a server of the same major version and page size, ended
+/// before this backup started, and on this timeline's history: else its pages
+/// would not be this cluster's past.
+async fn choose_parent(
+    ctx: &Context,
+    opts: &PushOptions,
+    session: &PgSession,
+    system_identifier: u64,
+    start_lsn: Lsn,
+    timeline: TimelineId,
+) -> Result<Option<DeltaBase>, BackupError> {
+    if opts.kind == BackupKind::Full || opts.kind == (BackupKind::Auto { max_steps: 0 }) {
+        return Ok(None);
+    }
+    let full = |why: String| {
+        tracing::info!("taking a full backup: {why}");
+        Ok(None)
+    };
+    let sysid = system_identifier.to_string();
+    let Some(latest) = catalog::list(ctx)
+        .await?
+        .into_iter()
+        .rfind(|m| m.system_identifier == sysid)
+    else {
+        return full("no earlier backup of this cluster to build a delta on".into());
+    };
+    if let BackupKind::Auto { max_steps } = opts.kind
+        && latest.chain_depth >= max_steps
+    {
+        return full(format!(
+            "{} ends a chain of {} deltas (delta_max_steps {max_steps})",
+            latest.name, latest.chain_depth
+        ));
+    }
+    if latest.pg_version / 10000 != session.version_num / 10000 {
+        return full(format!(
+            "{} was taken from PostgreSQL {}, this server is {}",
+            latest.name, latest.pg_version, session.version_num
+        ));
+    }
+    let block_size = session.block_size().await?;
+    if block_size != PAGE_SIZE as u64 {
+        return full(format!(
+            "the server's block_size is {block_size}; deltas need {PAGE_SIZE}"
+        ));
+    }
+    if latest.stop_lsn > start_lsn {
+        return full(format!(
+            "{} ends at {}, after this backup starts ({start_lsn})",
+            latest.name, latest.stop_lsn
+        ));
+    }
+    if latest.timeline != timeline {
+        let history = match read_history(ctx, timeline).await {
+            Ok(h) => h,
+            // A push-only host may lack the identity to read it.
+            Err(e) => return full(format!("cannot read timeline {timeline}'s history: {e}")),
+        };
+        if !history.is_some_and(|h| h.reaches(latest.timeline, latest.stop_lsn)) {
+            return full(format!(
+                "{} is on timeline {}, which is not in timeline {timeline}'s history at {}",
+                latest.name, latest.timeline, latest.stop_lsn
+            ));
+        }
+    }
+    Ok(Some(DeltaBase::new(&latest)))
+}
+
+/// The archived history of `timeline`, if the archive has it.
+async fn read_history(
+    ctx: &Context,
+    timeline: TimelineId,
+) -> Result<Option<TimelineHistory>, BackupError> {
+    let name = WalFileName::History(timeline);
+    let key = crate::storage::ObjectKey::new(format!("wal/{name}"))?;
+    let bytes = match crate::storage::get_bytes(ctx.storage.as_ref(), &key).await {
+        Ok(b) => b,
+        Err(StorageError::NotFound { .. }) => return Ok(None),
+        Err(e) => return Err(e.into()),
+    };
+    let object = format!("{}/{key}", ctx.storage.location().trim_end_matches('/'));
+    let keyring = ctx.keyring()?;
+    let mut decoder = crate::codec::Decoder::new(&bytes[..], keyring.as_ref(), &object)?;
+    let mut text = String::new();
+    std::io::Read::read_to_string(&mut decoder, &mut text).map_err(CodecError::from_io)?;
+    TimelineHistory::parse(timeline, &text)
+        .map(Some)
+        .map_err(|e| BackupError::BadArgument(e.to_string()))
 }
 
 /// Stores a manifest: compressed, never encrypted (see `manifest.rs`).
@@ -181,8 +303,9 @@ async fn upload_part(
     backup: &str,
     index: usize,
     entries: Vec<Entry>,
+    delta: Option<std::sync::Arc<DeltaBase>>,
 ) -> Result<(PartEntry, Vec<FileEntry>), BackupError> {
-    let build = move |w: PipeWriter| write_part(&entries, index, w);
+    let build = move |w: PipeWriter| write_part(&entries, index, delta.as_deref(), w);
     upload(ctx, backup, part_name(index), false, build).await
 }
 

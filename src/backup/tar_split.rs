@@ -8,7 +8,8 @@ use std::fs::File;
 use std::io::{self, Read, Write};
 use std::path::Path;
 
-use crate::backup::manifest::FileEntry;
+use crate::backup::delta::{DeltaBase, FilePlan, PageSetReader};
+use crate::backup::manifest::{FileEntry, Stored};
 use crate::codec::hex;
 use crate::pg::datadir::{Entry, EntryKind};
 
@@ -40,10 +41,12 @@ pub fn plan(entries: &[Entry], part_size: u64) -> Vec<Vec<Entry>> {
 /// Writes one part's tar stream into `out`; returns what went in. A file that
 /// vanished since the walk is left out; one that shrank is padded with zeros
 /// and one that grew is cut at its size when opened: replay of the WAL written
-/// during the backup repairs both, as it does torn pages.
+/// during the backup repairs both, as it does torn pages. With `delta`, each
+/// file is stored as [`DeltaBase::plan_file`] decides.
 pub fn write_part<W: Write>(
     entries: &[Entry],
     part: usize,
+    delta: Option<&DeltaBase>,
     out: W,
 ) -> io::Result<(Vec<FileEntry>, W)> {
     let mut tar = tar::Builder::new(out);
@@ -60,11 +63,12 @@ pub fn write_part<W: Write>(
                     size: 0,
                     mode: e.mode,
                     blake3: String::new(),
-                    part,
+                    part: Some(part),
+                    stored: Stored::Whole,
                 });
             }
             EntryKind::File { .. } => {
-                let file = match File::open(&e.source) {
+                let mut file = match File::open(&e.source) {
                     Ok(f) => f,
                     Err(err) if err.kind() == io::ErrorKind::NotFound => {
                         tracing::debug!(file = %e.path, "vanished during the backup; WAL replay recreates it");
@@ -76,22 +80,48 @@ pub fn write_part<W: Write>(
                     .metadata()
                     .map_err(|err| annotate(err, &e.source))?
                     .len();
-                let mut h = header(tar::EntryType::Regular, e.mode, e.mtime, size);
-                let mut reader = Exactly {
-                    inner: file.take(size),
-                    left: size,
-                    hasher: blake3::Hasher::new(),
-                    path: &e.source,
+                let how = match delta {
+                    Some(d) => d
+                        .plan_file(&e.path, &mut file, size)
+                        .map_err(|err| annotate(err, &e.source))?,
+                    None => FilePlan::Whole,
                 };
-                tar.append_data(&mut h, &e.path, &mut reader)?;
-                written.push(FileEntry {
+                let mut entry = FileEntry {
                     path: e.path.clone(),
                     dir: false,
                     size,
                     mode: e.mode,
-                    blake3: hex(reader.hasher.finalize().as_bytes()),
-                    part,
-                });
+                    blake3: String::new(),
+                    part: Some(part),
+                    stored: Stored::Whole,
+                };
+                match how {
+                    FilePlan::Unchanged { blake3 } => {
+                        entry.blake3 = blake3;
+                        entry.part = None;
+                        entry.stored = Stored::Unchanged;
+                    }
+                    FilePlan::Whole => {
+                        let mut h = header(tar::EntryType::Regular, e.mode, e.mtime, size);
+                        let mut reader = Exactly::new(file.take(size), size, &e.source);
+                        tar.append_data(&mut h, &e.path, &mut reader)?;
+                        entry.blake3 = hex(reader.hasher.finalize().as_bytes());
+                    }
+                    FilePlan::Pages(pages) => {
+                        let count = pages.len() as u64;
+                        let set = PageSetReader::new(&file, size, pages);
+                        let len = set.len();
+                        let mut h = header(tar::EntryType::Regular, e.mode, e.mtime, len);
+                        let mut reader = Exactly::new(set, len, &e.source);
+                        tar.append_data(&mut h, &e.path, &mut reader)?;
+                        entry.blake3 = hex(reader.hasher.finalize().as_bytes());
+                        entry.stored = Stored::Pages {
+                            bytes: len,
+                            pages: count,
+                        };
+                    }
+                }
+                written.push(entry);
             }
         }
     }
@@ -137,7 +167,8 @@ pub fn write_control_part<W: Write>(
             size,
             mode: CONTROL_MODE,
             blake3: hex(blake3::hash(&f.bytes).as_bytes()),
-            part,
+            part: Some(part),
+            stored: Stored::Whole,
         });
     }
     Ok((written, tar.into_inner()?))
@@ -162,6 +193,17 @@ struct Exactly<'a, R: Read> {
     left: u64,
     hasher: blake3::Hasher,
     path: &'a Path,
+}
+
+impl<'a, R: Read> Exactly<'a, R> {
+    fn new(inner: R, left: u64, path: &'a Path) -> Self {
+        Exactly {
+            inner,
+            left,
+            hasher: blake3::Hasher::new(),
+            path,
+        }
+    }
 }
 
 impl<R: Read> Read for Exactly<'_, R> {
@@ -225,7 +267,7 @@ mod tests {
         e.source = p.clone();
         let mut gone = file("gone", 1);
         gone.source = d.path().join("gone");
-        let (files, tar) = write_part(&[e, gone], 0, Vec::new()).unwrap();
+        let (files, tar) = write_part(&[e, gone], 0, None, Vec::new()).unwrap();
         assert_eq!(files.len(), 1);
         assert_eq!(files[0].blake3, hex(blake3::hash(b"hello").as_bytes()));
         let mut a = tar::Archive::new(&tar[..]);

@@ -209,6 +209,15 @@ impl PgSession {
         Ok(n as u64)
     }
 
+    /// `block_size`: the page size the server was built with.
+    pub async fn block_size(&self) -> Result<u64, PgError> {
+        let v = self.show("block_size").await?;
+        v.trim().parse().map_err(|_| PgError::Query {
+            what: "block_size",
+            message: format!("{v:?} is not a number"),
+        })
+    }
+
     pub async fn in_recovery(&self) -> Result<bool, PgError> {
         let row = self
             .client

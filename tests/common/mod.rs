@@ -4,6 +4,8 @@
 //! stops when its handle drops. `scripts/test.sh` installs the servers.
 #![allow(dead_code)]
 
+pub mod drill;
+
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};

@@ -1,0 +1,93 @@
+//! What the backup tests share: running cairn and checking its result, and
+//! the steps of the operator's drill.
+
+use std::path::Path;
+use std::process::Output;
+use std::time::Duration;
+
+use super::{AgeKey, Archive, Cluster, TestDir};
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+#[track_caller]
+pub fn ok(o: &Output, what: &str) -> String {
+    assert!(
+        o.status.success(),
+        "{what} failed ({}): {}",
+        o.status,
+        stderr(o)
+    );
+    String::from_utf8_lossy(&o.stdout).trim().to_string()
+}
+
+#[track_caller]
+pub fn fails(o: &Output, needle: &str) {
+    let err = stderr(o);
+    assert!(!o.status.success(), "succeeded; stderr: {err}");
+    assert!(
+        err.to_lowercase().contains(&needle.to_lowercase()),
+        "stderr lacks {needle:?}: {err}"
+    );
+    let errors = err.lines().filter(|l| l.contains("ERROR")).count();
+    assert_eq!(errors, 1, "want a one-line error: {err}");
+}
+
+/// The archive's settings plus a connection to `c`.
+pub fn with_pg(a: &Archive, c: &Cluster) -> Archive {
+    a.clone_with("PGHOST", "127.0.0.1")
+        .with("PGPORT", &c.port.to_string())
+        .with("PGUSER", "postgres")
+}
+
+pub fn wait_archived(c: &Cluster) {
+    let last = c.sql("select pg_walfile_name(pg_current_wal_lsn())");
+    c.sql("select pg_switch_wal()");
+    c.wait_until("WAL to be archived", Duration::from_secs(180), |c| {
+        c.sql("select coalesce(last_archived_wal, '') from pg_stat_archiver") >= last
+    });
+}
+
+/// Starts a restored cluster in the primary's environment (its
+/// archive_command needs it) and waits for the end of recovery.
+pub fn start_restored(t: &TestDir, a: &Archive, dir: &Path) -> Cluster {
+    super::chown_pg(dir);
+    let mut restored = Cluster::existing(t, dir.to_path_buf());
+    restored.set_env(a.env.clone());
+    restored.start();
+    restored.wait_until("the end of recovery", Duration::from_secs(300), |c| {
+        c.try_sql("select pg_is_in_recovery()").as_deref() == Some("f")
+    });
+    restored
+}
+
+/// `a`, encrypting to a new age key whose identity it also uses to read.
+pub fn encrypted(a: Archive, t: &TestDir) -> Archive {
+    let k = AgeKey::new(t.path());
+    a.with("CAIRN_AGE_RECIPIENTS", &k.recipient).with(
+        "CAIRN_AGE_IDENTITY_FILE",
+        &k.identity_file.display().to_string(),
+    )
+}
+
+/// Removes a stopped cluster's data directory.
+pub fn destroy(c: &mut Cluster) {
+    c.stop();
+    std::fs::remove_dir_all(&c.datadir).unwrap();
+}
+
+pub fn fetch_to(pg: &Archive, t: &TestDir, dest: &Path, extra: &[&str]) -> Output {
+    let mut args = vec!["backup-fetch", dest.to_str().unwrap(), "LATEST"];
+    args.extend_from_slice(extra);
+    pg.cairn(&args, t.path())
+}
+
+/// A new running cluster that archives to `a`, and `a` with a connection to it.
+pub fn archiving_primary(t: &TestDir, a: &Archive) -> (Cluster, Archive) {
+    let mut primary = Cluster::init(t, "primary", &[]);
+    primary.archive_to(a);
+    primary.start();
+    let pg = with_pg(a, &primary);
+    (primary, pg)
+}
