@@ -163,6 +163,7 @@ impl Storage for FileStorage {
             Ok(m) => Ok(Some(ObjectMeta {
                 key: key.clone(),
                 size: m.len(),
+                modified: m.modified().ok(),
             })),
             Err(e) if e.kind() == ErrorKind::NotFound => {
                 self.check_root("head", key.as_str())?;
@@ -223,6 +224,14 @@ impl Storage for FileStorage {
                 Err(e) if e.kind() == ErrorKind::NotFound => {}
                 Err(e) => return Err(self.err("delete", key.as_str(), e)),
             }
+            // A deleted backup leaves no empty directory behind (its objects
+            // are deleted together; other directories stay, as they are
+            // shared by every writer).
+            if key.as_str().starts_with("basebackups/")
+                && let Some(dir) = self.path(key).parent()
+            {
+                let _ = tokio::fs::remove_dir(dir).await;
+            }
         }
         Ok(())
     }
@@ -267,9 +276,11 @@ fn walk(root: &Path, dir: &Path, prefix: &str, out: &mut Vec<ObjectMeta>) -> std
             && !rel.contains(TMP_MARK)
             && let Ok(key) = ObjectKey::new(rel)
         {
+            let meta = entry.metadata()?;
             out.push(ObjectMeta {
                 key,
-                size: entry.metadata()?.len(),
+                size: meta.len(),
+                modified: meta.modified().ok(),
             });
         }
     }

@@ -318,6 +318,7 @@ impl Storage for GcsStorage {
         Ok(r.map(|size| ObjectMeta {
             key: key.clone(),
             size,
+            modified: None,
         }))
     }
 
@@ -368,6 +369,7 @@ impl Storage for GcsStorage {
                     out.push(ObjectMeta {
                         key,
                         size: o.size.max(0) as u64,
+                        modified: o.updated.map(std::time::SystemTime::from),
                     });
                 }
             }

@@ -57,6 +57,9 @@ impl fmt::Display for ObjectKey {
 pub struct ObjectMeta {
     pub key: ObjectKey,
     pub size: u64,
+    /// When the object was last written, where the listing says (retention
+    /// tells an abandoned backup from one in progress by it).
+    pub modified: Option<std::time::SystemTime>,
 }
 
 /// The body of a put: whole bytes in memory (length known, cheap to resend on retry)

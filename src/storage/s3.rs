@@ -401,6 +401,7 @@ impl Storage for S3Storage {
         Ok(r.map(|size| ObjectMeta {
             key: key.clone(),
             size,
+            modified: None,
         }))
     }
 
@@ -439,6 +440,9 @@ impl Storage for S3Storage {
                     out.push(ObjectMeta {
                         key,
                         size: o.size().unwrap_or(0).max(0) as u64,
+                        modified: o
+                            .last_modified()
+                            .and_then(|t| std::time::SystemTime::try_from(*t).ok()),
                     });
                 }
             }
