@@ -5,6 +5,7 @@
 
 pub mod fetch;
 pub mod push;
+pub mod verify;
 
 use std::io;
 use std::path::{Path, PathBuf};
