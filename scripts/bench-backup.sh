@@ -309,9 +309,11 @@ fi
 # ---------------------------------------------------------------------------
 # cairn runs
 # ---------------------------------------------------------------------------
-declare -A BACKUP_NAME
+declare -A BACKUP_NAME STORED
 # push <id> <tool> <variant> <storage-url> <storage-dir> [VAR=value]...
-# One backup-push of the running cluster into an empty storage.
+# One backup-push of the running cluster into an empty storage (with PUSH_FLAGS, into
+# one that holds PUSH_BEFORE backups already).
+PUSH_FLAGS=() PUSH_BEFORE=0
 push() {
   local id=$1 tool=$2 variant=$3 url=$4 dir=$5 name
   shift 5
@@ -320,17 +322,23 @@ push() {
   # The local directory backend wants its directory to exist (like any repository).
   [[ $url != file://* ]] || mkdir -p "$dir"
   start_run "$id"
-  run_call "$CAIRN" backup-push "$PGDATA"
+  run_call "$CAIRN" backup-push "${PUSH_FLAGS[@]}" "$PGDATA"
   name=$(awk 'NF { l = $0 } END { print l }' "$RUN_OUT")
   [[ -n $name ]] || die "backup-push printed no backup name ($tool, $variant)"
   BACKUP_NAME[$id]=$name
   # Not timed: the storage must list exactly this one backup.
   "$CAIRN" backup-list --json >"$WORK/list.$id" 2>"$WORK/list-err.$id" ||
     { cat "$WORK/list-err.$id" >&2; die "backup-list failed on $url"; }
-  jq -e --arg n "$name" 'length == 1 and .[0].name == $n' "$WORK/list.$id" >/dev/null ||
-    { cat "$WORK/list.$id" >&2; die "backup-list on $url does not list exactly the backup $name"; }
-  log "backup $name: raw_size $(jq '.[0].raw_size' "$WORK/list.$id"), stored_size $(jq '.[0].stored_size' "$WORK/list.$id")"
-  add_row "$id" "$tool" "backup-push $variant" "$(dir_bytes "$dir")"
+  jq -e --arg n "$name" --argjson k $((PUSH_BEFORE + 1)) 'length == $k and .[-1].name == $n' "$WORK/list.$id" >/dev/null ||
+    { cat "$WORK/list.$id" >&2; die "backup-list on $url does not list the backup $name after $PUSH_BEFORE others"; }
+  STORED[$id]=$(jq '.[-1].stored_size' "$WORK/list.$id")
+  log "backup $name ($(jq -r '.[-1].kind' "$WORK/list.$id")): raw_size $(jq '.[-1].raw_size' "$WORK/list.$id"), stored_size ${STORED[$id]}"
+  # With earlier backups in the storage, this one's own parts (its manifest says).
+  if ((PUSH_BEFORE)); then
+    add_row "$id" "$tool" "backup-push $variant" "${STORED[$id]}"
+  else
+    add_row "$id" "$tool" "backup-push $variant" "$(dir_bytes "$dir")"
+  fi
 }
 
 # fetch <id> <tool> <variant> <storage-url> <backup name or LATEST> [VAR=value]...
@@ -389,6 +397,30 @@ if ! cmp -s "$WORK/ref.manifest" "$WORK/end.manifest"; then
 fi
 
 # ---------------------------------------------------------------------------
+# 8. Delta backups: a full backup, about 1% of pgbench_accounts changed, then a
+#    delta and (for comparison) a full backup of the changed cluster; restores of
+#    the chain and of that full. (The cluster changes here: after the check above.)
+# ---------------------------------------------------------------------------
+if [[ $ONLY_BASELINES != 1 ]]; then
+  D=$WORK/store-delta F=$WORK/store-full-after
+  push d-full "cairn delta" "full lz4, before the change" "file://$D" "$D" CAIRN_COMPRESSION=lz4
+  log "changing 1% of pgbench_accounts (rows 1..$((SCALE * 1000)))"
+  psql_ -c "update pgbench_accounts set abalance = abalance + 1 where aid <= $((SCALE * 1000))" >/dev/null
+  # As at the start: hint bits and freezing written now, so the files stay still.
+  psql_ -c "vacuum (freeze)"
+  psql_ -c "checkpoint"
+  data_manifest "$PGDATA" >"$WORK/ref.manifest"
+  PUSH_FLAGS=(--delta) PUSH_BEFORE=1
+  push d-delta "cairn delta" "delta lz4, 1% changed" "file://$D" "$D" CAIRN_COMPRESSION=lz4
+  PUSH_FLAGS=(--full) PUSH_BEFORE=0
+  push d-full2 "cairn delta" "full lz4, after the change" "file://$F" "$F" CAIRN_COMPRESSION=lz4
+  fetch d-fetch-chain "cairn delta" "the chain (full + delta)" "file://$D" LATEST
+  fetch d-fetch-full "cairn delta" "the full after the change" "file://$F" LATEST
+  rm -rf "$D" "$F"
+  unset "${!CAIRN_@}"
+fi
+
+# ---------------------------------------------------------------------------
 # Report
 # ---------------------------------------------------------------------------
 echo
@@ -430,5 +462,13 @@ if [[ $ONLY_BASELINES != 1 ]]; then
   done
   awk -v r="$max_rss" -v id="$max_id" 'BEGIN {
     printf "  %-42s %9.1f MiB (%s)%*s(target <= 256)  %s\n", "peak RSS of any cairn run", r, id, 12 - length(id), "", (r <= 256) ? "MET" : "MISSED"
+  }'
+  echo
+  echo "Delta after changing 1% of pgbench_accounts (full after the change vs delta):"
+  awk -v fs="${SECS[d-full2]}" -v ds="${SECS[d-delta]}" -v fb="${STORED[d-full2]}" -v db="${STORED[d-delta]}" \
+    -v fr="${SECS[d-fetch-full]}" -v cr="${SECS[d-fetch-chain]}" 'BEGIN {
+    printf "  backup-push      %7.2f s vs %7.2f s  (delta / full = %.2f)\n", ds, fs, ds / fs
+    printf "  stored           %7.1f MB vs %7.1f MB (delta / full = %.3f)\n", db / 1e6, fb / 1e6, db / fb
+    printf "  backup-fetch     %7.2f s vs %7.2f s  (chain / full = %.2f)\n", cr, fr, cr / fr
   }'
 fi

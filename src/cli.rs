@@ -138,9 +138,34 @@ pub enum Command {
         #[arg(long, value_name = "OID=PATH")]
         tablespace_map: Vec<String>,
     },
-    /// List base backups, oldest first by position in the WAL stream
+    /// List base backups, oldest first (by start time, then WAL position)
     BackupList {
         /// Every manifest field, as JSON
+        #[arg(long)]
+        json: bool,
+    },
+    /// Make a backup permanent (never deleted by retention), with the backups
+    /// it is built on; or, with --impermanent, ordinary again
+    BackupMark {
+        /// A backup name (see backup-list)
+        name: String,
+        /// Remove the mark from this backup (its ancestors keep theirs)
+        #[arg(long)]
+        impermanent: bool,
+    },
+    /// Retention: delete backups and WAL by lineage; prints the plan, and
+    /// carries it out only with --confirm
+    Delete {
+        #[command(subcommand)]
+        policy: DeletePolicy,
+        /// Carry the plan out (without it, nothing is deleted)
+        #[arg(long, global = true)]
+        confirm: bool,
+    },
+    /// Check that the archive holds every WAL segment from each backup's start
+    /// to the newest segment, following timeline switches
+    WalVerify {
+        /// The report as JSON
         #[arg(long)]
         json: bool,
     },
@@ -150,5 +175,45 @@ pub enum Command {
         #[arg(long)]
         dir: PathBuf,
         names: Vec<String>,
+    },
+}
+
+/// What `cairn delete` deletes.
+#[derive(Debug, Subcommand)]
+pub enum DeletePolicy {
+    /// Keep the newest N full backups (and their deltas), a time window, or
+    /// daily/weekly/monthly backups, with the WAL they need; delete the rest
+    Retain {
+        /// Full backups to keep
+        full: Option<usize>,
+        /// Keep what recovery to any moment of this window needs (30m, 12h, 7d, 2w)
+        #[arg(long, value_name = "DURATION")]
+        within: Option<String>,
+        /// Keep the newest backup of each of the last D days
+        #[arg(long, value_name = "D", default_value_t = 0)]
+        daily: usize,
+        /// Keep the newest backup of each of the last W weeks
+        #[arg(long, value_name = "W", default_value_t = 0)]
+        weekly: usize,
+        /// Keep the newest backup of each of the last M months
+        #[arg(long, value_name = "M", default_value_t = 0)]
+        monthly: usize,
+    },
+    /// Delete the backups older than a backup (by name) or a time (RFC 3339
+    /// or YYYY-MM-DD, UTC), and the WAL only they needed
+    Before {
+        /// base_… or a time
+        target: String,
+    },
+    /// Delete one backup and every delta built on it
+    Target { name: String },
+    /// Delete every backup that is not permanent, and the WAL
+    Everything,
+    /// Delete unfinished backups and WAL that no backup needs
+    Garbage {
+        /// Leave unfinished backups written to within this time: they may be
+        /// in progress
+        #[arg(long, value_name = "DURATION", default_value = "24h")]
+        grace: String,
     },
 }

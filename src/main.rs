@@ -14,7 +14,7 @@ use cairn::Context;
 use cairn::backup;
 use cairn::config::{Config, LogFormat};
 use cairn::wal::{self, WalError};
-use cli::{Cli, Command};
+use cli::{Cli, Command, DeletePolicy};
 
 /// wal-fetch: the archive definitely lacks the file (and in standby mode: any failure).
 const EXIT_NOT_FOUND: u8 = 1;
@@ -174,6 +174,63 @@ fn restore_command(global: &cli::GlobalArgs) -> anyhow::Result<String> {
     }
     parts.push("wal-fetch %f %p".into());
     Ok(parts.join(" "))
+}
+
+/// `cairn delete …`: prints the plan; carries it out with `--confirm`.
+async fn delete(ctx: &Context, policy: DeletePolicy, confirm: bool) -> anyhow::Result<()> {
+    use cairn::retention::{self, BeforeTarget, Policy, Retain};
+    let policy = match policy {
+        DeletePolicy::Retain {
+            full,
+            within,
+            daily,
+            weekly,
+            monthly,
+        } => Policy::Retain(Retain {
+            full,
+            within: within
+                .map(|w| retention::parse_duration(&w))
+                .transpose()
+                .map_err(|e| anyhow::anyhow!("--within: {e}"))?,
+            daily,
+            weekly,
+            monthly,
+        }),
+        DeletePolicy::Before { target } => Policy::Before(if target.starts_with("base_") {
+            BeforeTarget::Name(target)
+        } else {
+            BeforeTarget::Time(
+                retention::parse_time(&target)
+                    .map_err(|e| anyhow::anyhow!("delete before: {e}, nor a backup name"))?,
+            )
+        }),
+        DeletePolicy::Target { name } => Policy::Target(name),
+        DeletePolicy::Everything => Policy::Everything,
+        DeletePolicy::Garbage { grace } => Policy::Garbage {
+            grace: retention::parse_duration(&grace)
+                .map_err(|e| anyhow::anyhow!("--grace: {e}"))?,
+        },
+    };
+    let loaded = retention::apply::load(ctx).await?;
+    let started = std::time::Instant::now();
+    let plan = retention::plan(&loaded.catalog, &policy, time::OffsetDateTime::now_utc())?;
+    tracing::debug!(elapsed = ?started.elapsed(), "retention plan made");
+    print!("{plan}");
+    let summary = plan.summary();
+    if !confirm {
+        if !plan.is_empty() {
+            println!("Dry run: nothing was deleted. Run again with --confirm to delete.");
+        }
+        return Ok(());
+    }
+    let deleted = retention::apply::apply(ctx, &plan, &loaded.manifests).await?;
+    tracing::info!(
+        objects = deleted,
+        backups = summary.backups_deleted,
+        wal = summary.wal_deleted,
+        "retention applied"
+    );
+    Ok(())
 }
 
 /// backup-list's table.
@@ -343,6 +400,32 @@ async fn run(cli: Cli, config: Config) -> anyhow::Result<()> {
                 println!("{}", serde_json::to_string_pretty(&list)?);
             } else {
                 print!("{}", backup_table(&list));
+            }
+        }
+        Command::BackupMark { name, impermanent } => {
+            let changed = backup::mark::mark(&ctx, &name, !impermanent).await?;
+            let state = if impermanent {
+                "impermanent"
+            } else {
+                "permanent"
+            };
+            if changed.is_empty() {
+                tracing::info!(backup = %name, "already {state}");
+            }
+            for n in changed {
+                tracing::info!(backup = %n, "marked {state}");
+            }
+        }
+        Command::Delete { policy, confirm } => delete(&ctx, policy, confirm).await?,
+        Command::WalVerify { json } => {
+            let report = wal::verify::verify(&ctx).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{report}");
+            }
+            if let Some(problem) = report.problem() {
+                anyhow::bail!("{problem}");
             }
         }
         Command::WalPrefetch { dir, names } => {

@@ -4,28 +4,10 @@
 
 mod common;
 
-use common::drill::{archiving_primary, destroy, encrypted, fails, fetch_to, ok, start_restored};
-use common::{Archive, Backend, Cluster, TestDir};
-
-/// backup-push with `extra` flags; returns the backup's name.
-fn push(pg: &Archive, c: &Cluster, t: &TestDir, extra: &[&str]) -> String {
-    let mut args = vec!["backup-push", c.datadir.to_str().unwrap()];
-    args.extend_from_slice(extra);
-    ok(&pg.cairn(&args, t.path()), "backup-push")
-}
-
-/// backup-list --json, oldest first.
-fn list(pg: &Archive, t: &TestDir) -> Vec<serde_json::Value> {
-    let out = ok(
-        &pg.cairn(&["backup-list", "--json"], t.path()),
-        "backup-list",
-    );
-    serde_json::from_str::<serde_json::Value>(&out)
-        .unwrap()
-        .as_array()
-        .unwrap()
-        .clone()
-}
+use common::drill::{
+    archiving_primary, destroy, encrypted, fails, fetch_to, list, ok, push, start_restored,
+};
+use common::{Archive, Backend, TestDir};
 
 fn find<'a>(list: &'a [serde_json::Value], name: &str) -> &'a serde_json::Value {
     list.iter()

@@ -32,6 +32,9 @@ const HEADER_LEN: usize = 24;
 #[derive(Debug, Clone)]
 pub struct DeltaBase {
     pub parent: String,
+    /// The WAL file the parent started in: deltas are named
+    /// `base_<start WAL file>_D_<this>`.
+    pub parent_start_wal_file: String,
     pub from_lsn: Lsn,
     pub chain_depth: u32,
     files: HashMap<String, FileEntry>,
@@ -53,6 +56,7 @@ impl DeltaBase {
     pub fn new(parent: &Manifest) -> DeltaBase {
         DeltaBase {
             parent: parent.name.clone(),
+            parent_start_wal_file: parent.start_wal_file.clone(),
             from_lsn: parent.start_lsn,
             chain_depth: parent.chain_depth + 1,
             files: parent
@@ -293,6 +297,7 @@ mod tests {
     fn base(entries: &[(&str, u64, &str)]) -> DeltaBase {
         DeltaBase {
             parent: "base_1".into(),
+            parent_start_wal_file: "000000010000000000000001".into(),
             from_lsn: Lsn(0x100),
             chain_depth: 1,
             files: entries

@@ -1,12 +1,13 @@
 //! Base backups: `backup-push` (tar-split parallel upload of a running
 //! cluster's data directory), `backup-fetch` (verified parallel restore) and
-//! `backup-list`. A backup lives under `basebackups/<name>/`: numbered tar
+//! `backup-list`, deltas (`delta`) and `backup-mark`. A backup lives under `basebackups/<name>/`: numbered tar
 //! parts, a control part, and the manifest, written last.
 
 pub mod catalog;
 pub mod delta;
 pub mod fetch;
 pub mod manifest;
+pub mod mark;
 pub mod push;
 pub mod tar_split;
 

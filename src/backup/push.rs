@@ -84,18 +84,23 @@ pub async fn push(ctx: &Context, opts: &PushOptions) -> Result<Manifest, BackupE
     let (start_lsn, timeline) = session.backup_start(&label, opts.fast_checkpoint).await?;
     let start_file =
         WalFileName::Segment(Segment::containing(timeline, start_lsn, segment_size)).to_string();
-    let name = format!("base_{start_file}");
-    tracing::info!(backup = %name, lsn = %start_lsn, "backup started");
+    let delta = choose_parent(ctx, opts, &session, server_id, start_lsn, timeline).await?;
+    // As wal-g names them: a delta also names the WAL file its parent started in.
+    let name = match &delta {
+        Some(d) => format!("base_{start_file}_D_{}", d.parent_start_wal_file),
+        None => format!("base_{start_file}"),
+    };
+    match &delta {
+        Some(d) => {
+            tracing::info!(backup = %name, lsn = %start_lsn, parent = %d.parent, depth = d.chain_depth, "delta backup started")
+        }
+        None => tracing::info!(backup = %name, lsn = %start_lsn, "backup started"),
+    }
     if ctx.storage.head(&manifest_key(&name)?).await?.is_some() {
         return Err(BackupError::Exists {
             name,
             location: ctx.storage.location().to_string(),
         });
-    }
-
-    let delta = choose_parent(ctx, opts, &session, server_id, start_lsn, timeline).await?;
-    if let Some(d) = &delta {
-        tracing::info!(backup = %name, parent = %d.parent, depth = d.chain_depth, "taking a delta backup");
     }
 
     let walked = {

@@ -59,9 +59,12 @@
 //! - a backup kept by the policy needs every segment from its start segment on
 //!   (up to the newest) on its own timeline and on every timeline whose history
 //!   reaches it from its start LSN;
-//! - a backup kept only as a base (permanent, or an ancestor of a kept backup)
-//!   needs the segments from its start to its stop on its timeline, no more, so
-//!   it stays consistent on its own without holding all later WAL;
+//! - an ancestor of a backup kept by the policy is kept like it, with all WAL
+//!   from its start on: every kept backup that is not permanent stays
+//!   restorable to the newest segment, which is what `wal-verify` checks;
+//! - a backup kept only as a base (permanent, or an ancestor of a permanent
+//!   backup) needs the segments from its start to its stop on its timeline, no
+//!   more, so it stays consistent on its own without holding all later WAL;
 //! - as a guard, when a cluster has a backup kept by the policy, no segment at
 //!   or after the start of that cluster's newest backup is deleted, on any
 //!   timeline;
@@ -98,9 +101,67 @@
 //! invisible before its parts go); then unfinished backups' objects; then WAL,
 //! oldest first (an interrupted run leaves no hole in the middle).
 
+pub mod apply;
 pub mod plan;
 
 pub use plan::{
     BackupInfo, BeforeTarget, Catalog, Deleted, Deletion, KeptBackup, Plan, PlanError, PlanSummary,
     Policy, Retain, UnfinishedBackup, WalObject, plan,
 };
+
+use time::{Duration, OffsetDateTime};
+
+/// A duration as operators write it: a whole number and a unit, `s`, `m`,
+/// `h`, `d` or `w` (`90m`, `12h`, `7d`, `2w`).
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let bad = || format!("{s:?} is not a duration (like 30m, 12h, 7d or 2w)");
+    let split = s.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?;
+    let n: i64 = s[..split].parse().map_err(|_| bad())?;
+    let unit = match &s[split..] {
+        "s" => Duration::SECOND,
+        "m" => Duration::MINUTE,
+        "h" => Duration::HOUR,
+        "d" => Duration::DAY,
+        "w" => Duration::WEEK,
+        _ => return Err(bad()),
+    };
+    unit.checked_mul(i32::try_from(n).map_err(|_| bad())?)
+        .ok_or_else(bad)
+}
+
+/// A moment: RFC 3339 (`2026-11-20T06:00:00Z`) or a UTC date (`2026-11-20`,
+/// its midnight).
+pub fn parse_time(s: &str) -> Result<OffsetDateTime, String> {
+    use time::format_description::well_known::Rfc3339;
+    if let Ok(t) = OffsetDateTime::parse(s, &Rfc3339) {
+        return Ok(t);
+    }
+    let date = time::macros::format_description!("[year]-[month]-[day]");
+    time::Date::parse(s, &date)
+        .map(|d| d.midnight().assume_utc())
+        .map_err(|_| format!("{s:?} is not a time (use 2026-11-20T06:00:00Z or 2026-11-20)"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_durations_and_times() {
+        assert_eq!(parse_duration("7d"), Ok(Duration::days(7)));
+        assert_eq!(parse_duration("90m"), Ok(Duration::minutes(90)));
+        assert_eq!(parse_duration("2w"), Ok(Duration::weeks(2)));
+        for bad in ["", "7", "d", "7y", "-1d", "1.5h", "99999999999d"] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
+        }
+        assert_eq!(
+            parse_time("2026-11-20").unwrap(),
+            time::macros::datetime!(2026-11-20 0:00 UTC)
+        );
+        assert_eq!(
+            parse_time("2026-11-20T06:30:00+01:00").unwrap(),
+            time::macros::datetime!(2026-11-20 5:30 UTC)
+        );
+        assert!(parse_time("yesterday").is_err());
+    }
+}

@@ -504,15 +504,26 @@ impl Keep {
         self.own[i] |= own;
     }
 
-    /// Keeps every ancestor of a kept backup, as a base.
+    /// Keeps every ancestor of a kept backup. The ancestors of a backup kept
+    /// by the policy are kept as it is (with WAL from their start on, so that
+    /// wal-verify finds every kept non-permanent backup restorable to the
+    /// newest segment); those of a backup kept only as a base (permanent) are
+    /// bases too.
     fn close_over_ancestors(&mut self, g: &Graph) {
-        let kept: Vec<usize> = (0..g.len()).rev().filter(|&i| self.kept(i)).collect();
-        for i in kept {
-            let mut child = i;
-            // An ancestor kept already has had (or will have) its own walk.
-            while let Some(p) = g.parent[child].filter(|&p| !self.kept(p)) {
-                self.add(p, false, format!("base of kept {}", g.b[child].name));
-                child = p;
+        for own in [true, false] {
+            let kept: Vec<usize> = (0..g.len())
+                .rev()
+                .filter(|&i| self.kept(i) && self.own[i] == own)
+                .collect();
+            for i in kept {
+                let mut child = i;
+                while let Some(p) = g.parent[child] {
+                    if self.kept(p) && (self.own[p] || !own) {
+                        break; // walked already
+                    }
+                    self.add(p, own, format!("base of kept {}", g.b[child].name));
+                    child = p;
+                }
             }
         }
     }
@@ -1231,4 +1242,4 @@ impl fmt::Display for Plan {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -91,3 +91,23 @@ pub fn archiving_primary(t: &TestDir, a: &Archive) -> (Cluster, Archive) {
     let pg = with_pg(a, &primary);
     (primary, pg)
 }
+
+/// backup-push of `c` with `extra` flags; returns the backup's name.
+pub fn push(pg: &Archive, c: &Cluster, t: &TestDir, extra: &[&str]) -> String {
+    let mut args = vec!["backup-push", c.datadir.to_str().unwrap()];
+    args.extend_from_slice(extra);
+    ok(&pg.cairn(&args, t.path()), "backup-push")
+}
+
+/// backup-list --json: every manifest, oldest first.
+pub fn list(pg: &Archive, t: &TestDir) -> Vec<serde_json::Value> {
+    let out = ok(
+        &pg.cairn(&["backup-list", "--json"], t.path()),
+        "backup-list",
+    );
+    serde_json::from_str::<serde_json::Value>(&out)
+        .unwrap()
+        .as_array()
+        .unwrap()
+        .clone()
+}
