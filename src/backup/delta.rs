@@ -1,9 +1,15 @@
 //! Delta backups: what a backup built on a parent stores of each file. A
-//! relation data file that the parent has is stored as a *page set*, the pages
-//! whose LSN is at or after the parent's start (everything WAL replay from the
-//! parent's start could not rebuild) plus the file's new length; any other
-//! file is stored whole when its bytes changed and not at all otherwise. Files
-//! gone since the parent are simply absent from the delta's manifest.
+//! relation's main fork that the parent has is stored as a *page set*, the
+//! pages whose LSN is at or after the parent's start (everything WAL replay
+//! from the parent's start could not rebuild) plus the file's new length; any
+//! other file is stored whole when its bytes changed and not at all otherwise.
+//! Files gone since the parent are simply absent from the delta's manifest.
+//!
+//! The visibility map and free space map forks are compared whole: their pages
+//! change without their LSN moving (a heap update clears visibility bits
+//! without stamping the map page; the free space map is not WAL-logged), so a
+//! page LSN cannot tell whether they changed. PostgreSQL's own incremental
+//! backup sends the free space map whole for the same reason.
 //!
 //! Page-set entry format (one tar entry, `docs/FORMAT.md`):
 //! ```text
@@ -105,12 +111,13 @@ impl DeltaBase {
     }
 }
 
-/// Relation data files in database directories (any fork but `_init`, which
-/// is small and only ever whole), the files deltas store page by page.
+/// Main-fork relation data files in database directories (`16384`,
+/// `16384.1`), the files deltas store page by page; other forks are small and
+/// compared whole (see the module comment).
 pub fn is_paged(path: &str) -> bool {
     let in_database = path.starts_with("base/") || path.starts_with("pg_tblspc/");
     let name = path.rsplit('/').next().unwrap_or(path);
-    in_database && is_relation_file(name) && !name.contains("_init")
+    in_database && is_relation_file(name) && !name.contains('_')
 }
 
 /// Pages of a `size`-byte relation file that a restore of the parent (a
@@ -322,8 +329,10 @@ mod tests {
     fn relation_files_in_databases_are_paged() {
         assert!(is_paged("base/5/16384"));
         assert!(is_paged("base/5/16384.2"));
-        assert!(is_paged("base/5/16384_vm"));
-        assert!(is_paged("pg_tblspc/16400/PG_15_202209061/5/16401_fsm"));
+        assert!(is_paged("pg_tblspc/16400/PG_15_202209061/5/16401"));
+        // Their pages change without their LSN moving: compared whole.
+        assert!(!is_paged("base/5/16384_vm"));
+        assert!(!is_paged("pg_tblspc/16400/PG_15_202209061/5/16401_fsm"));
         assert!(!is_paged("base/5/16384_init"));
         assert!(!is_paged("global/1262"));
         assert!(!is_paged("base/5/PG_VERSION"));
