@@ -5,7 +5,7 @@
 mod common;
 
 use common::drill::{
-    archiving_primary, destroy, encrypted, fails, fetch_to, list, ok, push, start_restored,
+    archiving_primary, destroy, encrypted, fails, fetch_to, list, ok, push, start_restored, stderr,
 };
 use common::{Archive, Backend, TestDir};
 
@@ -169,7 +169,17 @@ fn delta_max_steps_bounds_the_chain() {
     let t = TestDir::new();
     let a = Archive::new(Backend::File).with("CAIRN_DELTA_MAX_STEPS", "1");
     let (primary, pg) = archiving_primary(&t, &a);
-    let b1 = push(&pg, &primary, &t, &["--delta"]);
+    // No backup to build on: a full one, and the log says why.
+    let first = pg.cairn(
+        &["backup-push", primary.datadir.to_str().unwrap(), "--delta"],
+        t.path(),
+    );
+    let b1 = ok(&first, "backup-push");
+    assert!(
+        stderr(&first).contains("taking a full backup: no earlier backup of this cluster"),
+        "{}",
+        stderr(&first)
+    );
     primary.sql("create table t as select g from generate_series(1, 1000) g");
     let b2 = push(&pg, &primary, &t, &[]);
     let b3 = push(&pg, &primary, &t, &[]);

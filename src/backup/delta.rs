@@ -122,8 +122,11 @@ pub fn is_paged(path: &str) -> bool {
 
 /// Pages of a `size`-byte relation file that a restore of the parent (a
 /// `parent_size`-byte file) cannot rebuild by WAL replay from `from`: changed
-/// at or after `from`, never WAL-logged (LSN 0: new or reused, all-zero
-/// pages), or past the parent's end.
+/// at or after `from`, past the parent's end, or all zeros with no LSN (a page
+/// the relation was extended by, perhaps where the parent had one before a
+/// truncation). A page with no LSN but with contents was written while the
+/// server did not log (wal_level minimal, before archiving was on): any change
+/// since would have given it an LSN, so the parent's copy is current.
 fn changed_pages(file: &mut File, size: u64, parent_size: u64, from: Lsn) -> io::Result<Vec<u32>> {
     let mut pages = Vec::new();
     let mut buf = vec![0u8; 128 * PAGE_SIZE];
@@ -138,7 +141,8 @@ fn changed_pages(file: &mut File, size: u64, parent_size: u64, from: Lsn) -> io:
         for (i, page) in buf[..n].chunks(PAGE_SIZE).enumerate() {
             let no = at / PAGE_SIZE as u64 + i as u64;
             let lsn = page_lsn(page);
-            if no >= old_pages || lsn >= from || lsn == Lsn(0) {
+            let new = lsn == Lsn(0) && page.iter().all(|&b| b == 0);
+            if no >= old_pages || lsn >= from || new {
                 pages.push(u32::try_from(no).map_err(|_| {
                     io::Error::new(io::ErrorKind::InvalidData, "relation file too large")
                 })?);
@@ -344,21 +348,23 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("16384");
         let mut f = File::create(&path).unwrap();
-        // 0: old; 1: changed; 2: never logged (zero); 3: new past the parent's end.
+        // 0: old; 1: changed; 2: new (zero); 3: written unlogged before
+        // archiving, unchanged since; 4: new past the parent's end.
         for p in [
             page(0x50, 1),
             page(0x200, 2),
             vec![0; PAGE_SIZE],
+            page(0, 4),
             page(0x10, 3),
         ] {
             f.write_all(&p).unwrap();
         }
         drop(f);
-        let b = base(&[("base/5/16384", 3 * PAGE_SIZE as u64, "")]);
+        let b = base(&[("base/5/16384", 4 * PAGE_SIZE as u64, "")]);
         let mut f = File::open(&path).unwrap();
-        let size = 4 * PAGE_SIZE as u64;
+        let size = 5 * PAGE_SIZE as u64;
         let plan = b.plan_file("base/5/16384", &mut f, size).unwrap();
-        assert_eq!(plan, FilePlan::Pages(vec![1, 2, 3]));
+        assert_eq!(plan, FilePlan::Pages(vec![1, 2, 4]));
         let FilePlan::Pages(pages) = plan else {
             unreachable!()
         };
@@ -373,7 +379,7 @@ mod tests {
             head,
             PageSetHead {
                 file_len: size,
-                pages: vec![1, 2, 3]
+                pages: vec![1, 2, 4]
             }
         );
         assert_eq!(&r[..PAGE_SIZE], &page(0x200, 2)[..]);

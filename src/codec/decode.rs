@@ -40,6 +40,10 @@ impl<R: Read> Read for Decompress<R> {
 }
 
 const BUF: usize = 1 << 20;
+/// Chunks [`Decoder::next_chunk`] hands out stay below glibc's mmap threshold
+/// (1 MiB, set in main), so they come from, and go back to, the heap instead of
+/// costing a map, page faults and an unmap each.
+pub const CHUNK_MAX: usize = 512 << 10;
 
 /// Decodes a cairn object read from `R` into its verified plain bytes.
 pub struct Decoder<R: Read> {
@@ -170,17 +174,18 @@ impl<R: Read> Decoder<R> {
         Ok(())
     }
 
-    /// The next run of verified plain bytes as one owned chunk (up to the
-    /// decoder's 1 MiB buffer), or `None` at the verified end. Saves the
-    /// caller a zero-filled buffer and a second copy when it passes the bytes on.
+    /// The next run of verified plain bytes as one owned chunk of at most
+    /// [`CHUNK_MAX`], or `None` at the verified end. Saves the caller a
+    /// zero-filled buffer and a second copy when it passes the bytes on.
     pub fn next_chunk(&mut self) -> io::Result<Option<bytes::Bytes>> {
         while self.pos == self.ready {
             if self.done || !self.refill()? {
                 return Ok(None);
             }
         }
-        let chunk = bytes::Bytes::copy_from_slice(&self.buf[self.pos..self.ready]);
-        self.pos = self.ready;
+        let end = self.ready.min(self.pos + CHUNK_MAX);
+        let chunk = bytes::Bytes::copy_from_slice(&self.buf[self.pos..end]);
+        self.pos = end;
         Ok(Some(chunk))
     }
 
