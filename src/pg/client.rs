@@ -32,6 +32,82 @@ impl std::fmt::Debug for PgSettings {
     }
 }
 
+/// Where to connect, with every fallback applied.
+#[derive(Clone)]
+pub(crate) struct Target {
+    /// A host name, an address, or a directory holding the server's socket.
+    pub host: String,
+    pub port: u16,
+    pub user: String,
+    pub password: Option<String>,
+    pub dbname: String,
+}
+
+impl Target {
+    /// `host:port as user`, for messages (never the password).
+    pub fn describe(&self) -> String {
+        format!("{}:{} as {}", self.host, self.port, self.user)
+    }
+}
+
+impl PgSettings {
+    /// Applies the libpq variables and defaults to the unset fields.
+    pub(crate) fn resolve(&self) -> Result<Target, PgError> {
+        let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+        let host = self
+            .host
+            .clone()
+            .or_else(|| env("PGHOST"))
+            .unwrap_or_else(|| {
+                if std::path::Path::new("/var/run/postgresql").is_dir() {
+                    "/var/run/postgresql".into()
+                } else {
+                    "localhost".into()
+                }
+            });
+        let port = match self.port {
+            Some(p) => p,
+            None => match env("PGPORT") {
+                Some(p) => p.parse().map_err(|_| PgError::Connect {
+                    target: host.clone(),
+                    message: format!("PGPORT={p:?} is not a port number"),
+                })?,
+                None => 5432,
+            },
+        };
+        let user = self
+            .user
+            .clone()
+            .or_else(|| env("PGUSER"))
+            .or_else(os_user)
+            .unwrap_or_else(|| "postgres".into());
+        let dbname = self
+            .dbname
+            .clone()
+            .or_else(|| env("PGDATABASE"))
+            .unwrap_or_else(|| user.clone());
+        let password = self.password.clone().or_else(|| env("PGPASSWORD"));
+        Ok(Target {
+            host,
+            port,
+            user,
+            password,
+            dbname,
+        })
+    }
+}
+
+/// Refuses servers older than 12, the oldest whose backup API cairn speaks.
+pub(crate) fn check_version(version_num: u32) -> Result<(), PgError> {
+    if version_num < 120000 {
+        return Err(PgError::Refused(format!(
+            "PostgreSQL {} is not supported; cairn needs 12 or later",
+            version_num / 10000
+        )));
+    }
+    Ok(())
+}
+
 /// Why talking to PostgreSQL failed.
 #[derive(Debug, thiserror::Error)]
 pub enum PgError {
@@ -86,39 +162,13 @@ pub struct BackupStop {
 
 impl PgSession {
     pub async fn connect(settings: &PgSettings) -> Result<PgSession, PgError> {
-        let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
-        let host = settings
-            .host
-            .clone()
-            .or_else(|| env("PGHOST"))
-            .unwrap_or_else(|| {
-                if std::path::Path::new("/var/run/postgresql").is_dir() {
-                    "/var/run/postgresql".into()
-                } else {
-                    "localhost".into()
-                }
-            });
-        let port = match settings.port {
-            Some(p) => p,
-            None => match env("PGPORT") {
-                Some(p) => p.parse().map_err(|_| PgError::Connect {
-                    target: host.clone(),
-                    message: format!("PGPORT={p:?} is not a port number"),
-                })?,
-                None => 5432,
-            },
-        };
-        let user = settings
-            .user
-            .clone()
-            .or_else(|| env("PGUSER"))
-            .or_else(os_user)
-            .unwrap_or_else(|| "postgres".into());
-        let dbname = settings
-            .dbname
-            .clone()
-            .or_else(|| env("PGDATABASE"))
-            .unwrap_or_else(|| user.clone());
+        let Target {
+            host,
+            port,
+            user,
+            password,
+            dbname,
+        } = settings.resolve()?;
         let mut config = tokio_postgres::Config::new();
         config
             .host(&host)
@@ -127,7 +177,7 @@ impl PgSession {
             .dbname(&dbname)
             .application_name("cairn")
             .connect_timeout(Duration::from_secs(10));
-        if let Some(pw) = settings.password.clone().or_else(|| env("PGPASSWORD")) {
+        if let Some(pw) = password {
             config.password(pw);
         }
         let target = format!("{host}:{port} as {user}");
@@ -149,12 +199,7 @@ impl PgSession {
             what: "server version",
             message: format!("unexpected server_version_num {version:?}"),
         })?;
-        if version_num < 120000 {
-            return Err(PgError::Refused(format!(
-                "PostgreSQL {} is not supported; cairn needs 12 or later",
-                version_num / 10000
-            )));
-        }
+        check_version(version_num)?;
         Ok(PgSession {
             client,
             version_num,
