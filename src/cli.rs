@@ -124,6 +124,11 @@ pub enum Command {
         /// Take a full backup even when delta_max_steps asks for a delta
         #[arg(long)]
         full: bool,
+        /// Back up over the replication protocol, from a host that cannot see the
+        /// data directory (the role needs REPLICATION); also chosen when no PGDATA
+        /// is given or configured. Remote backups are full backups.
+        #[arg(long, conflicts_with_all = ["pgdata", "delta"])]
+        remote: bool,
     },
     /// Restore a base backup into an empty directory
     BackupFetch {

@@ -251,7 +251,11 @@ fn backup_table(list: &[backup::manifest::Manifest]) -> String {
             format!("{}..{}", m.start_wal_file, m.stop_wal_file),
             human_bytes(m.raw_size),
             human_bytes(m.stored_size),
-            m.kind.clone(),
+            if m.remote {
+                format!("{} (remote)", m.kind)
+            } else {
+                m.kind.clone()
+            },
             if m.permanent { "yes" } else { "no" }.into(),
         ]);
     }
@@ -322,16 +326,26 @@ async fn run(cli: Cli, config: Config) -> anyhow::Result<()> {
             permanent,
             delta,
             full,
+            remote,
         } => {
             let pgdata = pgdata
                 .or_else(|| ctx.config.pgdata.clone())
                 .or_else(|| std::env::var_os("PGDATA").map(Into::into))
-                .context(
-                    "no data directory: pass it (cairn backup-push PGDATA), or set pgdata in \
-                     the configuration or PGDATA",
-                )?;
+                .filter(|_| !remote);
+            if pgdata.is_none() && !remote {
+                tracing::info!(
+                    "no data directory given (argument, pgdata, PGDATA): backing up over the \
+                     replication protocol"
+                );
+            }
+            if pgdata.is_none() && delta {
+                anyhow::bail!(
+                    "--delta needs the data directory: remote backups (over the replication \
+                     protocol) are full backups"
+                );
+            }
             let opts = backup::push::PushOptions {
-                pgdata,
+                pgdata: pgdata.clone().unwrap_or_default(),
                 postgres: ctx.config.postgres.clone(),
                 label,
                 permanent,
@@ -349,7 +363,11 @@ async fn run(cli: Cli, config: Config) -> anyhow::Result<()> {
                     }
                 },
             };
-            let m = backup::push::push(&ctx, &opts).await?;
+            let m = if pgdata.is_some() {
+                backup::push::push(&ctx, &opts).await?
+            } else {
+                backup::remote::push_remote(&ctx, &opts).await?
+            };
             tracing::info!(
                 backup = %m.name,
                 start_lsn = %m.start_lsn,

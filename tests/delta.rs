@@ -5,7 +5,8 @@
 mod common;
 
 use common::drill::{
-    archiving_primary, destroy, encrypted, fails, fetch_to, list, ok, push, start_restored, stderr,
+    archiving_primary, destroy, encrypted, fails, fetch_to, list, ok, push,
+    restore_latest_and_compare, start_restored, stderr,
 };
 use common::{Archive, Backend, TestDir};
 
@@ -60,18 +61,9 @@ fn delta_drill(backend: Backend, compression: &str, encrypt: bool) {
     assert_eq!(find(&backups, &second)["parent"], first.as_str());
     assert_eq!(find(&backups, &second)["chain_depth"], 2);
 
-    let dump = primary.dumpall();
-    primary.sql("checkpoint");
-    common::drill::wait_archived(&primary);
-    destroy(&mut primary);
-    let data = primary.datadir.clone();
-    let fetched = ok(
-        &fetch_to(&pg, &t, &data, &["--recovery-target", "latest"]),
-        "backup-fetch",
-    );
+    let (restored, fetched) =
+        restore_latest_and_compare(&t, &a, &pg, &mut primary, "delta chain restore");
     assert_eq!(fetched, second);
-    let restored = start_restored(&t, &a, &data);
-    common::assert_same_dump(&restored.dumpall(), &dump, "delta chain restore");
     assert_eq!(restored.sql("select count(*) from emptied"), "10");
     assert_eq!(
         restored.sql("select count(*) from pg_class where relname = 'doomed'"),

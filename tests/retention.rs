@@ -7,8 +7,8 @@ mod common;
 use std::time::Duration;
 
 use common::drill::{
-    archiving_primary, destroy, fails, fetch_to, list, ok, push, start_restored, stderr,
-    wait_archived,
+    archiving_primary, destroy, fails, fetch_to, list, ok, push, restore_latest_and_compare,
+    start_restored, stderr, wait_archived,
 };
 use common::{Archive, Backend, Cluster, TestDir};
 
@@ -89,18 +89,9 @@ fn retention_drill(backend: Backend) {
     );
     assert!(!again.contains("delete "), "{again}");
 
-    let dump = primary.dumpall();
-    primary.sql("checkpoint");
-    wait_archived(&primary);
-    destroy(&mut primary);
-    let data = primary.datadir.clone();
-    let fetched = ok(
-        &fetch_to(&pg, &t, &data, &["--recovery-target", "latest"]),
-        "backup-fetch",
-    );
+    let (_, fetched) =
+        restore_latest_and_compare(&t, &a, &pg, &mut primary, "restore after retention");
     assert_eq!(fetched, delta3);
-    let restored = start_restored(&t, &a, &data);
-    common::assert_same_dump(&restored.dumpall(), &dump, "restore after retention");
     for kept in [&full2, &delta2] {
         let dest = t.sub(&format!("kept-{kept}"));
         let out = pg.cairn(

@@ -32,6 +32,10 @@ pub struct Manifest {
     /// Deltas between this backup and its full backup: 0 for a full.
     #[serde(default)]
     pub chain_depth: u32,
+    /// Taken over the replication protocol (`backup-push --remote`), always
+    /// full; `data_directory` is then unknown (empty).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub remote: bool,
     pub start_lsn: Lsn,
     pub stop_lsn: Lsn,
     pub timeline: TimelineId,

@@ -17,7 +17,9 @@ use super::tar_split::{ControlFile, plan, write_control_part, write_part};
 use super::{BackupError, catalog, manifest_key, part_key};
 use crate::Context;
 use crate::codec::hex;
-use crate::codec::{CodecError, CodecSettings, PipeWriter, encode_stream, encode_to_vec, pipe};
+use crate::codec::{
+    CodecError, CodecSettings, PipeReader, PipeWriter, encode_stream, encode_to_vec, pipe,
+};
 use crate::pg::client::{PgSession, PgSettings};
 use crate::pg::datadir::{self, Entry};
 use crate::pg::page::PAGE_SIZE;
@@ -42,6 +44,19 @@ pub struct PushOptions {
     pub concurrency: usize,
     /// Full or delta.
     pub kind: BackupKind,
+}
+
+impl PushOptions {
+    /// The backup's start time (RFC 3339) and label (the user's, or one naming
+    /// the time).
+    pub(crate) fn start(&self) -> (String, String) {
+        let start_time = super::now_rfc3339();
+        let label = self
+            .label
+            .clone()
+            .unwrap_or_else(|| format!("cairn backup {start_time}"));
+        (start_time, label)
+    }
 }
 
 /// Which kind of backup to take.
@@ -76,11 +91,7 @@ pub async fn push(ctx: &Context, opts: &PushOptions) -> Result<Manifest, BackupE
         BackupError::BadArgument(format!("server reports an invalid wal_segment_size: {e}"))
     })?;
 
-    let start_time = super::now_rfc3339();
-    let label = opts
-        .label
-        .clone()
-        .unwrap_or_else(|| format!("cairn backup {start_time}"));
+    let (start_time, label) = opts.start();
     let (start_lsn, timeline) = session.backup_start(&label, opts.fast_checkpoint).await?;
     let start_file =
         WalFileName::Segment(Segment::containing(timeline, start_lsn, segment_size)).to_string();
@@ -153,6 +164,7 @@ pub async fn push(ctx: &Context, opts: &PushOptions) -> Result<Manifest, BackupE
         parent: delta.as_ref().map(|d| d.parent.clone()),
         delta_from_lsn: delta.as_ref().map(|d| d.from_lsn),
         chain_depth: delta.as_ref().map_or(0, |d| d.chain_depth),
+        remote: false,
         start_lsn,
         stop_lsn: stop.lsn,
         timeline,
@@ -298,7 +310,7 @@ pub async fn store_manifest(
     }
 }
 
-fn part_name(index: usize) -> String {
+pub(crate) fn part_name(index: usize) -> String {
     format!("part_{:05}.tar", index + 1)
 }
 
@@ -314,7 +326,7 @@ async fn upload_part(
     upload(ctx, backup, part_name(index), false, build).await
 }
 
-async fn upload_control_part(
+pub(crate) async fn upload_control_part(
     ctx: &Context,
     backup: &str,
     index: usize,
@@ -338,35 +350,45 @@ async fn upload<F>(
 where
     F: FnOnce(PipeWriter) -> std::io::Result<(Vec<FileEntry>, PipeWriter)> + Send + 'static,
 {
-    let key = part_key(backup, &part)?;
     let (writer, reader) = pipe();
     let builder = tokio::task::spawn_blocking(move || {
         let (files, writer) = build(writer)?;
         writer.finish()?;
         Ok::<_, std::io::Error>(files)
     });
-    let encoded = encode_stream(reader, ctx.config.codec(), None, format!("part {key}"));
+    let stored = store_part(ctx, backup, part, control, reader).await;
+    let built = builder.await.map_err(BackupError::task)?;
+    // The earliest stage's error says why; later ones only that input broke.
+    let files = built.map_err(|e| BackupError::Codec(CodecError::from_io(e)))?;
+    Ok((stored?, files))
+}
+
+/// Encodes (compresses, encrypts) a part's tar stream as it is read and
+/// uploads it: the encoder on a thread of its own, storage on the runtime.
+pub(crate) async fn store_part(
+    ctx: &Context,
+    backup: &str,
+    part: String,
+    control: bool,
+    tar: PipeReader,
+) -> Result<PartEntry, BackupError> {
+    let key = part_key(backup, &part)?;
+    let encoded = encode_stream(tar, ctx.config.codec(), None, format!("part {key}"));
     let put = ctx
         .storage
         .put(&key, PutBody::Stream(encoded.body), PutMode::Overwrite)
         .await;
-    let built = builder.await.map_err(BackupError::task)?;
     let encoding = encoded.task.await.map_err(BackupError::task)?;
-    // The earliest stage's error says why; later ones only that input broke.
-    let files = built.map_err(|e| BackupError::Codec(CodecError::from_io(e)))?;
     let (digest, stored) = encoding?;
     put?;
     tracing::debug!(part = %key, raw = digest.len, stored, "part uploaded");
-    Ok((
-        PartEntry {
-            key: part,
-            raw_size: digest.len,
-            stored_size: stored,
-            blake3: hex(&digest.blake3),
-            control,
-        },
-        files,
-    ))
+    Ok(PartEntry {
+        key: part,
+        raw_size: digest.len,
+        stored_size: stored,
+        blake3: hex(&digest.blake3),
+        control,
+    })
 }
 
 /// One backup of a cluster at a time from this host: an exclusive lock on a

@@ -55,8 +55,7 @@ pub fn write_part<W: Write>(
     for e in entries {
         match e.kind {
             EntryKind::Dir => {
-                let mut h = header(tar::EntryType::Directory, e.mode, e.mtime, 0);
-                tar.append_data(&mut h, &e.path, io::empty())?;
+                append_dir(&mut tar, &e.path, e.mode, e.mtime)?;
                 written.push(FileEntry {
                     path: e.path.clone(),
                     dir: true,
@@ -102,19 +101,22 @@ pub fn write_part<W: Write>(
                         entry.stored = Stored::Unchanged;
                     }
                     FilePlan::Whole => {
-                        let mut h = header(tar::EntryType::Regular, e.mode, e.mtime, size);
-                        let mut reader = Exactly::new(file.take(size), size, &e.source);
-                        tar.append_data(&mut h, &e.path, &mut reader)?;
-                        entry.blake3 = hex(reader.hasher.finalize().as_bytes());
+                        entry.blake3 = append_file(
+                            &mut tar,
+                            &e.path,
+                            e.mode,
+                            e.mtime,
+                            size,
+                            file.take(size),
+                            &e.source,
+                        )?;
                     }
                     FilePlan::Pages(pages) => {
                         let count = pages.len() as u64;
                         let set = PageSetReader::new(&file, size, pages);
                         let len = set.len();
-                        let mut h = header(tar::EntryType::Regular, e.mode, e.mtime, len);
-                        let mut reader = Exactly::new(set, len, &e.source);
-                        tar.append_data(&mut h, &e.path, &mut reader)?;
-                        entry.blake3 = hex(reader.hasher.finalize().as_bytes());
+                        entry.blake3 =
+                            append_file(&mut tar, &e.path, e.mode, e.mtime, len, set, &e.source)?;
                         entry.stored = Stored::Pages {
                             bytes: len,
                             pages: count,
@@ -172,6 +174,34 @@ pub fn write_control_part<W: Write>(
         });
     }
     Ok((written, tar.into_inner()?))
+}
+
+/// Appends a directory entry.
+pub(crate) fn append_dir<W: Write>(
+    tar: &mut tar::Builder<W>,
+    path: &str,
+    mode: u32,
+    mtime: i64,
+) -> io::Result<()> {
+    let mut h = header(tar::EntryType::Directory, mode, mtime, 0);
+    tar.append_data(&mut h, path, io::empty())
+}
+
+/// Appends a file of `size` bytes read from `data` (zeros if it comes up
+/// short); returns the BLAKE3 of what went in, hex.
+pub(crate) fn append_file<W: Write, R: Read>(
+    tar: &mut tar::Builder<W>,
+    path: &str,
+    mode: u32,
+    mtime: i64,
+    size: u64,
+    data: R,
+    source: &Path,
+) -> io::Result<String> {
+    let mut h = header(tar::EntryType::Regular, mode, mtime, size);
+    let mut reader = Exactly::new(data, size, source);
+    tar.append_data(&mut h, path, &mut reader)?;
+    Ok(hex(reader.hasher.finalize().as_bytes()))
 }
 
 fn header(kind: tar::EntryType, mode: u32, mtime: i64, size: u64) -> tar::Header {

@@ -97,6 +97,37 @@ impl PgSettings {
     }
 }
 
+/// Refuses a server whose WAL does not reach an archive: a base backup is
+/// useless without the WAL written during it.
+pub(crate) fn check_archiving(
+    mode: &str,
+    recovery: bool,
+    command: &str,
+    library: &str,
+) -> Result<(), PgError> {
+    if mode == "off" || (recovery && mode != "always") {
+        return Err(PgError::Refused(format!(
+            "WAL archiving is not enabled (archive_mode = {mode}{}): a base backup is useless \
+             without the WAL written during it. Set archive_mode = on{} and archive_command = \
+             'cairn wal-push %p', then restart PostgreSQL",
+            if recovery { " on a standby" } else { "" },
+            if recovery {
+                " (always, on a standby)"
+            } else {
+                ""
+            }
+        )));
+    }
+    if library.is_empty() && (command.is_empty() || command == "(disabled)") {
+        return Err(PgError::Refused(
+            "archive_command is not set: WAL written during the backup would never be \
+             archived. Set archive_command = 'cairn wal-push %p' and reload PostgreSQL"
+                .into(),
+        ));
+    }
+    Ok(())
+}
+
 /// Refuses servers older than 12, the oldest whose backup API cairn speaks.
 pub(crate) fn check_version(version_num: u32) -> Result<(), PgError> {
     if version_num < 120000 {
@@ -276,33 +307,13 @@ impl PgSession {
     pub async fn check_archiving(&self) -> Result<(), PgError> {
         let mode = self.show("archive_mode").await?;
         let recovery = self.in_recovery().await?;
-        if mode == "off" || (recovery && mode != "always") {
-            return Err(PgError::Refused(format!(
-                "WAL archiving is not enabled (archive_mode = {mode}{}): a base backup is useless \
-                 without the WAL written during it. Set archive_mode = on{} and archive_command = \
-                 'cairn wal-push %p', then restart PostgreSQL",
-                if recovery { " on a standby" } else { "" },
-                if recovery {
-                    " (always, on a standby)"
-                } else {
-                    ""
-                }
-            )));
-        }
         let command = self.show("archive_command").await?;
         let library = if self.version_num >= 150000 {
             self.show("archive_library").await?
         } else {
             String::new()
         };
-        if library.is_empty() && (command.is_empty() || command == "(disabled)") {
-            return Err(PgError::Refused(
-                "archive_command is not set: WAL written during the backup would never be \
-                 archived. Set archive_command = 'cairn wal-push %p' and reload PostgreSQL"
-                    .into(),
-            ));
-        }
-        Ok(())
+        check_archiving(&mode, recovery, &command, &library)
     }
 
     /// Starts a non-exclusive backup on this session; returns the start LSN and

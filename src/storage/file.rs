@@ -230,10 +230,35 @@ impl Storage for FileStorage {
             if key.as_str().starts_with("basebackups/")
                 && let Some(dir) = self.path(key).parent()
             {
+                remove_stale_temps(dir);
                 let _ = tokio::fs::remove_dir(dir).await;
             }
         }
         Ok(())
+    }
+}
+
+/// Removes the temporary files in `dir` whose writer is gone (a backup
+/// killed mid-upload): their names carry the writer's process id.
+fn remove_stale_temps(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some((_, rest)) = name.split_once(TMP_MARK) else {
+            continue;
+        };
+        let pid = rest.split('.').next().and_then(|p| p.parse::<i32>().ok());
+        // SAFETY: kill with signal 0 only checks whether the process exists
+        // (EPERM: it does, as another user).
+        let alive = pid.is_some_and(|p| {
+            let rc = unsafe { libc::kill(p, 0) };
+            rc == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+        });
+        if !alive {
+            let _ = std::fs::remove_file(e.path());
+        }
     }
 }
 

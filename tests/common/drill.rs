@@ -111,3 +111,46 @@ pub fn list(pg: &Archive, t: &TestDir) -> Vec<serde_json::Value> {
         .unwrap()
         .clone()
 }
+
+/// The output of a child that has exited, without waiting for one that has not.
+pub fn poll_output(child: &mut std::process::Child) -> Option<Output> {
+    child.try_wait().unwrap()?;
+    // Exited: collecting the (small) output does not block.
+    let mut out = Output {
+        status: child.wait().unwrap(),
+        stdout: Vec::new(),
+        stderr: Vec::new(),
+    };
+    use std::io::Read;
+    if let Some(mut s) = child.stdout.take() {
+        s.read_to_end(&mut out.stdout).unwrap();
+    }
+    if let Some(mut s) = child.stderr.take() {
+        s.read_to_end(&mut out.stderr).unwrap();
+    }
+    Some(out)
+}
+
+/// The drill's end: dump `primary`, see its WAL archived, destroy it, restore
+/// LATEST with recovery to the end of the archive, start it and compare the
+/// dumps. Returns the restored cluster and the name of the backup restored.
+pub fn restore_latest_and_compare(
+    t: &TestDir,
+    a: &Archive,
+    pg: &Archive,
+    primary: &mut Cluster,
+    context: &str,
+) -> (Cluster, String) {
+    let dump = primary.dumpall();
+    primary.sql("checkpoint");
+    wait_archived(primary);
+    destroy(primary);
+    let data = primary.datadir.clone();
+    let fetched = ok(
+        &fetch_to(pg, t, &data, &["--recovery-target", "latest"]),
+        "backup-fetch",
+    );
+    let restored = start_restored(t, a, &data);
+    super::assert_same_dump(&restored.dumpall(), &dump, context);
+    (restored, fetched)
+}

@@ -441,12 +441,26 @@ impl Archive {
     /// Runs cairn as `program` (a bare name looked up in `path`, or a path
     /// relative to `cwd`), as PostgreSQL may call it.
     pub fn cairn_as(&self, program: &Path, path: &str, args: &[&str], cwd: &Path) -> Output {
+        self.command(program, path, args, cwd).output().unwrap()
+    }
+
+    /// Starts cairn without waiting for it; its output is captured.
+    pub fn spawn_cairn(&self, args: &[&str], cwd: &Path) -> Child {
+        let path = std::env::var("PATH").unwrap_or_default();
+        self.command(&cairn_bin(), &path, args, cwd)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    }
+
+    fn command(&self, program: &Path, path: &str, args: &[&str], cwd: &Path) -> Command {
         let mut c = Command::new(program);
         c.args(args).current_dir(cwd).env_clear();
         c.env("PATH", path);
         c.env("HOME", std::env::var("HOME").unwrap_or_default());
         c.envs(self.env.iter().map(|(k, v)| (k, v)));
-        c.output().unwrap()
+        c
     }
 }
 

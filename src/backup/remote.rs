@@ -1,0 +1,686 @@
+//! `cairn backup-push --remote`: a base backup over the replication protocol,
+//! as `pg_basebackup` takes one, for hosts that cannot see the data directory
+//! (a Kubernetes CronJob's pod). The server's tar streams (one per tablespace)
+//! are re-split into cairn parts, hashed file by file, encoded and uploaded
+//! as they arrive, exactly like a local backup's; pg_control, backup_label,
+//! tablespace_map and the server's own `backup_manifest` go into the control
+//! part. Before the manifest is written, the WAL from start to stop must have
+//! reached the archive. Remote backups are always full.
+
+use std::io::Read;
+use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+
+use super::manifest::{FULL_MANIFEST_VERSION, FileEntry, Manifest, PartEntry, Stored};
+use super::push::{PushOptions, part_name, store_manifest, store_part, upload_control_part};
+use super::tar_split::{ControlFile, append_dir, append_file};
+use super::{BackupError, manifest_key};
+use crate::Context;
+use crate::codec::{PipeReader, PipeWriter, pipe};
+use crate::pg::client::{PgError, check_archiving};
+use crate::pg::datadir::Tablespace;
+use crate::pg::replication::{ReplicationConn, Reply};
+use crate::pg::wal::{Lsn, Segment, SegmentSize, TimelineId, WalFileName};
+use crate::storage::{ObjectKey, PutMode};
+
+/// Takes a base backup over a replication connection; returns its manifest.
+pub async fn push_remote(ctx: &Context, opts: &PushOptions) -> Result<Manifest, BackupError> {
+    let mut conn = ReplicationConn::connect(&opts.postgres).await?;
+    let system = conn.identify_system().await?;
+    let show = async |conn: &mut ReplicationConn, name: &str| -> Result<String, BackupError> {
+        let rows = conn.query_rows(&format!("SHOW {name}")).await?;
+        Ok(rows
+            .first()
+            .and_then(|r| r.first().cloned().flatten())
+            .unwrap_or_default())
+    };
+    let mode = show(&mut conn, "archive_mode").await?;
+    let standby = conn.version_num >= 140000 && show(&mut conn, "in_hot_standby").await? == "on";
+    let command = show(&mut conn, "archive_command").await?;
+    let library = if conn.version_num >= 150000 {
+        show(&mut conn, "archive_library").await?
+    } else {
+        String::new()
+    };
+    check_archiving(&mode, standby, &command, &library)?;
+    let segment_size = show(&mut conn, "wal_segment_size").await?;
+    let segment_size = parse_size(&segment_size)
+        .and_then(|b| SegmentSize::new(b).ok())
+        .ok_or_else(|| {
+            BackupError::BadArgument(format!(
+                "server reports an invalid wal_segment_size {segment_size:?}"
+            ))
+        })?;
+
+    let (start_time, label) = opts.start();
+    conn.send_query(&base_backup_command(
+        conn.version_num,
+        &label,
+        opts.fast_checkpoint,
+    ))
+    .await?;
+    let (start_lsn, timeline) = position(&mut conn, "start").await?;
+    let tablespaces = tablespace_rows(&mut conn).await?;
+    let start_file =
+        WalFileName::Segment(Segment::containing(timeline, start_lsn, segment_size)).to_string();
+    let name = format!("base_{start_file}");
+    tracing::info!(backup = %name, lsn = %start_lsn, server = system.system_identifier, "remote backup started");
+    if ctx.storage.head(&manifest_key(&name)?).await?.is_some() {
+        return Err(BackupError::Exists {
+            name,
+            location: ctx.storage.location().to_string(),
+        });
+    }
+
+    // The splitter thread turns the server's archives into parts; each part
+    // is uploaded by a task of its own while the next one fills.
+    let (archives, archive_rx) = sync_channel::<(String, PipeReader)>(1);
+    let (parts, mut part_rx) = tokio::sync::mpsc::channel::<(usize, PipeReader)>(1);
+    let part_size = opts.part_size;
+    let splitter = tokio::task::spawn_blocking(move || resplit(archive_rx, parts, part_size));
+    let backup = name.as_str();
+    let uploads = async {
+        // Every part's upload runs while the splitter fills the next.
+        let mut running = futures::stream::FuturesUnordered::new();
+        let mut done = Vec::new();
+        let mut open = true;
+        while open || !running.is_empty() {
+            tokio::select! {
+                next = part_rx.recv(), if open => match next {
+                    Some((index, reader)) => running.push(async move {
+                        (index, store_part(ctx, backup, part_name(index), false, reader).await)
+                    }),
+                    None => open = false,
+                },
+                Some(finished) = futures::StreamExt::next(&mut running) => done.push(finished),
+            }
+        }
+        done.sort_by_key(|(i, _)| *i);
+        done.into_iter()
+            .map(|(_, r)| r)
+            .collect::<Result<Vec<PartEntry>, BackupError>>()
+    };
+    // The connection is read on a thread of its own: handing the stream to
+    // the splitter blocks (its pipes are bounded), and the uploads, polled
+    // here, must go on meanwhile.
+    let runtime = tokio::runtime::Handle::current();
+    let listed = tablespaces.clone();
+    let receive = tokio::task::spawn_blocking(move || {
+        let received = runtime.block_on(receive_archives(&mut conn, archives, &listed));
+        (conn, received)
+    });
+    let (receive, uploaded) = futures::join!(receive, uploads);
+    let (mut conn, received) = receive.map_err(BackupError::task)?;
+    let split = splitter.await.map_err(BackupError::task)?;
+    // The cause, in the order the stages feed each other: the server's
+    // stream, the splitter reading it, then storage. A stage that only saw
+    // its neighbour stop is not the cause.
+    if let Err(e) = &received
+        && !is_splitter_gone(e)
+    {
+        return Err(received.err().unwrap_or_else(splitter_gone));
+    }
+    let (files, mut control_files, data_parts, mut parts) = match (split, uploaded) {
+        (Ok((files, held, n)), Ok(parts)) => (files, held, n, parts),
+        // A splitter that could not write found the upload stopped: the
+        // upload's error is the cause.
+        (Err(e), Err(upload)) if is_broken_pipe(&e) => return Err(upload),
+        (Err(e), _) | (_, Err(e)) => return Err(e),
+    };
+    let pg_manifest = received?;
+    let (stop_lsn, _) = position(&mut conn, "end").await?;
+    finish_query(&mut conn).await?;
+
+    if let Some(m) = pg_manifest {
+        control_files.push(ControlFile::new("backup_manifest", m));
+    }
+    for needed in ["global/pg_control", "backup_label"] {
+        if !control_files.iter().any(|f| f.path == needed) {
+            return Err(BackupError::BadArgument(format!(
+                "the server's base backup has no {needed}; nothing was stored as a backup"
+            )));
+        }
+    }
+    let backup_label = text_of(&control_files, "backup_label");
+    let tablespace_map = control_files
+        .iter()
+        .any(|f| f.path == "tablespace_map")
+        .then(|| text_of(&control_files, "tablespace_map"));
+    let (control, control_entries) =
+        upload_control_part(ctx, &name, data_parts, control_files).await?;
+    wait_for_wal(
+        ctx,
+        timeline,
+        start_lsn,
+        stop_lsn,
+        segment_size,
+        opts.archive_timeout,
+    )
+    .await?;
+
+    let mut files = files;
+    files.extend(control_entries);
+    parts.push(control);
+    let stop_file = WalFileName::Segment(Segment::containing(
+        timeline,
+        Lsn(stop_lsn.0.saturating_sub(1)),
+        segment_size,
+    ))
+    .to_string();
+    let settings = ctx.config.codec();
+    let manifest = Manifest {
+        manifest_version: FULL_MANIFEST_VERSION,
+        name: name.clone(),
+        kind: "full".into(),
+        parent: None,
+        delta_from_lsn: None,
+        chain_depth: 0,
+        remote: true,
+        start_lsn,
+        stop_lsn,
+        timeline,
+        start_wal_file: start_file,
+        stop_wal_file: stop_file,
+        wal_segment_size: segment_size.bytes(),
+        start_time,
+        finish_time: super::now_rfc3339(),
+        system_identifier: system.system_identifier.to_string(),
+        pg_version: conn.version_num,
+        hostname: super::hostname(),
+        data_directory: String::new(),
+        tablespaces,
+        raw_size: files.iter().map(|f| f.size).sum(),
+        stored_size: parts.iter().map(|p| p.stored_size).sum(),
+        compression: settings.compression.to_string(),
+        encrypted: !settings.recipients.is_empty(),
+        label,
+        permanent: opts.permanent,
+        backup_label,
+        tablespace_map,
+        parts,
+        files,
+    };
+    store_manifest(ctx, &manifest, PutMode::CreateIfAbsent).await?;
+    Ok(manifest)
+}
+
+/// `BASE_BACKUP` as the server's version spells it: the option list on 15+,
+/// keywords before. No WAL in the stream (the archive has it), the server's
+/// manifest, the tablespace map, and no waiting for archiving inside the
+/// command: cairn waits for the archive itself, with its own timeout.
+fn base_backup_command(version_num: u32, label: &str, fast: bool) -> String {
+    let label = label.replace('\'', "''");
+    if version_num >= 150000 {
+        format!(
+            "BASE_BACKUP (LABEL '{label}', CHECKPOINT '{}', WAIT false, MANIFEST 'yes', \
+             TABLESPACE_MAP true)",
+            if fast { "fast" } else { "spread" }
+        )
+    } else {
+        format!(
+            "BASE_BACKUP LABEL '{label}'{} NOWAIT MANIFEST 'yes' TABLESPACE_MAP",
+            if fast { " FAST" } else { "" }
+        )
+    }
+}
+
+/// The `(LSN, timeline)` result set that starts and ends `BASE_BACKUP`.
+async fn position(
+    conn: &mut ReplicationConn,
+    which: &str,
+) -> Result<(Lsn, TimelineId), BackupError> {
+    let bad = || PgError::Query {
+        what: "BASE_BACKUP",
+        message: format!("no {which} position in the server's answer"),
+    };
+    loop {
+        match conn.next_reply().await? {
+            Reply::Rows(rows) => {
+                let row = rows.first().ok_or_else(bad)?;
+                let lsn: Lsn = row
+                    .first()
+                    .and_then(|v| v.as_deref())
+                    .and_then(|v| v.parse().ok())
+                    .ok_or_else(bad)?;
+                let tli = row
+                    .get(1)
+                    .and_then(|v| v.as_deref())
+                    .and_then(|v| v.parse().ok())
+                    .map(TimelineId)
+                    .ok_or_else(bad)?;
+                return Ok((lsn, tli));
+            }
+            Reply::Ready => return Err(bad().into()),
+            _ => {}
+        }
+    }
+}
+
+/// The tablespace result set: `(oid, location, size)`, the data directory
+/// itself as a row without an OID.
+async fn tablespace_rows(conn: &mut ReplicationConn) -> Result<Vec<Tablespace>, BackupError> {
+    match conn.next_reply().await? {
+        Reply::Rows(rows) => Ok(rows
+            .iter()
+            .filter_map(|r| {
+                let oid = r.first()?.as_deref()?.parse().ok()?;
+                let location = r.get(1)?.as_deref()?;
+                Some(Tablespace {
+                    oid,
+                    location: location.into(),
+                })
+            })
+            .collect()),
+        _ => Err(PgError::Query {
+            what: "BASE_BACKUP",
+            message: "no tablespace list in the server's answer".into(),
+        }
+        .into()),
+    }
+}
+
+/// Reads the archives of the COPY stream(s), hands each to the splitter as a
+/// tar stream, and returns the server's backup manifest.
+async fn receive_archives(
+    conn: &mut ReplicationConn,
+    archives: SyncSender<(String, PipeReader)>,
+    tablespaces: &[Tablespace],
+) -> Result<Option<Vec<u8>>, BackupError> {
+    let modern = conn.version_num >= 150000;
+    // Before 15, one COPY per tablespace in the order of the list (the data
+    // directory last), then one for the manifest.
+    let mut order: Vec<String> = tablespaces
+        .iter()
+        .map(|t| format!("pg_tblspc/{}/", t.oid))
+        .chain([String::new()])
+        .collect();
+    order.reverse();
+    let mut current: Option<PipeWriter> = None;
+    let mut manifest: Option<Vec<u8>> = None;
+    let mut in_manifest = false;
+    let start = |prefix: String, current: &mut Option<PipeWriter>| -> Result<(), BackupError> {
+        finish(current.take())?;
+        let (writer, reader) = pipe();
+        archives
+            .send((prefix, reader))
+            .map_err(|_| splitter_gone())?;
+        *current = Some(writer);
+        Ok(())
+    };
+    loop {
+        match conn.next_reply().await? {
+            Reply::CopyOut if !modern => match order.pop() {
+                Some(prefix) => start(prefix, &mut current)?,
+                None => {
+                    finish(current.take())?;
+                    in_manifest = true;
+                    manifest = Some(Vec::new());
+                }
+            },
+            Reply::CopyOut => {}
+            Reply::CopyData(data) if !modern => {
+                if in_manifest {
+                    manifest
+                        .get_or_insert_with(Vec::new)
+                        .extend_from_slice(&data);
+                } else {
+                    send(&mut current, data)?;
+                }
+            }
+            Reply::CopyData(data) => match data.first() {
+                Some(b'n') => {
+                    let name = data[1..].split(|&b| b == 0).next().unwrap_or_default();
+                    let name = String::from_utf8_lossy(name).into_owned();
+                    start(archive_prefix(&name)?, &mut current)?;
+                }
+                Some(b'd') if in_manifest => manifest
+                    .get_or_insert_with(Vec::new)
+                    .extend_from_slice(&data[1..]),
+                Some(b'd') => send(&mut current, data.slice(1..))?,
+                Some(b'm') => {
+                    finish(current.take())?;
+                    in_manifest = true;
+                    manifest = Some(Vec::new());
+                }
+                // Progress reports.
+                Some(b'p') => {}
+                _ => {
+                    return Err(PgError::Query {
+                        what: "BASE_BACKUP",
+                        message: "unknown message in the backup stream".into(),
+                    }
+                    .into());
+                }
+            },
+            Reply::CopyDone => {
+                finish(current.take())?;
+                if !modern && in_manifest {
+                    return Ok(manifest);
+                }
+                if modern {
+                    return Ok(manifest);
+                }
+            }
+            Reply::Rows(_) | Reply::Ready => {
+                return Err(PgError::Query {
+                    what: "BASE_BACKUP",
+                    message: "the backup stream ended early".into(),
+                }
+                .into());
+            }
+        }
+    }
+}
+
+/// `base.tar` is the data directory; `<oid>.tar` a tablespace.
+fn archive_prefix(name: &str) -> Result<String, BackupError> {
+    let stem = name.strip_suffix(".tar").unwrap_or(name);
+    if stem == "base" {
+        return Ok(String::new());
+    }
+    stem.parse::<u32>()
+        .map(|oid| format!("pg_tblspc/{oid}/"))
+        .map_err(|_| {
+            PgError::Query {
+                what: "BASE_BACKUP",
+                message: format!("unexpected archive {name:?} in the backup stream"),
+            }
+            .into()
+        })
+}
+
+fn send(current: &mut Option<PipeWriter>, data: Bytes) -> Result<(), BackupError> {
+    let writer = current.as_mut().ok_or_else(|| PgError::Query {
+        what: "BASE_BACKUP",
+        message: "data before any archive in the backup stream".into(),
+    })?;
+    // The pipe is bounded: this blocks (the receiving thread) while the
+    // splitter catches up.
+    writer.send_bytes(data).map_err(|_| splitter_gone())
+}
+
+fn finish(current: Option<PipeWriter>) -> Result<(), BackupError> {
+    match current {
+        Some(w) => w.finish().map_err(|_| splitter_gone()),
+        None => Ok(()),
+    }
+}
+
+const SPLITTER_GONE: &str = "the part builder stopped";
+
+fn splitter_gone() -> BackupError {
+    BackupError::BadArgument(SPLITTER_GONE.into())
+}
+
+fn is_broken_pipe(e: &BackupError) -> bool {
+    matches!(e, BackupError::Codec(crate::codec::CodecError::Io(io))
+        if io.kind() == std::io::ErrorKind::BrokenPipe)
+}
+
+fn is_splitter_gone(e: &BackupError) -> bool {
+    matches!(e, BackupError::BadArgument(m) if m == SPLITTER_GONE)
+}
+
+/// Reads the command's end: the result sets after the stream, to Ready.
+async fn finish_query(conn: &mut ReplicationConn) -> Result<(), BackupError> {
+    loop {
+        if let Reply::Ready = conn.next_reply().await? {
+            return Ok(());
+        }
+    }
+}
+
+/// The splitter: reads the server's tar archives in order and writes their
+/// entries into cairn parts of about `part_size` bytes, starting a new part
+/// (and its upload) as one fills. Holds back pg_control, backup_label and
+/// tablespace_map for the control part. Returns the files, the held-back
+/// files and the number of data parts.
+fn resplit(
+    archives: Receiver<(String, PipeReader)>,
+    parts: tokio::sync::mpsc::Sender<(usize, PipeReader)>,
+    part_size: u64,
+) -> Result<(Vec<FileEntry>, Vec<ControlFile>, usize), BackupError> {
+    let mut out = PartWriter {
+        parts,
+        current: None,
+        index: 0,
+        bytes: 0,
+        part_size,
+    };
+    let mut files = Vec::new();
+    let mut held = Vec::new();
+    for (prefix, mut reader) in archives {
+        let mut archive = tar::Archive::new(&mut reader);
+        let entries = archive.entries().map_err(stream_error)?;
+        for entry in entries {
+            let mut entry = entry.map_err(stream_error)?;
+            let raw = String::from_utf8(entry.path_bytes().into_owned()).map_err(|_| {
+                BackupError::BadArgument("the server sent a file name that is not UTF-8".into())
+            })?;
+            let path = format!("{prefix}{}", raw.trim_end_matches('/'));
+            let header = entry.header();
+            let mode = header.mode().unwrap_or(0o600);
+            let mtime = header.mtime().unwrap_or(0) as i64;
+            match header.entry_type() {
+                tar::EntryType::Directory => {
+                    let part = out.room_for(0)?;
+                    append_dir(out.tar()?, &path, mode, mtime).map_err(stream_error)?;
+                    files.push(FileEntry {
+                        path,
+                        dir: true,
+                        size: 0,
+                        mode,
+                        blake3: String::new(),
+                        part: Some(part),
+                        stored: Stored::Whole,
+                    });
+                }
+                // What the server sends but a restore must not find (a
+                // standby's signal file would make the restore a standby).
+                tar::EntryType::Regular | tar::EntryType::Continuous
+                    if LEFT_OUT.contains(&path.as_str()) => {}
+                tar::EntryType::Regular | tar::EntryType::Continuous => {
+                    let size = entry.size();
+                    if let Some(control) = control_path(&path) {
+                        let mut bytes = Vec::with_capacity(size as usize);
+                        entry.read_to_end(&mut bytes).map_err(stream_error)?;
+                        held.push(ControlFile::new(control, bytes));
+                        continue;
+                    }
+                    let part = out.room_for(size)?;
+                    let blake3 = append_file(
+                        out.tar()?,
+                        &path,
+                        mode,
+                        mtime,
+                        size,
+                        &mut entry,
+                        std::path::Path::new(&path),
+                    )
+                    .map_err(stream_error)?;
+                    files.push(FileEntry {
+                        path,
+                        dir: false,
+                        size,
+                        mode,
+                        blake3,
+                        part: Some(part),
+                        stored: Stored::Whole,
+                    });
+                }
+                // pg_tblspc/<oid> links: the manifest lists the tablespaces.
+                tar::EntryType::Symlink => {}
+                other => {
+                    tracing::debug!(entry = %path, kind = ?other, "skipped a special file in the server's stream");
+                }
+            }
+        }
+        // The archive's end-of-archive blocks and padding: read them, so the
+        // sender never finds the pipe closed.
+        std::io::copy(&mut reader, &mut std::io::sink()).map_err(stream_error)?;
+    }
+    let data_parts = out.close()?;
+    Ok((files, held, data_parts))
+}
+
+/// Files the server's base backup includes that a local backup leaves out.
+const LEFT_OUT: [&str; 3] = ["standby.signal", "recovery.signal", "backup_label.old"];
+
+fn control_path(path: &str) -> Option<&'static str> {
+    match path {
+        "global/pg_control" => Some("global/pg_control"),
+        "backup_label" => Some("backup_label"),
+        "tablespace_map" => Some("tablespace_map"),
+        _ => None,
+    }
+}
+
+fn stream_error(e: std::io::Error) -> BackupError {
+    BackupError::Codec(crate::codec::CodecError::from_io(e))
+}
+
+/// The part being filled, and how to start the next.
+struct PartWriter {
+    parts: tokio::sync::mpsc::Sender<(usize, PipeReader)>,
+    current: Option<tar::Builder<PipeWriter>>,
+    /// Index of the current part (parts started so far, minus one).
+    index: usize,
+    bytes: u64,
+    part_size: u64,
+}
+
+impl PartWriter {
+    /// The part an entry of `size` bytes goes into, starting a new one when
+    /// the current one is full.
+    fn room_for(&mut self, size: u64) -> Result<usize, BackupError> {
+        if self.current.is_some() && self.bytes > 0 && self.bytes + size > self.part_size {
+            self.finish_current()?;
+            self.index += 1;
+        }
+        if self.current.is_none() {
+            let (writer, reader) = pipe();
+            self.parts
+                .blocking_send((self.index, reader))
+                .map_err(|_| BackupError::BadArgument("the part uploads stopped".into()))?;
+            let mut tar = tar::Builder::new(writer);
+            tar.mode(tar::HeaderMode::Deterministic);
+            self.current = Some(tar);
+            self.bytes = 0;
+        }
+        self.bytes += size.next_multiple_of(512) + 512;
+        Ok(self.index)
+    }
+
+    fn tar(&mut self) -> Result<&mut tar::Builder<PipeWriter>, BackupError> {
+        self.current
+            .as_mut()
+            .ok_or_else(|| BackupError::BadArgument("no part open".into()))
+    }
+
+    fn finish_current(&mut self) -> Result<(), BackupError> {
+        if let Some(tar) = self.current.take() {
+            let writer = tar.into_inner().map_err(stream_error)?;
+            writer.finish().map_err(stream_error)?;
+        }
+        Ok(())
+    }
+
+    /// Ends the last part; returns how many there are (at least one).
+    fn close(mut self) -> Result<usize, BackupError> {
+        if self.current.is_none() {
+            self.room_for(0)?;
+        }
+        self.finish_current()?;
+        Ok(self.index + 1)
+    }
+}
+
+fn text_of(files: &[ControlFile], path: &str) -> String {
+    files
+        .iter()
+        .find(|f| f.path == path)
+        .map(|f| String::from_utf8_lossy(&f.bytes).into_owned())
+        .unwrap_or_default()
+}
+
+/// Waits until every WAL segment from the backup's start to its end is in
+/// the archive: without them the backup cannot become consistent.
+async fn wait_for_wal(
+    ctx: &Context,
+    timeline: TimelineId,
+    start: Lsn,
+    stop: Lsn,
+    size: SegmentSize,
+    timeout: Duration,
+) -> Result<(), BackupError> {
+    let first = Segment::containing(timeline, start, size);
+    let last = Segment::containing(timeline, Lsn(stop.0.saturating_sub(1)), size);
+    let deadline = Instant::now() + timeout;
+    let mut seg = first;
+    loop {
+        let key = ObjectKey::new(format!("wal/{}", WalFileName::Segment(seg)))?;
+        if ctx.storage.head(&key).await?.is_some() {
+            if seg == last {
+                return Ok(());
+            }
+            seg = seg.next(size);
+            continue;
+        }
+        if Instant::now() >= deadline {
+            return Err(BackupError::BadArgument(format!(
+                "WAL segment {} (needed from the backup's start to its end, {}) did not reach \
+                 the archive within {} s: archiving is failing or lagging (see \
+                 pg_stat_archiver on the server); the backup was not recorded",
+                WalFileName::Segment(seg),
+                WalFileName::Segment(last),
+                timeout.as_secs()
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// `16MB` (as SHOW prints it) → bytes.
+fn parse_size(s: &str) -> Option<u64> {
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let n: u64 = s[..split].parse().ok()?;
+    let unit = match s[split..].trim() {
+        "" | "B" => 1,
+        "kB" => 1 << 10,
+        "MB" => 1 << 20,
+        "GB" => 1 << 30,
+        _ => return None,
+    };
+    n.checked_mul(unit)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base_backup_commands_follow_the_server_version() {
+        assert_eq!(
+            base_backup_command(150004, "it's", true),
+            "BASE_BACKUP (LABEL 'it''s', CHECKPOINT 'fast', WAIT false, MANIFEST 'yes', \
+             TABLESPACE_MAP true)"
+        );
+        assert_eq!(
+            base_backup_command(140009, "x", false),
+            "BASE_BACKUP LABEL 'x' NOWAIT MANIFEST 'yes' TABLESPACE_MAP"
+        );
+    }
+
+    #[test]
+    fn sizes_and_archive_names() {
+        assert_eq!(parse_size("16MB"), Some(16 << 20));
+        assert_eq!(parse_size("1GB"), Some(1 << 30));
+        assert_eq!(parse_size("16 MB"), Some(16 << 20));
+        assert_eq!(parse_size("lots"), None);
+        assert_eq!(archive_prefix("base.tar").unwrap(), "");
+        assert_eq!(archive_prefix("16400.tar").unwrap(), "pg_tblspc/16400/");
+        assert!(archive_prefix("../x.tar").is_err());
+    }
+}

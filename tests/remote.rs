@@ -1,0 +1,196 @@
+//! Remote backups (`backup-push --remote`, over the replication protocol) on
+//! real PostgreSQL and real storage: the drill from a primary and from a
+//! streaming standby, a role without REPLICATION, and what `backup-list`
+//! says of them.
+
+mod common;
+
+use std::time::Duration;
+
+use common::drill::{
+    archiving_primary, destroy, fetch_to, list, ok, restore_latest_and_compare, start_restored,
+    stderr, wait_archived,
+};
+use common::{Archive, Backend, Cluster, TestDir};
+
+/// backup-push --remote against `c` (no data directory anywhere in sight).
+fn push_remote(pg: &Archive, t: &TestDir) -> std::process::Output {
+    pg.cairn(&["backup-push", "--remote"], t.path())
+}
+
+/// The drill with a remote backup of the primary: backup over the network,
+/// pgbench, dump, destroy, restore, replay, compare.
+fn remote_drill(backend: Backend, compression: &str) {
+    let t = TestDir::new();
+    let a = Archive::new(backend)
+        .with("CAIRN_COMPRESSION", compression)
+        .with("CAIRN_BACKUP_PART_SIZE", "4194304");
+    let (mut primary, pg) = archiving_primary(&t, &a);
+    primary.pgbench(&["-i", "-s", "5", "-q"]);
+    let name = ok(&push_remote(&pg, &t), "backup-push --remote");
+    let backups = list(&pg, &t);
+    assert_eq!(backups.len(), 1);
+    assert_eq!(backups[0]["name"], name.as_str());
+    assert_eq!(backups[0]["remote"], true);
+    assert!(
+        backups[0]["parts"].as_array().unwrap().len() > 2,
+        "{:?}",
+        backups[0]["parts"]
+    );
+    let table = ok(&pg.cairn(&["backup-list"], t.path()), "backup-list");
+    assert!(table.contains("full (remote)"), "{table}");
+
+    primary.pgbench(&["-c", "4", "-j", "2", "-t", "200"]);
+    let (restored, fetched) =
+        restore_latest_and_compare(&t, &a, &pg, &mut primary, "remote backup restore");
+    assert_eq!(fetched, name);
+    // The server's own manifest came along.
+    assert!(restored.datadir.join("backup_manifest").exists());
+}
+
+#[test]
+fn remote_drill_local_directory_lz4() {
+    remote_drill(Backend::File, "lz4");
+}
+
+#[test]
+fn remote_drill_s3_zstd() {
+    remote_drill(Backend::S3, "zstd");
+}
+
+/// A role that may log in but not replicate gets the server's refusal, and
+/// nothing is stored; `--delta` with `--remote` is refused before connecting.
+#[test]
+fn a_role_without_replication_is_refused() {
+    let t = TestDir::new();
+    let a = Archive::new(Backend::File);
+    let (primary, pg) = archiving_primary(&t, &a);
+    primary.sql("create role reader login");
+    let reader = pg.clone_with("PGUSER", "reader");
+    let out = push_remote(&reader, &t);
+    let err = stderr(&out);
+    assert!(!out.status.success(), "succeeded: {err}");
+    assert!(
+        err.contains("replication role") || err.contains("WAL sender"),
+        "{err}"
+    );
+    assert!(err.contains("as reader"), "{err}");
+    assert!(list(&pg, &t).is_empty());
+    let both = pg.cairn(&["backup-push", "--remote", "--delta"], t.path());
+    assert!(!both.status.success());
+    assert!(
+        stderr(&both).contains("cannot be used with"),
+        "{}",
+        stderr(&both)
+    );
+}
+
+/// A streaming standby (archive_mode = always) backed up remotely: the
+/// backup's end is archived once the primary moves on; the drill restores it.
+#[test]
+fn remote_backup_of_a_standby() {
+    let t = TestDir::new();
+    let a = Archive::new(Backend::File).with("CAIRN_BACKUP_PART_SIZE", "4194304");
+    let (mut primary, pg) = archiving_primary(&t, &a);
+    primary.sql("create table t as select g from generate_series(1, 100000) g");
+    let standby_dir = t.path().join("standby");
+    primary.basebackup(&standby_dir);
+    let mut standby = Cluster::existing(&t, standby_dir.clone());
+    // WAL from the archive, then streamed; archive_command as on the primary.
+    standby.restore_from(&a);
+    standby.archive_to(&a);
+    std::fs::write(standby_dir.join("standby.signal"), "").unwrap();
+    standby.set(&[
+        ("archive_mode", "always"),
+        (
+            "primary_conninfo",
+            &format!("'host=127.0.0.1 port={} user=postgres'", primary.port),
+        ),
+    ]);
+    common::chown_pg(&standby_dir);
+    standby.start();
+    standby.wait_until("streaming", Duration::from_secs(60), |s| {
+        s.try_sql("select status from pg_stat_wal_receiver")
+            .as_deref()
+            == Some("streaming")
+    });
+    let on_standby = pg.clone_with("PGPORT", &standby.port.to_string());
+
+    // The standby cannot end a segment itself: the primary switches until the
+    // backup has seen its end archived.
+    let mut push = on_standby.spawn_cairn(&["backup-push", "--remote"], t.path());
+    let out = loop {
+        if let Some(out) = common::drill::poll_output(&mut push) {
+            break out;
+        }
+        primary.sql("select pg_switch_wal()");
+        std::thread::sleep(Duration::from_millis(300));
+    };
+    let name = ok(&out, "backup-push --remote of the standby");
+    primary.sql("insert into t select g from generate_series(100001, 200000) g");
+    let sum = primary.sql("select sum(g) from t");
+    wait_archived(&primary);
+    standby.stop();
+    destroy(&mut primary);
+    let data = primary.datadir.clone();
+    let fetched = ok(
+        &fetch_to(&pg, &t, &data, &["--recovery-target", "latest"]),
+        "backup-fetch",
+    );
+    assert_eq!(fetched, name);
+    let restored = start_restored(&t, &a, &data);
+    assert_eq!(restored.sql("select sum(g) from t"), sum);
+}
+
+/// A remote backup killed midway leaves parts but no manifest: it does not
+/// exist for backup-list or restores, and `delete garbage` removes its parts.
+#[test]
+fn a_killed_remote_backup_is_garbage() {
+    let t = TestDir::new();
+    let a = Archive::new(Backend::File)
+        .with("CAIRN_BACKUP_PART_SIZE", "1048576")
+        .with("CAIRN_COMPRESSION", "none");
+    let (primary, pg) = archiving_primary(&t, &a);
+    primary.pgbench(&["-i", "-s", "10", "-q"]);
+    let backups = a.dir.clone().unwrap().join("basebackups");
+    let mut push = pg.spawn_cairn(&["backup-push", "--remote"], t.path());
+    let part_written = || {
+        std::fs::read_dir(&backups).ok().is_some_and(|dirs| {
+            dirs.flatten()
+                .any(|d| d.path().join("part_00002.tar").exists())
+        })
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    while !part_written() {
+        assert!(
+            common::drill::poll_output(&mut push).is_none(),
+            "the backup ended before it could be killed"
+        );
+        assert!(std::time::Instant::now() < deadline, "no part appeared");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    push.kill().unwrap();
+    push.wait().unwrap();
+    assert!(list(&pg, &t).is_empty(), "a killed backup is listed");
+    let dir = std::fs::read_dir(&backups)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    assert!(!dir.join("manifest.json").exists());
+    ok(
+        &pg.cairn(
+            &["delete", "garbage", "--grace", "0s", "--confirm"],
+            t.path(),
+        ),
+        "delete garbage",
+    );
+    assert!(!dir.exists(), "the killed backup's parts are still there");
+    // The next backup is whole.
+    ok(
+        &pg.cairn(&["backup-push", "--remote"], t.path()),
+        "backup-push --remote",
+    );
+    assert_eq!(list(&pg, &t).len(), 1);
+}
