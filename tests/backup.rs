@@ -512,8 +512,9 @@ fn pgbench_checksum(c: &Cluster) -> String {
 }
 
 /// The drill on another major version, compared by query checksums (the
-/// machine's pg_dumpall 15 refuses newer servers).
-fn drill_on(major: u32) {
+/// machine's pg_dumpall 15 refuses newer servers); `remote`: the backup over
+/// the replication protocol (BASE_BACKUP's syntax changed in 15).
+fn drill_on(major: u32, remote: bool) {
     let t = TestDir::new();
     let a = Archive::new(Backend::File)
         .with("CAIRN_BACKUP_PART_SIZE", "4194304")
@@ -528,10 +529,13 @@ fn drill_on(major: u32) {
             .starts_with(&major.to_string())
     );
     let pg = with_pg(&a, &primary);
-    let pushed = pg.cairn(
-        &["backup-push", primary.datadir.to_str().unwrap()],
-        t.path(),
-    );
+    let datadir = primary.datadir.to_str().unwrap().to_string();
+    let args = if remote {
+        ["backup-push", "--remote"]
+    } else {
+        ["backup-push", &datadir]
+    };
+    let pushed = pg.cairn(&args, t.path());
     assert!(
         pushed.status.success(),
         "backup-push: {}\nserver log:\n{}",
@@ -564,11 +568,21 @@ fn drill_on(major: u32) {
 /// pg_backup_start/stop (15+) and a newer control file.
 #[test]
 fn drill_postgresql_17() {
-    drill_on(17);
+    drill_on(17, false);
 }
 
 /// pg_start_backup/pg_stop_backup (12-14).
 #[test]
 fn drill_postgresql_14() {
-    drill_on(14);
+    drill_on(14, false);
+}
+
+#[test]
+fn remote_drill_postgresql_17() {
+    drill_on(17, true);
+}
+
+#[test]
+fn remote_drill_postgresql_14() {
+    drill_on(14, true);
 }
