@@ -322,7 +322,10 @@ push() {
   # The local directory backend wants its directory to exist (like any repository).
   [[ $url != file://* ]] || mkdir -p "$dir"
   start_run "$id"
-  run_call "$CAIRN" backup-push "${PUSH_FLAGS[@]}" "$PGDATA"
+  # A remote backup reads no data directory: the server streams it.
+  local target=("$PGDATA")
+  [[ " ${PUSH_FLAGS[*]} " != *" --remote "* ]] || target=()
+  run_call "$CAIRN" backup-push "${PUSH_FLAGS[@]}" "${target[@]}"
   name=$(awk 'NF { l = $0 } END { print l }' "$RUN_OUT")
   [[ -n $name ]] || die "backup-push printed no backup name ($tool, $variant)"
   BACKUP_NAME[$id]=$name
@@ -369,6 +372,12 @@ if [[ $ONLY_BASELINES != 1 ]]; then
   rm -rf "$L/lz4age"
   push l-zstd "cairn local" "zstd" "file://$L/zstd" "$L/zstd" CAIRN_COMPRESSION=zstd
   rm -rf "$L/zstd"
+  # The same over the replication protocol (backup-push --remote), as a pod that
+  # cannot see the data directory would take it: against pg_basebackup.
+  PUSH_FLAGS=(--remote)
+  push l-remote "cairn remote" "lz4, --remote" "file://$L/remote" "$L/remote" CAIRN_COMPRESSION=lz4
+  PUSH_FLAGS=()
+  rm -rf "$L/remote"
 
   # -------------------------------------------------------------------------
   # 6. backup-push to S3 (s3s-fs on 127.0.0.1); <root>/<bucket> is the bucket
@@ -457,8 +466,9 @@ if [[ $ONLY_BASELINES != 1 ]]; then
     target "backup-fetch vs pgBackRest restore" "${MBPS[l-fetch]}" "${MBPS[pgbr-restore]}" MB/s ">=" 1.2
   fi
   target "backup-fetch vs tar -xf (floor)" "${SECS[l-fetch]}" "${SECS[tar-x]}" s "<=" 1.5
+  target "backup-push --remote vs pg_basebackup" "${MBPS[l-remote]}" "${MBPS[pgbb]}" MB/s ">=" 1.0
   max_rss=0 max_id=""
-  for id in l-lz4 l-lz4age l-zstd s-lz4 l-fetch s-fetch; do
+  for id in l-lz4 l-lz4age l-zstd l-remote s-lz4 l-fetch s-fetch; do
     if awk -v a="${RSS[$id]}" -v b="$max_rss" 'BEGIN { exit !(a > b) }'; then max_rss=${RSS[$id]} max_id=$id; fi
   done
   awk -v r="$max_rss" -v id="$max_id" 'BEGIN {
