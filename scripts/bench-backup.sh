@@ -336,8 +336,9 @@ push() {
     { cat "$WORK/list.$id" >&2; die "backup-list on $url does not list the backup $name after $PUSH_BEFORE others"; }
   STORED[$id]=$(jq '.[-1].stored_size' "$WORK/list.$id")
   log "backup $name ($(jq -r '.[-1].kind' "$WORK/list.$id")): raw_size $(jq '.[-1].raw_size' "$WORK/list.$id"), stored_size ${STORED[$id]}"
-  # With earlier backups in the storage, this one's own parts (its manifest says).
-  if ((PUSH_BEFORE)); then
+  # With earlier backups or the WAL archive in the storage, this one's own parts
+  # (its manifest says).
+  if ((PUSH_BEFORE)) || [[ $dir == "$WAL_ARCHIVE" ]]; then
     add_row "$id" "$tool" "backup-push $variant" "${STORED[$id]}"
   else
     add_row "$id" "$tool" "backup-push $variant" "$(dir_bytes "$dir")"
@@ -374,10 +375,11 @@ if [[ $ONLY_BASELINES != 1 ]]; then
   rm -rf "$L/zstd"
   # The same over the replication protocol (backup-push --remote), as a pod that
   # cannot see the data directory would take it: against pg_basebackup.
+  # It confirms the backup's WAL in its own storage, so it goes where the WAL goes.
   PUSH_FLAGS=(--remote)
-  push l-remote "cairn remote" "lz4, --remote" "file://$L/remote" "$L/remote" CAIRN_COMPRESSION=lz4
+  push l-remote "cairn remote" "lz4, --remote" "file://$WAL_ARCHIVE" "$WAL_ARCHIVE" CAIRN_COMPRESSION=lz4
   PUSH_FLAGS=()
-  rm -rf "$L/remote"
+  rm -rf "$WAL_ARCHIVE/basebackups"
 
   # -------------------------------------------------------------------------
   # 6. backup-push to S3 (s3s-fs on 127.0.0.1); <root>/<bucket> is the bucket

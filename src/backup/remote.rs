@@ -631,10 +631,12 @@ async fn wait_for_wal(
         if Instant::now() >= deadline {
             return Err(BackupError::BadArgument(format!(
                 "WAL segment {} (needed from the backup's start to its end, {}) did not reach \
-                 the archive within {} s: archiving is failing or lagging (see \
-                 pg_stat_archiver on the server); the backup was not recorded",
+                 {} within {} s: archiving is failing or lagging (see pg_stat_archiver on the \
+                 server), or archive_command writes to another storage; the backup was not \
+                 recorded",
                 WalFileName::Segment(seg),
                 WalFileName::Segment(last),
+                ctx.storage.location(),
                 timeout.as_secs()
             )));
         }
