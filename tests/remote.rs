@@ -194,3 +194,44 @@ fn a_killed_remote_backup_is_garbage() {
     );
     assert_eq!(list(&pg, &t).len(), 1);
 }
+
+/// Two backups of one cluster into one storage never overlap, whichever host
+/// runs them: the second stops at once, naming the holder; the lock goes with
+/// the holder's session.
+#[test]
+fn concurrent_remote_backups_are_refused() {
+    let t = TestDir::new();
+    let a = Archive::new(Backend::File)
+        .with("CAIRN_BACKUP_PART_SIZE", "1048576")
+        .with("CAIRN_COMPRESSION", "zstd");
+    let (primary, pg) = archiving_primary(&t, &a);
+    primary.pgbench(&["-i", "-s", "10", "-q"]);
+    let mut first = pg.spawn_cairn(&["backup-push", "--remote"], t.path());
+    let held = "select count(*) from pg_locks where locktype = 'advisory' and granted";
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while primary.sql(held) == "0" {
+        assert!(
+            common::drill::poll_output(&mut first).is_none(),
+            "the first backup ended before the second could start"
+        );
+        assert!(std::time::Instant::now() < deadline, "no lock appeared");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let second = push_remote(&pg, &t);
+    let err = stderr(&second);
+    assert!(!second.status.success(), "the second backup ran: {err}");
+    assert!(
+        err.contains("another backup of this cluster is running") && err.contains("cairn pid"),
+        "{err}"
+    );
+    let out = loop {
+        if let Some(out) = common::drill::poll_output(&mut first) {
+            break out;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    ok(&out, "the first backup");
+    assert_eq!(list(&pg, &t).len(), 1);
+    // Released with the session: the next one runs.
+    ok(&push_remote(&pg, &t), "a later backup");
+}

@@ -87,6 +87,7 @@ pub async fn push(ctx: &Context, opts: &PushOptions) -> Result<Manifest, BackupE
     }
     session.check_archiving().await?;
     let _lock = BackupLock::acquire(&pgdata)?;
+    cluster_lock(ctx, &session).await?;
     let segment_size = SegmentSize::new(session.wal_segment_size().await?).map_err(|e| {
         BackupError::BadArgument(format!("server reports an invalid wal_segment_size: {e}"))
     })?;
@@ -389,6 +390,28 @@ pub(crate) async fn store_part(
         blake3: hex(&digest.blake3),
         control,
     })
+}
+
+/// One backup of a cluster into one storage at a time, from any host, local
+/// or remote: a session-level advisory lock on the cluster, keyed by the
+/// storage location, which the server releases when the holding session ends
+/// (so when the holder dies). `session` must stay open for the backup.
+pub(crate) async fn cluster_lock(ctx: &Context, session: &PgSession) -> Result<(), BackupError> {
+    let location = ctx.storage.location();
+    let hash = blake3::hash(location.as_bytes());
+    let key = i32::from_le_bytes([
+        hash.as_bytes()[0],
+        hash.as_bytes()[1],
+        hash.as_bytes()[2],
+        hash.as_bytes()[3],
+    ]);
+    match session.try_lock(key).await? {
+        None => Ok(()),
+        Some(holder) => Err(BackupError::Locked {
+            path: PathBuf::from(location),
+            holder: format!("held by {holder}"),
+        }),
+    }
 }
 
 /// One backup of a cluster at a time from this host: an exclusive lock on a

@@ -14,12 +14,14 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 
 use super::manifest::{FULL_MANIFEST_VERSION, FileEntry, Manifest, PartEntry, Stored};
-use super::push::{PushOptions, part_name, store_manifest, store_part, upload_control_part};
+use super::push::{
+    PushOptions, cluster_lock, part_name, store_manifest, store_part, upload_control_part,
+};
 use super::tar_split::{ControlFile, append_dir, append_file};
 use super::{BackupError, manifest_key};
 use crate::Context;
 use crate::codec::{PipeReader, PipeWriter, pipe};
-use crate::pg::client::{PgError, check_archiving};
+use crate::pg::client::{PgError, PgSession, check_archiving};
 use crate::pg::datadir::Tablespace;
 use crate::pg::replication::{ReplicationConn, Reply};
 use crate::pg::wal::{Lsn, Segment, SegmentSize, TimelineId, WalFileName};
@@ -27,8 +29,26 @@ use crate::storage::{ObjectKey, PutMode};
 
 /// Takes a base backup over a replication connection; returns its manifest.
 pub async fn push_remote(ctx: &Context, opts: &PushOptions) -> Result<Manifest, BackupError> {
+    // A plain session beside the replication one, for the lock that keeps
+    // two backups of this cluster into this storage apart.
+    // Its database: the configured one, else `postgres` rather than libpq's
+    // default (the user's name), which a backup role rarely has.
+    let mut plain = opts.postgres.clone();
+    if plain.dbname.is_none() && std::env::var_os("PGDATABASE").is_none_or(|d| d.is_empty()) {
+        plain.dbname = Some("postgres".into());
+    }
+    let session = PgSession::connect(&plain).await?;
     let mut conn = ReplicationConn::connect(&opts.postgres).await?;
+    let server_id = session.system_identifier().await?;
+    cluster_lock(ctx, &session).await?;
     let system = conn.identify_system().await?;
+    if system.system_identifier != server_id {
+        return Err(BackupError::BadArgument(format!(
+            "the replication and SQL connections reach different clusters ({} and {}): \
+             check PGHOST/PGPORT",
+            system.system_identifier, server_id
+        )));
+    }
     let show = async |conn: &mut ReplicationConn, name: &str| -> Result<String, BackupError> {
         let rows = conn.query_rows(&format!("SHOW {name}")).await?;
         Ok(rows
@@ -203,6 +223,8 @@ pub async fn push_remote(ctx: &Context, opts: &PushOptions) -> Result<Manifest, 
         files,
     };
     store_manifest(ctx, &manifest, PutMode::CreateIfAbsent).await?;
+    // The lock ends with the session, after the manifest.
+    drop(session);
     Ok(manifest)
 }
 

@@ -181,6 +181,9 @@ pub struct PgSession {
     pub version_num: u32,
 }
 
+/// The advisory lock class of cairn's locks (`"cair"` as an int4).
+const LOCK_CLASS: i32 = 0x6361_6972;
+
 /// The result of stopping a backup.
 #[derive(Debug, Clone)]
 pub struct BackupStop {
@@ -206,7 +209,7 @@ impl PgSession {
             .port(port)
             .user(&user)
             .dbname(&dbname)
-            .application_name("cairn")
+            .application_name(&format!("cairn pid {}", std::process::id()))
             .connect_timeout(Duration::from_secs(10));
         if let Some(pw) = password {
             config.password(pw);
@@ -292,6 +295,37 @@ impl PgSession {
             what: "block_size",
             message: format!("{v:?} is not a number"),
         })
+    }
+
+    /// Takes the session-level advisory lock `key` (in cairn's own class), held
+    /// until this session ends, however the process ends. `Ok(None)` when it
+    /// was taken; `Ok(Some(holder))` when another session holds it.
+    pub async fn try_lock(&self, key: i32) -> Result<Option<String>, PgError> {
+        let got: bool = self
+            .client
+            .query_one("SELECT pg_try_advisory_lock($1, $2)", &[&LOCK_CLASS, &key])
+            .await
+            .map_err(query_err("advisory lock"))?
+            .get(0);
+        if got {
+            return Ok(None);
+        }
+        let holder = self
+            .client
+            .query_opt(
+                "SELECT format('%s (%s, connected since %s)', a.application_name, \
+                 coalesce(host(a.client_addr), 'local socket'), \
+                 to_char(a.backend_start, 'YYYY-MM-DD HH24:MI:SS TZ')) \
+                 FROM pg_locks l JOIN pg_stat_activity a USING (pid) \
+                 WHERE l.locktype = 'advisory' AND l.granted \
+                 AND l.classid = $1::int::oid AND l.objid = $2::int::oid",
+                &[&LOCK_CLASS, &key],
+            )
+            .await
+            .map_err(query_err("advisory lock holder"))?
+            .map(|r| r.get::<_, String>(0))
+            .unwrap_or_else(|| "another session".into());
+        Ok(Some(holder))
     }
 
     pub async fn in_recovery(&self) -> Result<bool, PgError> {
