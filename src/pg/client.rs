@@ -209,7 +209,7 @@ impl PgSession {
             .port(port)
             .user(&user)
             .dbname(&dbname)
-            .application_name(&format!("cairn pid {}", std::process::id()))
+            .application_name(format!("cairn pid {}", std::process::id()))
             .connect_timeout(Duration::from_secs(10));
         if let Some(pw) = password {
             config.password(pw);
