@@ -129,6 +129,10 @@ pub enum Command {
         /// is given or configured. Remote backups are full backups.
         #[arg(long, conflicts_with_all = ["pgdata", "delta"])]
         remote: bool,
+        /// Read at most BYTES per second from the data directory (remote: have the
+        /// server send at most that); 0 for no limit [config: max_rate]
+        #[arg(long, value_name = "BYTES")]
+        max_rate: Option<u64>,
     },
     /// Restore a base backup into an empty directory
     BackupFetch {

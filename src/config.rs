@@ -85,6 +85,8 @@ pub struct Config {
     pub backup_archive_timeout: Duration,
     /// backup-push takes deltas until the chain has this many, then a full; 0: always full.
     pub delta_max_steps: u32,
+    /// Bytes per second backup-push reads (or the server sends), 0: no limit.
+    pub max_rate: u64,
 }
 
 pub const DEFAULT_STORAGE: &str = "file:///var/lib/cairn";
@@ -116,6 +118,7 @@ impl Default for Config {
             backup_fast_checkpoint: true,
             backup_archive_timeout: Duration::from_secs(600),
             delta_max_steps: 0,
+            max_rate: 0,
         }
     }
 }
@@ -258,6 +261,15 @@ impl Config {
                     Duration::from_secs(number(v, 1, 7 * 86_400).map_err(bad)?)
             }
             "delta_max_steps" => self.delta_max_steps = number(v, 0, 1000).map_err(bad)? as u32,
+            "max_rate" => {
+                let rate = number(v, 0, 1 << 40).map_err(bad)?;
+                if rate > 0 && rate < 32 << 10 {
+                    return Err(bad(format!(
+                        "{rate} bytes/s is below the least, 32768 (or 0: no limit)"
+                    )));
+                }
+                self.max_rate = rate;
+            }
             _ => {
                 return Err(ConfigError::UnknownKey {
                     key: s.key,
@@ -556,6 +568,7 @@ mod tests {
         assert_eq!(c.backup_fast_checkpoint, d.backup_fast_checkpoint);
         assert_eq!(c.backup_archive_timeout, d.backup_archive_timeout);
         assert_eq!(c.delta_max_steps, d.delta_max_steps);
+        assert_eq!(c.max_rate, d.max_rate);
         let pg = Config::load(
             None,
             Vec::new(),

@@ -327,7 +327,14 @@ async fn run(cli: Cli, config: Config) -> anyhow::Result<()> {
             delta,
             full,
             remote,
+            max_rate,
         } => {
+            let max_rate = max_rate.unwrap_or(ctx.config.max_rate);
+            if max_rate > 0 && max_rate < 32 << 10 {
+                anyhow::bail!(
+                    "--max-rate {max_rate}: at least 32768 bytes per second, or 0 for no limit"
+                );
+            }
             let pgdata = pgdata
                 .or_else(|| ctx.config.pgdata.clone())
                 .or_else(|| std::env::var_os("PGDATA").map(Into::into))
@@ -368,6 +375,7 @@ async fn run(cli: Cli, config: Config) -> anyhow::Result<()> {
                         max_steps: ctx.config.delta_max_steps,
                     }
                 },
+                max_rate,
             };
             let m = if pgdata.is_some() {
                 backup::push::push(&ctx, &opts).await?

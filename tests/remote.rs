@@ -8,8 +8,8 @@ mod common;
 use std::time::Duration;
 
 use common::drill::{
-    archiving_primary, destroy, fetch_to, list, ok, restore_latest_and_compare, start_restored,
-    stderr, wait_archived,
+    archiving_primary, destroy, fails, fetch_to, list, ok, restore_latest_and_compare,
+    start_restored, stderr, wait_archived,
 };
 use common::{Archive, Backend, Cluster, TestDir};
 
@@ -27,7 +27,14 @@ fn remote_drill(backend: Backend, compression: &str) {
         .with("CAIRN_BACKUP_PART_SIZE", "4194304");
     let (mut primary, pg) = archiving_primary(&t, &a);
     primary.pgbench(&["-i", "-s", "5", "-q"]);
-    let name = ok(&push_remote(&pg, &t), "backup-push --remote");
+    // The server paces what it sends (MAX_RATE); the backup is the same.
+    let name = ok(
+        &pg.cairn(
+            &["backup-push", "--remote", "--max-rate", "209715200"],
+            t.path(),
+        ),
+        "backup-push --remote",
+    );
     let backups = list(&pg, &t);
     assert_eq!(backups.len(), 1);
     assert_eq!(backups[0]["name"], name.as_str());
@@ -76,6 +83,10 @@ fn a_role_without_replication_is_refused() {
     );
     assert!(err.contains("as reader"), "{err}");
     assert!(list(&pg, &t).is_empty());
+    fails(
+        &pg.cairn(&["backup-push", "--remote", "--max-rate", "1000"], t.path()),
+        "at least 32768 bytes per second",
+    );
     let both = pg.cairn(&["backup-push", "--remote", "--delta"], t.path());
     assert!(!both.status.success());
     assert!(

@@ -27,6 +27,7 @@ use std::io::{self, Read, Seek, SeekFrom};
 use std::os::unix::fs::FileExt;
 
 use super::manifest::{FileEntry, Manifest, Stored};
+use super::rate::{Paced, RateLimit};
 use crate::pg::datadir::is_relation_file;
 use crate::pg::page::{PAGE_SIZE, page_lsn};
 use crate::pg::wal::Lsn;
@@ -76,7 +77,13 @@ impl DeltaBase {
 
     /// Decides how to store `path` (open as `file`, `size` bytes now),
     /// reading it once; leaves `file` positioned at its start.
-    pub fn plan_file(&self, path: &str, file: &mut File, size: u64) -> io::Result<FilePlan> {
+    pub fn plan_file(
+        &self,
+        path: &str,
+        file: &mut File,
+        size: u64,
+        limit: Option<&RateLimit>,
+    ) -> io::Result<FilePlan> {
         let Some(old) = self.files.get(path) else {
             return Ok(FilePlan::Whole);
         };
@@ -85,7 +92,7 @@ impl DeltaBase {
                 // A page being added as we look: store it all, replay mends it.
                 FilePlan::Whole
             } else {
-                let pages = changed_pages(file, size, old.size, self.from_lsn)?;
+                let pages = changed_pages(file, size, old.size, self.from_lsn, limit)?;
                 if pages.is_empty() && size == old.size {
                     FilePlan::Unchanged {
                         blake3: String::new(),
@@ -98,7 +105,10 @@ impl DeltaBase {
             FilePlan::Whole
         } else {
             let mut hasher = blake3::Hasher::new();
-            io::copy(&mut Read::by_ref(file).take(size), &mut hasher)?;
+            io::copy(
+                &mut Paced::new(Read::by_ref(file).take(size), limit),
+                &mut hasher,
+            )?;
             let digest = crate::codec::hex(hasher.finalize().as_bytes());
             if digest == old.blake3 {
                 FilePlan::Unchanged { blake3: digest }
@@ -127,7 +137,13 @@ pub fn is_paged(path: &str) -> bool {
 /// truncation). A page with no LSN but with contents was written while the
 /// server did not log (wal_level minimal, before archiving was on): any change
 /// since would have given it an LSN, so the parent's copy is current.
-fn changed_pages(file: &mut File, size: u64, parent_size: u64, from: Lsn) -> io::Result<Vec<u32>> {
+fn changed_pages(
+    file: &mut File,
+    size: u64,
+    parent_size: u64,
+    from: Lsn,
+    limit: Option<&RateLimit>,
+) -> io::Result<Vec<u32>> {
     let mut pages = Vec::new();
     let mut buf = vec![0u8; 128 * PAGE_SIZE];
     let mut at = 0u64;
@@ -135,6 +151,9 @@ fn changed_pages(file: &mut File, size: u64, parent_size: u64, from: Lsn) -> io:
     while at < size {
         let want = buf.len().min((size - at) as usize);
         let n = read_full(file, &mut buf[..want])?;
+        if let Some(l) = limit {
+            l.take(n);
+        }
         if n == 0 {
             break; // shrunk since the walk; replay truncates it again
         }
@@ -363,7 +382,7 @@ mod tests {
         let b = base(&[("base/5/16384", 4 * PAGE_SIZE as u64, "")]);
         let mut f = File::open(&path).unwrap();
         let size = 5 * PAGE_SIZE as u64;
-        let plan = b.plan_file("base/5/16384", &mut f, size).unwrap();
+        let plan = b.plan_file("base/5/16384", &mut f, size, None).unwrap();
         assert_eq!(plan, FilePlan::Pages(vec![1, 2, 4]));
         let FilePlan::Pages(pages) = plan else {
             unreachable!()
@@ -406,7 +425,7 @@ mod tests {
         ]);
         let mut f = File::open(&rel).unwrap();
         let plan = b
-            .plan_file("base/5/16384", &mut f, 2 * PAGE_SIZE as u64)
+            .plan_file("base/5/16384", &mut f, 2 * PAGE_SIZE as u64, None)
             .unwrap();
         assert_eq!(
             plan,
@@ -416,21 +435,24 @@ mod tests {
         );
         let mut f = File::open(&conf).unwrap();
         assert_eq!(
-            b.plan_file("postgresql.conf", &mut f, 4).unwrap(),
+            b.plan_file("postgresql.conf", &mut f, 4, None).unwrap(),
             FilePlan::Unchanged { blake3: same }
         );
         let mut f = File::open(&conf).unwrap();
         assert_eq!(
-            b.plan_file("pg_hba.conf", &mut f, 4).unwrap(),
+            b.plan_file("pg_hba.conf", &mut f, 4, None).unwrap(),
             FilePlan::Whole
         );
         let mut f = File::open(&conf).unwrap();
-        assert_eq!(b.plan_file("new_file", &mut f, 4).unwrap(), FilePlan::Whole);
+        assert_eq!(
+            b.plan_file("new_file", &mut f, 4, None).unwrap(),
+            FilePlan::Whole
+        );
         // A shrunk relation keeps no pages but a new length.
         let mut f = File::open(&rel).unwrap();
         let b = base(&[("base/5/16384", 3 * PAGE_SIZE as u64, "")]);
         let plan = b
-            .plan_file("base/5/16384", &mut f, 2 * PAGE_SIZE as u64)
+            .plan_file("base/5/16384", &mut f, 2 * PAGE_SIZE as u64, None)
             .unwrap();
         assert_eq!(plan, FilePlan::Pages(vec![]));
     }

@@ -9,6 +9,7 @@ pub mod fetch;
 pub mod manifest;
 pub mod mark;
 pub mod push;
+pub mod rate;
 pub mod remote;
 pub mod tar_split;
 

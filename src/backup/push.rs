@@ -13,6 +13,7 @@ use futures::{StreamExt, TryStreamExt};
 
 use super::delta::DeltaBase;
 use super::manifest::{FULL_MANIFEST_VERSION, FileEntry, MANIFEST_VERSION, Manifest, PartEntry};
+use super::rate::RateLimit;
 use super::tar_split::{ControlFile, plan, write_control_part, write_part};
 use super::{BackupError, catalog, manifest_key, part_key};
 use crate::Context;
@@ -44,6 +45,9 @@ pub struct PushOptions {
     pub concurrency: usize,
     /// Full or delta.
     pub kind: BackupKind,
+    /// Bytes per second read from the data directory (remote: sent by the
+    /// server), 0 for no limit.
+    pub max_rate: u64,
 }
 
 impl PushOptions {
@@ -125,9 +129,10 @@ pub async fn push(ctx: &Context, opts: &PushOptions) -> Result<Manifest, BackupE
     let planned = plan(&entries, opts.part_size);
     let data_parts = planned.len();
     let shared_delta = delta.clone().map(std::sync::Arc::new);
+    let limit = RateLimit::new(opts.max_rate).map(std::sync::Arc::new);
     let uploaded: Vec<(PartEntry, Vec<FileEntry>)> =
         futures::stream::iter(planned.into_iter().enumerate())
-            .map(|(i, part)| upload_part(ctx, &name, i, part, shared_delta.clone()))
+            .map(|(i, part)| upload_part(ctx, &name, i, part, shared_delta.clone(), limit.clone()))
             .buffered(opts.concurrency.max(1))
             .try_collect()
             .await?;
@@ -322,8 +327,10 @@ async fn upload_part(
     index: usize,
     entries: Vec<Entry>,
     delta: Option<std::sync::Arc<DeltaBase>>,
+    limit: Option<std::sync::Arc<RateLimit>>,
 ) -> Result<(PartEntry, Vec<FileEntry>), BackupError> {
-    let build = move |w: PipeWriter| write_part(&entries, index, delta.as_deref(), w);
+    let build =
+        move |w: PipeWriter| write_part(&entries, index, delta.as_deref(), limit.as_deref(), w);
     upload(ctx, backup, part_name(index), false, build).await
 }
 

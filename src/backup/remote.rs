@@ -79,6 +79,7 @@ pub async fn push_remote(ctx: &Context, opts: &PushOptions) -> Result<Manifest, 
         conn.version_num,
         &label,
         opts.fast_checkpoint,
+        opts.max_rate,
     ))
     .await?;
     let (start_lsn, timeline) = position(&mut conn, "start").await?;
@@ -232,18 +233,22 @@ pub async fn push_remote(ctx: &Context, opts: &PushOptions) -> Result<Manifest, 
 /// keywords before. No WAL in the stream (the archive has it), the server's
 /// manifest, the tablespace map, and no waiting for archiving inside the
 /// command: cairn waits for the archive itself, with its own timeout.
-fn base_backup_command(version_num: u32, label: &str, fast: bool) -> String {
+fn base_backup_command(version_num: u32, label: &str, fast: bool, max_rate: u64) -> String {
     let label = label.replace('\'', "''");
+    // The server paces in kB/s, from 32 kB/s to 1 GB/s.
+    let rate = (max_rate > 0).then(|| (max_rate / 1024).clamp(32, 1_048_576));
     if version_num >= 150000 {
         format!(
             "BASE_BACKUP (LABEL '{label}', CHECKPOINT '{}', WAIT false, MANIFEST 'yes', \
-             TABLESPACE_MAP true)",
-            if fast { "fast" } else { "spread" }
+             TABLESPACE_MAP true{})",
+            if fast { "fast" } else { "spread" },
+            rate.map_or_else(String::new, |r| format!(", MAX_RATE {r}"))
         )
     } else {
         format!(
-            "BASE_BACKUP LABEL '{label}'{} NOWAIT MANIFEST 'yes' TABLESPACE_MAP",
-            if fast { " FAST" } else { "" }
+            "BASE_BACKUP LABEL '{label}'{} NOWAIT{} MANIFEST 'yes' TABLESPACE_MAP",
+            if fast { " FAST" } else { "" },
+            rate.map_or_else(String::new, |r| format!(" MAX_RATE {r}"))
         )
     }
 }
@@ -687,13 +692,22 @@ mod tests {
     #[test]
     fn base_backup_commands_follow_the_server_version() {
         assert_eq!(
-            base_backup_command(150004, "it's", true),
+            base_backup_command(150004, "it's", true, 0),
             "BASE_BACKUP (LABEL 'it''s', CHECKPOINT 'fast', WAIT false, MANIFEST 'yes', \
              TABLESPACE_MAP true)"
         );
         assert_eq!(
-            base_backup_command(140009, "x", false),
+            base_backup_command(140009, "x", false, 0),
             "BASE_BACKUP LABEL 'x' NOWAIT MANIFEST 'yes' TABLESPACE_MAP"
+        );
+        assert_eq!(
+            base_backup_command(170000, "x", true, 50 << 20),
+            "BASE_BACKUP (LABEL 'x', CHECKPOINT 'fast', WAIT false, MANIFEST 'yes', \
+             TABLESPACE_MAP true, MAX_RATE 51200)"
+        );
+        assert_eq!(
+            base_backup_command(120000, "x", true, 1000),
+            "BASE_BACKUP LABEL 'x' FAST NOWAIT MAX_RATE 32 MANIFEST 'yes' TABLESPACE_MAP"
         );
     }
 
