@@ -8,7 +8,7 @@ mod common;
 use std::time::Duration;
 
 use common::drill::{
-    archiving_primary, destroy, fails, fetch_to, list, ok, restore_latest_and_compare,
+    archiving_primary, destroy, fails, fetch_to, list, ok, push, restore_latest_and_compare,
     start_restored, stderr, wait_archived,
 };
 use common::{Archive, Backend, Cluster, TestDir};
@@ -19,7 +19,8 @@ fn push_remote(pg: &Archive, t: &TestDir) -> std::process::Output {
 }
 
 /// The drill with a remote backup of the primary: backup over the network,
-/// pgbench, dump, destroy, restore, replay, compare.
+/// pgbench, a local delta on it, pgbench, dump, destroy, restore the chain,
+/// replay, compare.
 fn remote_drill(backend: Backend, compression: &str) {
     let t = TestDir::new();
     let a = Archive::new(backend)
@@ -44,15 +45,26 @@ fn remote_drill(backend: Backend, compression: &str) {
         "{:?}",
         backups[0]["parts"]
     );
+    // The server's own manifest came along, in the control part.
+    assert!(
+        backups[0]["files"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|f| f["path"] == "backup_manifest"),
+        "no backup_manifest"
+    );
     let table = ok(&pg.cairn(&["backup-list"], t.path()), "backup-list");
     assert!(table.contains("full (remote)"), "{table}");
 
     primary.pgbench(&["-c", "4", "-j", "2", "-t", "200"]);
-    let (restored, fetched) =
+    // A local delta builds on the remote full like on any other.
+    let delta = push(&pg, &primary, &t, &["--delta"]);
+    assert_eq!(list(&pg, &t)[1]["parent"], name.as_str());
+    primary.pgbench(&["-c", "2", "-j", "2", "-t", "100"]);
+    let (_, fetched) =
         restore_latest_and_compare(&t, &a, &pg, &mut primary, "remote backup restore");
-    assert_eq!(fetched, name);
-    // The server's own manifest came along.
-    assert!(restored.datadir.join("backup_manifest").exists());
+    assert_eq!(fetched, delta);
 }
 
 #[test]
