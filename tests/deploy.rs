@@ -13,6 +13,7 @@
 #[allow(dead_code)]
 #[path = "../src/cli.rs"]
 mod cli;
+mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -60,15 +61,6 @@ fn files_in(dir: &str, ext: Option<&str>) -> Vec<String> {
         .collect();
     out.sort();
     out
-}
-
-fn tools_dir() -> PathBuf {
-    std::env::var_os("TEST_TOOLS_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(std::env::var("HOME").unwrap_or_else(|_| "/root".into()))
-                .join(".cache/cairn-test-tools")
-        })
 }
 
 // --- configuration ----------------------------------------------------------
@@ -242,7 +234,7 @@ fn runs_cairn_image(c: &Value) -> bool {
 
 #[test]
 fn kubernetes_manifests_match_the_api_schemas() {
-    let tool = tools_dir().join("k8s-venv/bin/kubernetes-validate");
+    let tool = common::tools_dir().join("k8s-venv/bin/kubernetes-validate");
     assert!(
         tool.exists(),
         "kubernetes-validate is not installed at {}: run scripts/test.sh, which installs it",

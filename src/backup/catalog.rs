@@ -3,14 +3,12 @@
 //! file only within one timeline and one cluster, so order comes from the
 //! manifests (see [`order`]).
 
-use std::io::Read;
-
 use futures::{StreamExt, TryStreamExt};
 
 use super::manifest::Manifest;
 use super::{BackupError, manifest_key};
 use crate::Context;
-use crate::codec::{CodecError, Decoder};
+use crate::codec::decode_to_vec;
 use crate::storage::{StorageError, get_bytes};
 
 /// Reads backup `name`'s manifest.
@@ -31,11 +29,7 @@ pub async fn load(ctx: &Context, name: &str) -> Result<Manifest, BackupError> {
     };
     let object = format!("{}/{key}", ctx.storage.location().trim_end_matches('/'));
     // Manifests are never encrypted: no keyring needed.
-    let mut decoder = Decoder::new(&bytes[..], None, &object)?;
-    let mut json = Vec::new();
-    decoder
-        .read_to_end(&mut json)
-        .map_err(CodecError::from_io)?;
+    let json = decode_to_vec(&bytes, None, &object)?;
     Manifest::from_json(&json, &object).map_err(BackupError::BadManifest)
 }
 
@@ -50,6 +44,11 @@ pub async fn list(ctx: &Context) -> Result<Vec<Manifest>, BackupError> {
             (file == "manifest.json").then(|| name.to_string())
         })
         .collect();
+    load_all(ctx, &names).await
+}
+
+/// The manifests of the backups `names`, oldest first (see [`order`]).
+pub async fn load_all(ctx: &Context, names: &[String]) -> Result<Vec<Manifest>, BackupError> {
     // A bounded number of reads at once: a catalog may hold thousands.
     let mut manifests: Vec<Manifest> = futures::stream::iter(names.iter().map(|n| load(ctx, n)))
         .buffered(32)

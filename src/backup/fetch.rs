@@ -187,25 +187,24 @@ async fn restore(
         None
     };
     layout.make_dirs(last)?;
-    let job = Job {
+    let job = Arc::new(Job {
         layout: layout.clone(),
         keyring,
         rewrite_tablespace_map: last
             .tablespaces
             .iter()
             .any(|t| layout.tablespaces.get(&t.oid) != Some(&t.location)),
-        dirs: Arc::new(
-            last.files
-                .iter()
-                .filter(|f| f.dir)
-                .map(|f| f.path.clone())
-                .collect(),
-        ),
+        dirs: last
+            .files
+            .iter()
+            .filter(|f| f.dir)
+            .map(|f| f.path.clone())
+            .collect(),
         // After a failure no new part starts and running ones stop at their
         // next entry; all are waited for, so that nothing writes into the
         // destination while a failed restore is being removed.
-        stop: Arc::new(AtomicBool::new(false)),
-    };
+        stop: AtomicBool::new(false),
+    });
     // Oldest first: a delta's page sets patch what its ancestors wrote.
     for (k, (manifest, actions)) in chain.iter().zip(sources).enumerate() {
         let is_last = k + 1 == chain.len();
@@ -274,9 +273,9 @@ struct Job {
     keyring: Option<Keyring>,
     rewrite_tablespace_map: bool,
     /// The directories of the restored backup: older backups' others are gone.
-    dirs: Arc<HashSet<String>>,
+    dirs: HashSet<String>,
     /// Set when a part failed: the others stop.
-    stop: Arc<AtomicBool>,
+    stop: AtomicBool,
 }
 
 fn files_by_part(manifest: &Manifest) -> HashMap<String, Vec<&FileEntry>> {
@@ -510,7 +509,7 @@ async fn extract_part(
     manifest: &Manifest,
     part: &PartEntry,
     expected: HashMap<String, (FileEntry, Action)>,
-    job: &Job,
+    job: &Arc<Job>,
 ) -> Result<(), BackupError> {
     let key = part_key(&manifest.name, &part.key)?;
     let stream = match ctx.storage.get(&key).await {
@@ -529,10 +528,7 @@ async fn extract_part(
     let extraction = Extraction {
         backup: manifest.name.clone(),
         part: part.clone(),
-        layout: job.layout.clone(),
-        rewrite_tablespace_map: job.rewrite_tablespace_map,
-        dirs: job.dirs.clone(),
-        stop: job.stop.clone(),
+        job: job.clone(),
     };
     // Two stages, each on its own core: decrypt, decompress and verify; then
     // extract, hash and write.
@@ -630,11 +626,7 @@ fn write_files(queue: std::sync::mpsc::Receiver<WriteOp>) -> Result<(), BackupEr
 struct Extraction {
     backup: String,
     part: PartEntry,
-    layout: Layout,
-    rewrite_tablespace_map: bool,
-    dirs: Arc<HashSet<String>>,
-    /// Set when another part failed: stop early.
-    stop: Arc<AtomicBool>,
+    job: Arc<Job>,
 }
 
 impl Extraction {
@@ -705,7 +697,7 @@ impl Extraction {
             let mut archive = tar::Archive::new(&mut reader);
             let entries = archive.entries().map_err(|e| self.read_error(e))?;
             for entry in entries {
-                if self.stop.load(Ordering::Relaxed) {
+                if self.job.stop.load(Ordering::Relaxed) {
                     return Err(self.damaged("stopped: another part failed".into()));
                 }
                 let mut entry = entry.map_err(|e| self.read_error(e))?;
@@ -715,8 +707,9 @@ impl Extraction {
                 match entry.header().entry_type() {
                     // The restored backup's directories exist already; an
                     // older backup's others were removed since.
-                    tar::EntryType::Directory if self.dirs.contains(&path) => {
-                        self.layout
+                    tar::EntryType::Directory if self.job.dirs.contains(&path) => {
+                        self.job
+                            .layout
                             .target(&path)
                             .map_err(|r| self.unsafe_entry(&path, r))?;
                     }
@@ -729,6 +722,7 @@ impl Extraction {
                             continue;
                         }
                         let target = self
+                            .job
                             .layout
                             .target(&path)
                             .map_err(|r| self.unsafe_entry(&path, r))?;
@@ -783,7 +777,7 @@ impl Extraction {
         let mut hasher = blake3::Hasher::new();
         let mut len = 0u64;
         let mut body = Vec::new();
-        let keep_body = path == "tablespace_map" && self.rewrite_tablespace_map;
+        let keep_body = path == "tablespace_map" && self.job.rewrite_tablespace_map;
         loop {
             let mut buf = bytes::BytesMut::zeroed(256 << 10);
             let n = match entry.read(&mut buf) {
@@ -882,7 +876,7 @@ impl Extraction {
         text.lines()
             .map(|line| {
                 let oid = line.split(' ').next().and_then(|o| o.parse::<u32>().ok());
-                match oid.and_then(|o| self.layout.tablespaces.get(&o).map(|p| (o, p))) {
+                match oid.and_then(|o| self.job.layout.tablespaces.get(&o).map(|p| (o, p))) {
                     Some((o, p)) => format!("{o} {}\n", p.display()),
                     None => format!("{line}\n"),
                 }

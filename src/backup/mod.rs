@@ -18,6 +18,7 @@ use std::path::PathBuf;
 use crate::codec::CodecError;
 use crate::pg::client::PgError;
 use crate::pg::datadir::DataDirError;
+use crate::pg::wal::{Lsn, Segment, SegmentSize, TimelineId, WalFileName};
 use crate::storage::{ObjectKey, StorageError};
 
 /// The manifest's key for backup `name`.
@@ -84,6 +85,10 @@ pub enum BackupError {
         entry: String,
         reason: &'static str,
     },
+    /// A stage of a pipeline found the next one gone; that one's error is
+    /// the cause, reported instead wherever it is known.
+    #[error("{0} stopped")]
+    StageStopped(&'static str),
     #[error("backup {name} cannot be restored: {reason}")]
     BrokenChain { name: String, reason: String },
     #[error("destination {0} is not empty; restore into an empty or new directory")]
@@ -109,6 +114,18 @@ impl BackupError {
             source: std::io::Error::other(e),
         }
     }
+}
+
+/// The WAL file holding `start`, the first a restore of a backup reads.
+pub(crate) fn start_wal_file(timeline: TimelineId, start: Lsn, size: SegmentSize) -> String {
+    WalFileName::Segment(Segment::containing(timeline, start, size)).to_string()
+}
+
+/// The WAL file holding the last byte before `stop`, the last one a backup
+/// needs to become consistent (PostgreSQL's `XLByteToPrevSeg`, as
+/// pg_backup_stop names it).
+pub(crate) fn stop_wal_segment(timeline: TimelineId, stop: Lsn, size: SegmentSize) -> Segment {
+    Segment::containing(timeline, Lsn(stop.0.saturating_sub(1)), size)
 }
 
 /// The host name, for manifests and lock holders.

@@ -24,8 +24,7 @@ use crate::codec::{
 use crate::pg::client::{PgSession, PgSettings};
 use crate::pg::datadir::{self, Entry};
 use crate::pg::page::PAGE_SIZE;
-use crate::pg::timeline::TimelineHistory;
-use crate::pg::wal::{Lsn, Segment, SegmentSize, TimelineId, WalFileName};
+use crate::pg::wal::{Lsn, SegmentSize, TimelineId, WalFileName};
 use crate::storage::{PutBody, PutMode, StorageError};
 
 /// What a backup-push does, from configuration and flags.
@@ -98,8 +97,7 @@ pub async fn push(ctx: &Context, opts: &PushOptions) -> Result<Manifest, BackupE
 
     let (start_time, label) = opts.start();
     let (start_lsn, timeline) = session.backup_start(&label, opts.fast_checkpoint).await?;
-    let start_file =
-        WalFileName::Segment(Segment::containing(timeline, start_lsn, segment_size)).to_string();
+    let start_file = super::start_wal_file(timeline, start_lsn, segment_size);
     let delta = choose_parent(ctx, opts, &session, server_id, start_lsn, timeline).await?;
     // As wal-g names them: a delta also names the WAL file its parent started in.
     let name = match &delta {
@@ -140,7 +138,7 @@ pub async fn push(ctx: &Context, opts: &PushOptions) -> Result<Manifest, BackupE
 
     let stop = session.backup_stop(opts.archive_timeout).await?;
     let stop_file =
-        WalFileName::Segment(Segment::containing(timeline, stop.lsn, segment_size)).to_string();
+        WalFileName::Segment(super::stop_wal_segment(timeline, stop.lsn, segment_size)).to_string();
     let control_path = pgdata.join("global/pg_control");
     let pg_control = std::fs::read(&control_path).map_err(BackupError::io(&control_path))?;
     let mut control_files = vec![
@@ -254,7 +252,7 @@ async fn choose_parent(
         ));
     }
     if latest.timeline != timeline {
-        let history = match read_history(ctx, timeline).await {
+        let history = match crate::wal::read_history(ctx, timeline).await {
             Ok(h) => h,
             // A push-only host may lack the identity to read it.
             Err(e) => return full(format!("cannot read timeline {timeline}'s history: {e}")),
@@ -267,28 +265,6 @@ async fn choose_parent(
         }
     }
     Ok(Some(DeltaBase::new(&latest)))
-}
-
-/// The archived history of `timeline`, if the archive has it.
-async fn read_history(
-    ctx: &Context,
-    timeline: TimelineId,
-) -> Result<Option<TimelineHistory>, BackupError> {
-    let name = WalFileName::History(timeline);
-    let key = crate::storage::ObjectKey::new(format!("wal/{name}"))?;
-    let bytes = match crate::storage::get_bytes(ctx.storage.as_ref(), &key).await {
-        Ok(b) => b,
-        Err(StorageError::NotFound { .. }) => return Ok(None),
-        Err(e) => return Err(e.into()),
-    };
-    let object = format!("{}/{key}", ctx.storage.location().trim_end_matches('/'));
-    let keyring = ctx.keyring()?;
-    let mut decoder = crate::codec::Decoder::new(&bytes[..], keyring.as_ref(), &object)?;
-    let mut text = String::new();
-    std::io::Read::read_to_string(&mut decoder, &mut text).map_err(CodecError::from_io)?;
-    TimelineHistory::parse(timeline, &text)
-        .map(Some)
-        .map_err(|e| BackupError::BadArgument(e.to_string()))
 }
 
 /// Stores a manifest: compressed, never encrypted (see `manifest.rs`).

@@ -25,7 +25,7 @@ use crate::pg::client::{PgError, PgSession, check_archiving};
 use crate::pg::datadir::Tablespace;
 use crate::pg::replication::{ReplicationConn, Reply};
 use crate::pg::wal::{Lsn, Segment, SegmentSize, TimelineId, WalFileName};
-use crate::storage::{ObjectKey, PutMode};
+use crate::storage::PutMode;
 
 /// Takes a base backup over a replication connection; returns its manifest.
 pub async fn push_remote(ctx: &Context, opts: &PushOptions) -> Result<Manifest, BackupError> {
@@ -84,8 +84,7 @@ pub async fn push_remote(ctx: &Context, opts: &PushOptions) -> Result<Manifest, 
     .await?;
     let (start_lsn, timeline) = position(&mut conn, "start").await?;
     let tablespaces = tablespace_rows(&mut conn).await?;
-    let start_file =
-        WalFileName::Segment(Segment::containing(timeline, start_lsn, segment_size)).to_string();
+    let start_file = super::start_wal_file(timeline, start_lsn, segment_size);
     let name = format!("base_{start_file}");
     tracing::info!(backup = %name, lsn = %start_lsn, server = system.system_identifier, "remote backup started");
     if ctx.storage.head(&manifest_key(&name)?).await?.is_some() {
@@ -184,12 +183,8 @@ pub async fn push_remote(ctx: &Context, opts: &PushOptions) -> Result<Manifest, 
     let mut files = files;
     files.extend(control_entries);
     parts.push(control);
-    let stop_file = WalFileName::Segment(Segment::containing(
-        timeline,
-        Lsn(stop_lsn.0.saturating_sub(1)),
-        segment_size,
-    ))
-    .to_string();
+    let stop_file =
+        WalFileName::Segment(super::stop_wal_segment(timeline, stop_lsn, segment_size)).to_string();
     let settings = ctx.config.codec();
     let manifest = Manifest {
         manifest_version: FULL_MANIFEST_VERSION,
@@ -383,10 +378,8 @@ async fn receive_archives(
             },
             Reply::CopyDone => {
                 finish(current.take())?;
-                if !modern && in_manifest {
-                    return Ok(manifest);
-                }
-                if modern {
+                // 15+ sends one COPY; before, the manifest's COPY is the last.
+                if modern || in_manifest {
                     return Ok(manifest);
                 }
             }
@@ -435,10 +428,8 @@ fn finish(current: Option<PipeWriter>) -> Result<(), BackupError> {
     }
 }
 
-const SPLITTER_GONE: &str = "the part builder stopped";
-
 fn splitter_gone() -> BackupError {
-    BackupError::BadArgument(SPLITTER_GONE.into())
+    BackupError::StageStopped("the part builder")
 }
 
 fn is_broken_pipe(e: &BackupError) -> bool {
@@ -447,7 +438,7 @@ fn is_broken_pipe(e: &BackupError) -> bool {
 }
 
 fn is_splitter_gone(e: &BackupError) -> bool {
-    matches!(e, BackupError::BadArgument(m) if m == SPLITTER_GONE)
+    matches!(e, BackupError::StageStopped(_))
 }
 
 /// Reads the command's end: the result sets after the stream, to Ready.
@@ -643,11 +634,11 @@ async fn wait_for_wal(
     timeout: Duration,
 ) -> Result<(), BackupError> {
     let first = Segment::containing(timeline, start, size);
-    let last = Segment::containing(timeline, Lsn(stop.0.saturating_sub(1)), size);
+    let last = super::stop_wal_segment(timeline, stop, size);
     let deadline = Instant::now() + timeout;
     let mut seg = first;
     loop {
-        let key = ObjectKey::new(format!("wal/{}", WalFileName::Segment(seg)))?;
+        let key = crate::wal::wal_key(&WalFileName::Segment(seg));
         if ctx.storage.head(&key).await?.is_some() {
             if seg == last {
                 return Ok(());

@@ -210,6 +210,21 @@ impl<R: Read> Read for Decoder<R> {
     }
 }
 
+/// Decodes a whole stored object held in memory (a manifest, a `.history`
+/// file): the counterpart of `encode_to_vec`.
+pub fn decode_to_vec(
+    stored: &[u8],
+    keyring: Option<&Keyring>,
+    object: &str,
+) -> Result<Vec<u8>, CodecError> {
+    let mut decoder = Decoder::new(stored, keyring, object)?;
+    let mut plain = Vec::new();
+    decoder
+        .read_to_end(&mut plain)
+        .map_err(CodecError::from_io)?;
+    Ok(plain)
+}
+
 fn age_error(e: age::DecryptError, object: &str, keyring: &Keyring) -> CodecError {
     match e {
         age::DecryptError::NoMatchingKeys => CodecError::WrongIdentity {

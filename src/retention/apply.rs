@@ -4,17 +4,16 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use futures::{StreamExt, TryStreamExt};
 use time::OffsetDateTime;
 
 use super::plan::{BackupInfo, Catalog, Deleted, Plan, UnfinishedBackup, WalObject};
 use crate::Context;
 use crate::backup::manifest::Manifest;
 use crate::backup::{BackupError, catalog};
-use crate::codec::{CodecError, Decoder};
-use crate::pg::timeline::{TimelineError, TimelineHistory};
+use crate::codec::CodecError;
+use crate::pg::timeline::TimelineHistory;
 use crate::pg::wal::{SegmentSize, WalFileName};
-use crate::storage::{ObjectKey, StorageError, get_bytes};
+use crate::storage::{ObjectKey, StorageError};
 
 /// Why retention could not read the archive or apply a plan.
 #[derive(Debug, thiserror::Error)]
@@ -26,7 +25,7 @@ pub enum RetentionError {
     #[error(transparent)]
     Codec(#[from] CodecError),
     #[error(transparent)]
-    Timeline(#[from] TimelineError),
+    Wal(#[from] crate::wal::WalError),
     #[error(transparent)]
     Plan(#[from] super::plan::PlanError),
     #[error("backup {name}: {what} in its manifest is not valid ({detail})")]
@@ -71,12 +70,7 @@ pub async fn load(ctx: &Context) -> Result<Loaded, RetentionError> {
         })
         .map(|(name, _)| name.clone())
         .collect();
-    let mut manifests: Vec<Manifest> =
-        futures::stream::iter(complete.iter().map(|n| catalog::load(ctx, n)))
-            .buffered(32)
-            .try_collect()
-            .await?;
-    manifests.sort_by(catalog::order);
+    let manifests = catalog::load_all(ctx, &complete).await?;
 
     let mut backups = Vec::with_capacity(manifests.len());
     for m in &manifests {
@@ -155,18 +149,15 @@ pub async fn read_histories(
     ctx: &Context,
     wal: &[WalObject],
 ) -> Result<BTreeMap<crate::pg::wal::TimelineId, TimelineHistory>, RetentionError> {
-    let keyring = ctx.keyring()?;
     let mut out = BTreeMap::new();
     for w in wal {
         let WalFileName::History(tli) = w.name else {
             continue;
         };
-        let bytes = get_bytes(ctx.storage.as_ref(), &w.key).await?;
-        let object = format!("{}/{}", ctx.storage.location().trim_end_matches('/'), w.key);
-        let mut decoder = Decoder::new(&bytes[..], keyring.as_ref(), &object)?;
-        let mut text = String::new();
-        std::io::Read::read_to_string(&mut decoder, &mut text).map_err(CodecError::from_io)?;
-        out.insert(tli, TimelineHistory::parse(tli, &text)?);
+        // Listed a moment ago; one that vanished since has nothing to say.
+        if let Some(h) = crate::wal::read_history(ctx, tli).await? {
+            out.insert(tli, h);
+        }
     }
     Ok(out)
 }

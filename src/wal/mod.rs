@@ -10,14 +10,36 @@ pub mod verify;
 use std::io;
 use std::path::{Path, PathBuf};
 
-use crate::codec::CodecError;
-use crate::pg::wal::{WalFileName, WalNameError};
-use crate::storage::{ObjectKey, StorageError};
+use crate::Context;
+use crate::codec::{CodecError, decode_to_vec};
+use crate::pg::timeline::{TimelineError, TimelineHistory};
+use crate::pg::wal::{TimelineId, WalFileName, WalNameError};
+use crate::storage::{ObjectKey, StorageError, get_bytes};
 
 /// The object key of a WAL file.
 pub fn wal_key(name: &WalFileName) -> ObjectKey {
     // A parsed WAL name is always a valid key segment.
     ObjectKey::new(format!("wal/{name}")).expect("WAL names are valid keys")
+}
+
+/// The archived history of timeline `tli`, parsed; `None` when the archive
+/// does not have it. Encrypted archives need the identity.
+pub async fn read_history(
+    ctx: &Context,
+    tli: TimelineId,
+) -> Result<Option<TimelineHistory>, WalError> {
+    let key = wal_key(&WalFileName::History(tli));
+    let bytes = match get_bytes(ctx.storage.as_ref(), &key).await {
+        Ok(b) => b,
+        Err(StorageError::NotFound { .. }) => return Ok(None),
+        Err(e) => return Err(e.into()),
+    };
+    let object = format!("{}/{key}", ctx.storage.location().trim_end_matches('/'));
+    let text = decode_to_vec(&bytes, ctx.keyring()?.as_ref(), &object)?;
+    Ok(Some(TimelineHistory::parse(
+        tli,
+        &String::from_utf8_lossy(&text),
+    )?))
 }
 
 /// `pg_wal/.cairn`: markers of segments pushed ahead, and prefetched segments.
@@ -61,6 +83,8 @@ pub enum WalError {
     Storage(#[from] StorageError),
     #[error(transparent)]
     Codec(#[from] CodecError),
+    #[error(transparent)]
+    Timeline(#[from] TimelineError),
 }
 
 impl WalError {

@@ -15,7 +15,8 @@ pub fn cairn_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_cairn"))
 }
 
-fn tools_dir() -> PathBuf {
+/// Where test.sh installs the servers and tools.
+pub fn tools_dir() -> PathBuf {
     std::env::var_os("TEST_TOOLS_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| {
