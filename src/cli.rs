@@ -133,6 +133,10 @@ pub enum Command {
         /// server send at most that); 0 for no limit [config: max_rate]
         #[arg(long, value_name = "BYTES")]
         max_rate: Option<u64>,
+        /// Push the outcome (success, duration, bytes) to this Prometheus
+        /// Pushgateway, e.g. http://pushgateway:9091 [config: metrics_push_url]
+        #[arg(long, value_name = "URL")]
+        metrics_push_url: Option<String>,
     },
     /// Restore a base backup into an empty directory
     BackupFetch {
@@ -146,6 +150,10 @@ pub enum Command {
         /// Put tablespace OID at PATH instead of its original location (repeatable)
         #[arg(long, value_name = "OID=PATH")]
         tablespace_map: Vec<String>,
+        /// Push the outcome (success, duration, bytes) to this Prometheus
+        /// Pushgateway, e.g. http://pushgateway:9091 [config: metrics_push_url]
+        #[arg(long, value_name = "URL")]
+        metrics_push_url: Option<String>,
     },
     /// List base backups, oldest first (by start time, then WAL position)
     BackupList {
@@ -170,6 +178,10 @@ pub enum Command {
         /// Carry the plan out (without it, nothing is deleted)
         #[arg(long, global = true)]
         confirm: bool,
+        /// Push the outcome (success, duration, bytes) to this Prometheus
+        /// Pushgateway, e.g. http://pushgateway:9091 [config: metrics_push_url]
+        #[arg(long, global = true, value_name = "URL")]
+        metrics_push_url: Option<String>,
     },
     /// Check that the archive holds every WAL segment from each backup's start
     /// to the newest segment, following timeline switches
@@ -177,6 +189,10 @@ pub enum Command {
         /// The report as JSON
         #[arg(long)]
         json: bool,
+        /// Push the outcome (success, duration, bytes) to this Prometheus
+        /// Pushgateway, e.g. http://pushgateway:9091 [config: metrics_push_url]
+        #[arg(long, value_name = "URL")]
+        metrics_push_url: Option<String>,
     },
     /// Internal: the background worker wal-fetch starts for prefetching
     #[command(hide = true)]
@@ -185,6 +201,23 @@ pub enum Command {
         dir: PathBuf,
         names: Vec<String>,
     },
+}
+
+impl Command {
+    /// The command's name, as typed (a metrics label).
+    pub fn name(&self) -> &'static str {
+        match self {
+            Command::WalPush { .. } => "wal-push",
+            Command::WalFetch { .. } => "wal-fetch",
+            Command::BackupPush { .. } => "backup-push",
+            Command::BackupFetch { .. } => "backup-fetch",
+            Command::BackupList { .. } => "backup-list",
+            Command::BackupMark { .. } => "backup-mark",
+            Command::Delete { .. } => "delete",
+            Command::WalVerify { .. } => "wal-verify",
+            Command::WalPrefetch { .. } => "wal-prefetch",
+        }
+    }
 }
 
 /// What `cairn delete` deletes.

@@ -87,6 +87,14 @@ pub struct Config {
     pub delta_max_steps: u32,
     /// Bytes per second backup-push reads (or the server sends), 0: no limit.
     pub max_rate: u64,
+    /// How often backup-push and backup-fetch log their progress when stderr
+    /// is not a terminal; 0: never.
+    pub progress_interval: Duration,
+    /// The Pushgateway backup-push, backup-fetch, delete and wal-verify push
+    /// their outcome to (`http://host:9091`).
+    pub metrics_push_url: Option<String>,
+    /// The node_exporter textfile (`*.prom`) wal-push keeps its counters in.
+    pub metrics_textfile: Option<PathBuf>,
 }
 
 pub const DEFAULT_STORAGE: &str = "file:///var/lib/cairn";
@@ -119,6 +127,9 @@ impl Default for Config {
             backup_archive_timeout: Duration::from_secs(600),
             delta_max_steps: 0,
             max_rate: 0,
+            progress_interval: Duration::from_secs(30),
+            metrics_push_url: None,
+            metrics_textfile: None,
         }
     }
 }
@@ -269,6 +280,34 @@ impl Config {
                     )));
                 }
                 self.max_rate = rate;
+            }
+            "metrics_push_url" => {
+                let url = string(v).map_err(bad)?;
+                match url::Url::parse(&url) {
+                    Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => {}
+                    _ => {
+                        return Err(bad(
+                            "expected the Pushgateway's http:// or https:// URL, such as \
+                             http://pushgateway:9091"
+                                .into(),
+                        ));
+                    }
+                }
+                self.metrics_push_url = Some(url);
+            }
+            "metrics_textfile" => {
+                let path = PathBuf::from(string(v).map_err(bad)?);
+                if path.extension().is_none_or(|e| e != "prom") || !path.is_absolute() {
+                    return Err(bad(format!(
+                        "{}: expected an absolute path ending in .prom (node_exporter's \
+                         textfile collector reads only those)",
+                        path.display()
+                    )));
+                }
+                self.metrics_textfile = Some(path);
+            }
+            "progress_interval" => {
+                self.progress_interval = Duration::from_secs(number(v, 0, 86_400).map_err(bad)?)
             }
             _ => {
                 return Err(ConfigError::UnknownKey {
@@ -517,6 +556,28 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("age_recipients"), "{e}");
+        let e = Config::load(
+            None,
+            vec![],
+            vec![flag("metrics_push_url", "pushgateway:9091")],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("--metrics-push-url") && e.contains("http://"),
+            "{e}"
+        );
+        let e = Config::load(
+            None,
+            env(&[("CAIRN_METRICS_TEXTFILE", "/tmp/cairn.txt")]),
+            vec![],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("CAIRN_METRICS_TEXTFILE") && e.contains(".prom"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -569,6 +630,7 @@ mod tests {
         assert_eq!(c.backup_archive_timeout, d.backup_archive_timeout);
         assert_eq!(c.delta_max_steps, d.delta_max_steps);
         assert_eq!(c.max_rate, d.max_rate);
+        assert_eq!(c.progress_interval, d.progress_interval);
         let pg = Config::load(
             None,
             Vec::new(),

@@ -6,7 +6,9 @@
 pub mod backup;
 pub mod codec;
 pub mod config;
+pub mod metrics;
 pub mod pg;
+pub mod progress;
 pub mod retention;
 pub mod storage;
 pub mod wal;
@@ -17,10 +19,13 @@ use codec::{CodecError, Keyring};
 use config::Config;
 use storage::{Storage, StorageError};
 
-/// What a command runs with: the configuration and the opened storage.
+/// What a command runs with: the configuration, the opened storage, and
+/// where to report progress.
 pub struct Context {
     pub config: Config,
     pub storage: Arc<dyn Storage>,
+    /// Silent unless the binary shows progress.
+    pub progress: progress::SharedProgress,
     keyring: OnceLock<Option<Keyring>>,
 }
 
@@ -30,6 +35,7 @@ impl Context {
         Ok(Context {
             config,
             storage,
+            progress: Arc::new(progress::Silent),
             keyring: OnceLock::new(),
         })
     }
@@ -46,4 +52,17 @@ impl Context {
         };
         Ok(self.keyring.get_or_init(|| loaded).clone())
     }
+}
+
+/// An error with its causes, `: `-separated: HTTP clients' top-level errors
+/// ("error sending request") rarely say why.
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
 }

@@ -3,6 +3,7 @@
 //! prints or chooses exit codes.
 
 mod cli;
+mod display;
 
 use std::path::Path;
 use std::process::ExitCode;
@@ -13,6 +14,7 @@ use clap::Parser;
 use cairn::Context;
 use cairn::backup;
 use cairn::config::{Config, LogFormat};
+use cairn::metrics::Metric;
 use cairn::wal::{self, WalError};
 use cli::{Cli, Command, DeletePolicy};
 
@@ -29,16 +31,18 @@ fn main() -> ExitCode {
         Command::BackupPush { .. } | Command::BackupFetch { .. }
     ));
     let is_fetch = matches!(cli.command, Command::WalFetch { .. });
+    // Hidden until a backup or restore shows it; log lines lift it off the screen.
+    let bar = indicatif::ProgressBar::hidden();
     let config = match load_config(&cli) {
         Ok(c) => c,
         Err(e) => {
             // Reported like every other error, in the default log format.
-            init_logging(&Config::default());
+            init_logging(&Config::default(), &bar);
             tracing::error!("{e:#}");
             return failure_code(is_fetch, false);
         }
     };
-    init_logging(&config);
+    init_logging(&config, &bar);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -49,7 +53,7 @@ fn main() -> ExitCode {
             return failure_code(is_fetch, false);
         }
     };
-    match runtime.block_on(run(cli, config)) {
+    match runtime.block_on(run(cli, config, bar)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             let not_found = matches!(
@@ -111,24 +115,32 @@ fn load_config(cli: &Cli) -> anyhow::Result<Config> {
         .clone()
         .or_else(|| std::env::var_os("CAIRN_CONFIG").map(Into::into));
     let mut flags = cli.global.settings();
-    let (key, value) = match &cli.command {
-        Command::WalPush { lookahead, .. } => ("wal_push_lookahead", lookahead),
-        Command::WalFetch { prefetch, .. } => ("wal_fetch_prefetch", prefetch),
-        _ => ("", &None),
+    // Command flags that stand for configuration keys: (key, flag, value).
+    let command_flags = match &cli.command {
+        Command::WalPush { lookahead, .. } => vec![("wal_push_lookahead", "lookahead", lookahead)],
+        Command::WalFetch { prefetch, .. } => vec![("wal_fetch_prefetch", "prefetch", prefetch)],
+        Command::BackupPush {
+            metrics_push_url, ..
+        }
+        | Command::BackupFetch {
+            metrics_push_url, ..
+        }
+        | Command::Delete {
+            metrics_push_url, ..
+        }
+        | Command::WalVerify {
+            metrics_push_url, ..
+        } => vec![("metrics_push_url", "metrics-push-url", metrics_push_url)],
+        _ => Vec::new(),
     };
-    if let Some(v) = value {
-        flags.push(cairn::config::Setting {
-            key: key.into(),
-            value: serde_yaml::Value::String(v.clone()),
-            source: cairn::config::Source::Flag(
-                if key.starts_with("wal_push") {
-                    "lookahead"
-                } else {
-                    "prefetch"
-                }
-                .into(),
-            ),
-        });
+    for (key, flag, value) in command_flags {
+        if let Some(v) = value {
+            flags.push(cairn::config::Setting {
+                key: key.into(),
+                value: serde_yaml::Value::String(v.clone()),
+                source: cairn::config::Source::Flag(flag.into()),
+            });
+        }
     }
     let env = std::env::vars_os()
         .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)));
@@ -177,7 +189,8 @@ fn restore_command(global: &cli::GlobalArgs) -> anyhow::Result<String> {
 }
 
 /// `cairn delete …`: prints the plan; carries it out with `--confirm`.
-async fn delete(ctx: &Context, policy: DeletePolicy, confirm: bool) -> anyhow::Result<()> {
+/// Returns what it deleted, for metrics.
+async fn delete(ctx: &Context, policy: DeletePolicy, confirm: bool) -> anyhow::Result<Vec<Metric>> {
     use cairn::retention::{self, BeforeTarget, Policy, Retain};
     let policy = match policy {
         DeletePolicy::Retain {
@@ -221,7 +234,7 @@ async fn delete(ctx: &Context, policy: DeletePolicy, confirm: bool) -> anyhow::R
         if !plan.is_empty() {
             println!("Dry run: nothing was deleted. Run again with --confirm to delete.");
         }
-        return Ok(());
+        return Ok(Vec::new());
     }
     let deleted = retention::apply::apply(ctx, &plan, &loaded.manifests).await?;
     tracing::info!(
@@ -230,7 +243,45 @@ async fn delete(ctx: &Context, policy: DeletePolicy, confirm: bool) -> anyhow::R
         wal = summary.wal_deleted,
         "retention applied"
     );
-    Ok(())
+    Ok(vec![
+        Metric::gauge(
+            "cairn_last_deleted_backups",
+            "Backups the last successful delete removed.",
+            summary.backups_deleted as f64,
+        ),
+        Metric::gauge(
+            "cairn_last_deleted_wal_files",
+            "WAL files the last successful delete removed.",
+            summary.wal_deleted as f64,
+        ),
+        Metric::gauge(
+            "cairn_last_deleted_objects",
+            "Objects (backup parts, manifests, WAL files) the last successful delete removed.",
+            deleted as f64,
+        ),
+    ])
+}
+
+/// wal-verify's findings, pushed whether or not it passed (a gap is what
+/// an alert wants to see).
+fn verify_figures(report: &wal::verify::Report) -> Vec<Metric> {
+    vec![
+        Metric::gauge(
+            "cairn_wal_verify_backups",
+            "Backups wal-verify checked.",
+            report.backups.len() as f64,
+        ),
+        Metric::gauge(
+            "cairn_wal_verify_missing_segments",
+            "WAL segments that backups need for recovery to the newest segment and the archive lacks.",
+            report.gaps.iter().map(|g| g.segments).sum::<u64>() as f64,
+        ),
+        Metric::gauge(
+            "cairn_wal_verify_missing_histories",
+            "Timeline history files that backups need and the archive lacks.",
+            report.missing_histories.len() as f64,
+        ),
+    ]
 }
 
 /// backup-list's table.
@@ -290,9 +341,9 @@ fn human_bytes(n: u64) -> String {
     }
 }
 
-fn init_logging(config: &Config) {
+fn init_logging(config: &Config, bar: &indicatif::ProgressBar) {
     let builder = tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
+        .with_writer(display::LogWriter { bar: bar.clone() })
         .with_max_level(config.log_level)
         .with_target(false)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
@@ -303,11 +354,98 @@ fn init_logging(config: &Config) {
     }
 }
 
-async fn run(cli: Cli, config: Config) -> anyhow::Result<()> {
-    let ctx = Context::open(config).await?;
+/// What a command measured, for its metrics.
+#[derive(Default)]
+struct Figures {
+    /// Pushed to the Pushgateway with the run's outcome.
+    metrics: Vec<Metric>,
+    /// wal-push: what it uploaded, for the textfile.
+    wal: wal::push::Uploaded,
+}
+
+/// How long a metrics push may take: a down Pushgateway must not hold up
+/// a backup's exit for long.
+const METRICS_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Runs the command, then delivers its metrics (which never change its outcome).
+async fn run(cli: Cli, config: Config, bar: indicatif::ProgressBar) -> anyhow::Result<()> {
+    let command = cli.command.name();
+    // A dry run of delete deletes nothing: it is not retention running.
+    let pushes = match &cli.command {
+        Command::Delete { confirm, .. } => *confirm,
+        Command::BackupPush { .. } | Command::BackupFetch { .. } | Command::WalVerify { .. } => {
+            true
+        }
+        _ => false,
+    };
+    let push_url = config.metrics_push_url.clone().filter(|_| pushes);
+    let textfile = config
+        .metrics_textfile
+        .clone()
+        .filter(|_| matches!(cli.command, Command::WalPush { .. }));
+    let storage = config.storage.to_string();
+    let started = std::time::Instant::now();
+    let mut figures = Figures::default();
+    let result = execute(cli, config, bar, &mut figures).await;
+    let duration = started.elapsed();
+    let finished = std::time::SystemTime::now();
+    if let Some(path) = textfile {
+        let run = cairn::metrics::WalPushRun {
+            storage: storage.clone(),
+            succeeded: result.is_ok(),
+            files_uploaded: figures.wal.files,
+            bytes_raw: figures.wal.raw,
+            bytes_stored: figures.wal.stored,
+            duration,
+            finished: Some(finished),
+        };
+        let updated =
+            tokio::task::spawn_blocking(move || cairn::metrics::update_textfile(&path, &run)).await;
+        match updated {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!("{e}"),
+            Err(e) => tracing::warn!("metrics textfile update failed: {e}"),
+        }
+    }
+    if let Some(url) = push_url {
+        let run = cairn::metrics::Run {
+            command,
+            storage,
+            succeeded: result.is_ok(),
+            finished,
+            duration,
+            figures: figures.metrics,
+        };
+        if let Err(e) = cairn::metrics::push(&url, &run, METRICS_TIMEOUT).await {
+            tracing::warn!("{e}");
+        }
+    }
+    result
+}
+
+async fn execute(
+    cli: Cli,
+    config: Config,
+    bar: indicatif::ProgressBar,
+    figures: &mut Figures,
+) -> anyhow::Result<()> {
+    let mut ctx = Context::open(config).await?;
+    let what = match cli.command {
+        Command::BackupPush { .. } => Some("backup"),
+        Command::BackupFetch { .. } => Some("restore"),
+        _ => None,
+    };
+    if let Some(what) = what {
+        let mode = display::Mode::choose(
+            ctx.config.log_format == LogFormat::Json,
+            ctx.config.progress_interval,
+        );
+        ctx.progress = display::Display::new(mode, what, bar).attach();
+    }
     match cli.command {
         Command::WalPush { path, .. } => {
             let report = wal::push::push(&ctx, &path, ctx.config.wal_push_lookahead).await?;
+            figures.wal = report.uploaded;
             tracing::debug!(file = %report.name, outcome = ?report.outcome, pushed_ahead = report.pushed_ahead, "archived");
         }
         Command::WalFetch { name, dest, .. } => {
@@ -328,6 +466,7 @@ async fn run(cli: Cli, config: Config) -> anyhow::Result<()> {
             full,
             remote,
             max_rate,
+            metrics_push_url: _,
         } => {
             let max_rate = max_rate.unwrap_or(ctx.config.max_rate);
             if max_rate > 0 && max_rate < 32 << 10 {
@@ -392,6 +531,18 @@ async fn run(cli: Cli, config: Config) -> anyhow::Result<()> {
                 parts = m.parts.len(),
                 "backup complete"
             );
+            figures.metrics = vec![
+                Metric::gauge(
+                    "cairn_last_bytes_raw",
+                    "Bytes of data the last successful run backed up or restored, before compression.",
+                    m.raw_size as f64,
+                ),
+                Metric::gauge(
+                    "cairn_last_bytes_stored",
+                    "Bytes the last successful backup stored, after compression and encryption.",
+                    m.stored_size as f64,
+                ),
+            ];
             println!("{}", m.name);
         }
         Command::BackupFetch {
@@ -399,6 +550,7 @@ async fn run(cli: Cli, config: Config) -> anyhow::Result<()> {
             name,
             recovery_target,
             tablespace_map,
+            metrics_push_url: _,
         } => {
             let recovery_target = recovery_target
                 .map(|t| t.parse::<backup::fetch::RecoveryTarget>())
@@ -424,6 +576,11 @@ async fn run(cli: Cli, config: Config) -> anyhow::Result<()> {
                 raw_bytes = m.raw_size,
                 "restore complete"
             );
+            figures.metrics = vec![Metric::gauge(
+                "cairn_last_bytes_raw",
+                "Bytes of data the last successful run backed up or restored, before compression.",
+                m.raw_size as f64,
+            )];
             println!("{}", m.name);
         }
         Command::BackupList { json } => {
@@ -448,9 +605,12 @@ async fn run(cli: Cli, config: Config) -> anyhow::Result<()> {
                 tracing::info!(backup = %n, "marked {state}");
             }
         }
-        Command::Delete { policy, confirm } => delete(&ctx, policy, confirm).await?,
-        Command::WalVerify { json } => {
+        Command::Delete {
+            policy, confirm, ..
+        } => figures.metrics = delete(&ctx, policy, confirm).await?,
+        Command::WalVerify { json, .. } => {
             let report = wal::verify::verify(&ctx).await?;
+            figures.metrics = verify_figures(&report);
             if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {

@@ -27,7 +27,7 @@ use std::io::{self, Read, Seek, SeekFrom};
 use std::os::unix::fs::FileExt;
 
 use super::manifest::{FileEntry, Manifest, Stored};
-use super::rate::{Paced, RateLimit};
+use super::rate::{Paced, Reads};
 use crate::pg::datadir::is_relation_file;
 use crate::pg::page::{PAGE_SIZE, page_lsn};
 use crate::pg::wal::Lsn;
@@ -82,7 +82,7 @@ impl DeltaBase {
         path: &str,
         file: &mut File,
         size: u64,
-        limit: Option<&RateLimit>,
+        reads: Reads<'_>,
     ) -> io::Result<FilePlan> {
         let Some(old) = self.files.get(path) else {
             return Ok(FilePlan::Whole);
@@ -92,7 +92,7 @@ impl DeltaBase {
                 // A page being added as we look: store it all, replay mends it.
                 FilePlan::Whole
             } else {
-                let pages = changed_pages(file, size, old.size, self.from_lsn, limit)?;
+                let pages = changed_pages(file, size, old.size, self.from_lsn, reads)?;
                 if pages.is_empty() && size == old.size {
                     FilePlan::Unchanged {
                         blake3: String::new(),
@@ -106,7 +106,7 @@ impl DeltaBase {
         } else {
             let mut hasher = blake3::Hasher::new();
             io::copy(
-                &mut Paced::new(Read::by_ref(file).take(size), limit),
+                &mut Paced::new(Read::by_ref(file).take(size), reads),
                 &mut hasher,
             )?;
             let digest = crate::codec::hex(hasher.finalize().as_bytes());
@@ -142,7 +142,7 @@ fn changed_pages(
     size: u64,
     parent_size: u64,
     from: Lsn,
-    limit: Option<&RateLimit>,
+    reads: Reads<'_>,
 ) -> io::Result<Vec<u32>> {
     let mut pages = Vec::new();
     let mut buf = vec![0u8; 128 * PAGE_SIZE];
@@ -151,9 +151,7 @@ fn changed_pages(
     while at < size {
         let want = buf.len().min((size - at) as usize);
         let n = read_full(file, &mut buf[..want])?;
-        if let Some(l) = limit {
-            l.take(n);
-        }
+        reads.took(n);
         if n == 0 {
             break; // shrunk since the walk; replay truncates it again
         }
@@ -382,7 +380,9 @@ mod tests {
         let b = base(&[("base/5/16384", 4 * PAGE_SIZE as u64, "")]);
         let mut f = File::open(&path).unwrap();
         let size = 5 * PAGE_SIZE as u64;
-        let plan = b.plan_file("base/5/16384", &mut f, size, None).unwrap();
+        let plan = b
+            .plan_file("base/5/16384", &mut f, size, Reads::FREE)
+            .unwrap();
         assert_eq!(plan, FilePlan::Pages(vec![1, 2, 4]));
         let FilePlan::Pages(pages) = plan else {
             unreachable!()
@@ -425,7 +425,7 @@ mod tests {
         ]);
         let mut f = File::open(&rel).unwrap();
         let plan = b
-            .plan_file("base/5/16384", &mut f, 2 * PAGE_SIZE as u64, None)
+            .plan_file("base/5/16384", &mut f, 2 * PAGE_SIZE as u64, Reads::FREE)
             .unwrap();
         assert_eq!(
             plan,
@@ -435,24 +435,25 @@ mod tests {
         );
         let mut f = File::open(&conf).unwrap();
         assert_eq!(
-            b.plan_file("postgresql.conf", &mut f, 4, None).unwrap(),
+            b.plan_file("postgresql.conf", &mut f, 4, Reads::FREE)
+                .unwrap(),
             FilePlan::Unchanged { blake3: same }
         );
         let mut f = File::open(&conf).unwrap();
         assert_eq!(
-            b.plan_file("pg_hba.conf", &mut f, 4, None).unwrap(),
+            b.plan_file("pg_hba.conf", &mut f, 4, Reads::FREE).unwrap(),
             FilePlan::Whole
         );
         let mut f = File::open(&conf).unwrap();
         assert_eq!(
-            b.plan_file("new_file", &mut f, 4, None).unwrap(),
+            b.plan_file("new_file", &mut f, 4, Reads::FREE).unwrap(),
             FilePlan::Whole
         );
         // A shrunk relation keeps no pages but a new length.
         let mut f = File::open(&rel).unwrap();
         let b = base(&[("base/5/16384", 3 * PAGE_SIZE as u64, "")]);
         let plan = b
-            .plan_file("base/5/16384", &mut f, 2 * PAGE_SIZE as u64, None)
+            .plan_file("base/5/16384", &mut f, 2 * PAGE_SIZE as u64, Reads::FREE)
             .unwrap();
         assert_eq!(plan, FilePlan::Pages(vec![]));
     }

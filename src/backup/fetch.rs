@@ -204,20 +204,36 @@ async fn restore(
         // next entry; all are waited for, so that nothing writes into the
         // destination while a failed restore is being removed.
         stop: AtomicBool::new(false),
+        progress: ctx.progress.clone(),
     });
+    // Parts holding nothing this restore needs are not read.
+    let by_part: Vec<_> = chain.iter().map(files_by_part).collect();
+    let needed: Vec<Vec<&PartEntry>> = chain
+        .iter()
+        .zip(sources)
+        .zip(&by_part)
+        .map(|((manifest, actions), by_part)| {
+            manifest
+                .parts
+                .iter()
+                .filter(|p| {
+                    by_part
+                        .get(&p.key)
+                        .is_some_and(|files| files.iter().any(|f| actions.contains_key(&f.path)))
+                })
+                .collect()
+        })
+        .collect();
+    ctx.progress.begin(
+        needed.iter().flatten().map(|p| p.raw_size).sum(),
+        Some(needed.iter().map(Vec::len).sum::<usize>() as u64),
+    );
     // Oldest first: a delta's page sets patch what its ancestors wrote.
-    for (k, (manifest, actions)) in chain.iter().zip(sources).enumerate() {
+    for (k, ((manifest, actions), by_part)) in chain.iter().zip(sources).zip(&by_part).enumerate() {
         let is_last = k + 1 == chain.len();
-        let by_part = files_by_part(manifest);
-        let needed = |p: &PartEntry| {
-            by_part
-                .get(&p.key)
-                .is_some_and(|files| files.iter().any(|f| actions.contains_key(&f.path)))
-        };
-        let (control, data): (Vec<&PartEntry>, Vec<&PartEntry>) = manifest
-            .parts
+        let (control, data): (Vec<&PartEntry>, Vec<&PartEntry>) = needed[k]
             .iter()
-            .filter(|p| needed(p))
+            .copied()
             .partition(|p| p.control && is_last);
         let empty = Vec::new();
         let planned = |p: &PartEntry| -> HashMap<String, (FileEntry, Action)> {
@@ -259,6 +275,7 @@ async fn restore(
             extract_part(ctx, manifest, p, planned(p), &job).await?;
         }
     }
+    ctx.progress.end();
     layout.finish(last)?;
     if let Some(target) = &opts.recovery_target {
         write_recovery_settings(&layout.dest, target, &opts.restore_command, &last.name)?;
@@ -276,6 +293,7 @@ struct Job {
     dirs: HashSet<String>,
     /// Set when a part failed: the others stop.
     stop: AtomicBool,
+    progress: crate::progress::SharedProgress,
 }
 
 fn files_by_part(manifest: &Manifest) -> HashMap<String, Vec<&FileEntry>> {
@@ -547,7 +565,9 @@ async fn extract_part(
     // input end, the extractor its writer stop.
     decoded.map_err(BackupError::task)??;
     written.map_err(BackupError::task)??;
-    extracted.map_err(BackupError::task)?
+    extracted.map_err(BackupError::task)??;
+    ctx.progress.part_done();
+    Ok(())
 }
 
 /// Chunks waiting for the writer: with 256 KiB chunks, 2 MiB per part.
@@ -649,6 +669,7 @@ impl Extraction {
                     return Err(err);
                 }
             };
+            self.job.progress.advance(chunk.len() as u64);
             if writer.send_bytes(chunk).is_err() {
                 // The extractor stopped; its error is the one to report.
                 return Ok(());

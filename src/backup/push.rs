@@ -13,7 +13,7 @@ use futures::{StreamExt, TryStreamExt};
 
 use super::delta::DeltaBase;
 use super::manifest::{FULL_MANIFEST_VERSION, FileEntry, MANIFEST_VERSION, Manifest, PartEntry};
-use super::rate::RateLimit;
+use super::rate::{RateLimit, Reads};
 use super::tar_split::{ControlFile, plan, write_control_part, write_part};
 use super::{BackupError, catalog, manifest_key, part_key};
 use crate::Context;
@@ -126,6 +126,10 @@ pub async fn push(ctx: &Context, opts: &PushOptions) -> Result<Manifest, BackupE
     let (entries, tablespaces) = walked;
     let planned = plan(&entries, opts.part_size);
     let data_parts = planned.len();
+    ctx.progress.begin(
+        entries.iter().map(Entry::size).sum(),
+        Some(data_parts as u64),
+    );
     let shared_delta = delta.clone().map(std::sync::Arc::new);
     let limit = RateLimit::new(opts.max_rate).map(std::sync::Arc::new);
     let uploaded: Vec<(PartEntry, Vec<FileEntry>)> =
@@ -134,6 +138,7 @@ pub async fn push(ctx: &Context, opts: &PushOptions) -> Result<Manifest, BackupE
             .buffered(opts.concurrency.max(1))
             .try_collect()
             .await?;
+    ctx.progress.end();
     // An error above drops the session, which aborts the backup on the server.
 
     let stop = session.backup_stop(opts.archive_timeout).await?;
@@ -305,9 +310,17 @@ async fn upload_part(
     delta: Option<std::sync::Arc<DeltaBase>>,
     limit: Option<std::sync::Arc<RateLimit>>,
 ) -> Result<(PartEntry, Vec<FileEntry>), BackupError> {
-    let build =
-        move |w: PipeWriter| write_part(&entries, index, delta.as_deref(), limit.as_deref(), w);
-    upload(ctx, backup, part_name(index), false, build).await
+    let progress = ctx.progress.clone();
+    let build = move |w: PipeWriter| {
+        let reads = Reads {
+            limit: limit.as_deref(),
+            progress: &*progress,
+        };
+        write_part(&entries, index, delta.as_deref(), reads, w)
+    };
+    let uploaded = upload(ctx, backup, part_name(index), false, build).await?;
+    ctx.progress.part_done();
+    Ok(uploaded)
 }
 
 pub(crate) async fn upload_control_part(

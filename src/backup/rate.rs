@@ -1,9 +1,12 @@
-//! `--max-rate`: a pace for reading the data directory, shared by every part
-//! builder, so that a backup does not starve the database of disk bandwidth
-//! (what is uploaded is at most what was read, so it paces the network too).
+//! Reads of the data directory, metered: `--max-rate` paces them, shared by
+//! every part builder, so that a backup does not starve the database of disk
+//! bandwidth (what is uploaded is at most what was read, so it paces the
+//! network too); and they are the backup's progress.
 
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
+
+use crate::progress::{Progress, Silent};
 
 /// Lets readers through at no more than `rate` bytes per second.
 #[derive(Debug)]
@@ -38,24 +41,55 @@ impl RateLimit {
     }
 }
 
-/// A reader paced by an optional [`RateLimit`].
+/// What every read of the data directory goes through: the optional rate
+/// limit, and the progress the bytes read stand for.
+#[derive(Clone, Copy)]
+pub struct Reads<'a> {
+    pub limit: Option<&'a RateLimit>,
+    pub progress: &'a dyn Progress,
+}
+
+impl<'a> Reads<'a> {
+    /// Neither paced nor counted.
+    pub const FREE: Reads<'static> = Reads {
+        limit: None,
+        progress: &Silent,
+    };
+
+    /// `n` bytes were read: counts them, and waits as the rate asks.
+    pub fn took(&self, n: usize) {
+        self.progress.advance(n as u64);
+        if let Some(l) = self.limit {
+            l.take(n);
+        }
+    }
+
+    /// The same pace for bytes that were already counted (a delta's changed
+    /// pages, read again after the scan that found them).
+    pub fn recount(self) -> Reads<'a> {
+        Reads {
+            limit: self.limit,
+            progress: &Silent,
+        }
+    }
+}
+
+/// A reader metered by [`Reads`].
 pub struct Paced<'a, R> {
     inner: R,
-    limit: Option<&'a RateLimit>,
+    reads: Reads<'a>,
 }
 
 impl<'a, R> Paced<'a, R> {
-    pub fn new(inner: R, limit: Option<&'a RateLimit>) -> Self {
-        Paced { inner, limit }
+    pub fn new(inner: R, reads: Reads<'a>) -> Self {
+        Paced { inner, reads }
     }
 }
 
 impl<R: std::io::Read> std::io::Read for Paced<'_, R> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         let n = self.inner.read(buf)?;
-        if let Some(l) = self.limit {
-            l.take(n);
-        }
+        self.reads.took(n);
         Ok(n)
     }
 }

@@ -25,6 +25,7 @@ use crate::pg::client::{PgError, PgSession, check_archiving};
 use crate::pg::datadir::Tablespace;
 use crate::pg::replication::{ReplicationConn, Reply};
 use crate::pg::wal::{Lsn, Segment, SegmentSize, TimelineId, WalFileName};
+use crate::progress::Progress;
 use crate::storage::PutMode;
 
 /// Takes a base backup over a replication connection; returns its manifest.
@@ -80,13 +81,15 @@ pub async fn push_remote(ctx: &Context, opts: &PushOptions) -> Result<Manifest, 
         &label,
         opts.fast_checkpoint,
         opts.max_rate,
+        ctx.progress.shown(),
     ))
     .await?;
     let (start_lsn, timeline) = position(&mut conn, "start").await?;
-    let tablespaces = tablespace_rows(&mut conn).await?;
+    let (tablespaces, estimate) = tablespace_rows(&mut conn).await?;
     let start_file = super::start_wal_file(timeline, start_lsn, segment_size);
     let name = format!("base_{start_file}");
     tracing::info!(backup = %name, lsn = %start_lsn, server = system.system_identifier, "remote backup started");
+    ctx.progress.begin(estimate, None);
     if ctx.storage.head(&manifest_key(&name)?).await?.is_some() {
         return Err(BackupError::Exists {
             name,
@@ -110,7 +113,9 @@ pub async fn push_remote(ctx: &Context, opts: &PushOptions) -> Result<Manifest, 
             tokio::select! {
                 next = part_rx.recv(), if open => match next {
                     Some((index, reader)) => running.push(async move {
-                        (index, store_part(ctx, backup, part_name(index), false, reader).await)
+                        let stored = store_part(ctx, backup, part_name(index), false, reader).await;
+                        ctx.progress.part_done();
+                        (index, stored)
                     }),
                     None => open = false,
                 },
@@ -127,8 +132,9 @@ pub async fn push_remote(ctx: &Context, opts: &PushOptions) -> Result<Manifest, 
     // here, must go on meanwhile.
     let runtime = tokio::runtime::Handle::current();
     let listed = tablespaces.clone();
+    let progress = ctx.progress.clone();
     let receive = tokio::task::spawn_blocking(move || {
-        let received = runtime.block_on(receive_archives(&mut conn, archives, &listed));
+        let received = runtime.block_on(receive_archives(&mut conn, archives, &listed, &*progress));
         (conn, received)
     });
     let (receive, uploaded) = futures::join!(receive, uploads);
@@ -150,6 +156,7 @@ pub async fn push_remote(ctx: &Context, opts: &PushOptions) -> Result<Manifest, 
         (Err(e), _) | (_, Err(e)) => return Err(e),
     };
     let pg_manifest = received?;
+    ctx.progress.end();
     let (stop_lsn, _) = position(&mut conn, "end").await?;
     finish_query(&mut conn).await?;
 
@@ -227,21 +234,30 @@ pub async fn push_remote(ctx: &Context, opts: &PushOptions) -> Result<Manifest, 
 /// `BASE_BACKUP` as the server's version spells it: the option list on 15+,
 /// keywords before. No WAL in the stream (the archive has it), the server's
 /// manifest, the tablespace map, and no waiting for archiving inside the
-/// command: cairn waits for the archive itself, with its own timeout.
-fn base_backup_command(version_num: u32, label: &str, fast: bool, max_rate: u64) -> String {
+/// command: cairn waits for the archive itself, with its own timeout. With
+/// `progress`, the server first estimates the size (a walk of its directories).
+fn base_backup_command(
+    version_num: u32,
+    label: &str,
+    fast: bool,
+    max_rate: u64,
+    progress: bool,
+) -> String {
     let label = label.replace('\'', "''");
     // The server paces in kB/s, from 32 kB/s to 1 GB/s.
     let rate = (max_rate > 0).then(|| (max_rate / 1024).clamp(32, 1_048_576));
     if version_num >= 150000 {
         format!(
             "BASE_BACKUP (LABEL '{label}', CHECKPOINT '{}', WAIT false, MANIFEST 'yes', \
-             TABLESPACE_MAP true{})",
+             TABLESPACE_MAP true{}{})",
             if fast { "fast" } else { "spread" },
-            rate.map_or_else(String::new, |r| format!(", MAX_RATE {r}"))
+            rate.map_or_else(String::new, |r| format!(", MAX_RATE {r}")),
+            if progress { ", PROGRESS true" } else { "" }
         )
     } else {
         format!(
-            "BASE_BACKUP LABEL '{label}'{} NOWAIT{} MANIFEST 'yes' TABLESPACE_MAP",
+            "BASE_BACKUP LABEL '{label}'{}{} NOWAIT{} MANIFEST 'yes' TABLESPACE_MAP",
+            if progress { " PROGRESS" } else { "" },
             if fast { " FAST" } else { "" },
             rate.map_or_else(String::new, |r| format!(" MAX_RATE {r}"))
         )
@@ -281,20 +297,30 @@ async fn position(
 }
 
 /// The tablespace result set: `(oid, location, size)`, the data directory
-/// itself as a row without an OID.
-async fn tablespace_rows(conn: &mut ReplicationConn) -> Result<Vec<Tablespace>, BackupError> {
+/// itself as a row without an OID; with the total size in bytes, estimated
+/// by the server (0 without `PROGRESS`).
+async fn tablespace_rows(
+    conn: &mut ReplicationConn,
+) -> Result<(Vec<Tablespace>, u64), BackupError> {
     match conn.next_reply().await? {
-        Reply::Rows(rows) => Ok(rows
-            .iter()
-            .filter_map(|r| {
-                let oid = r.first()?.as_deref()?.parse().ok()?;
-                let location = r.get(1)?.as_deref()?;
-                Some(Tablespace {
-                    oid,
-                    location: location.into(),
+        Reply::Rows(rows) => {
+            let kilobytes: u64 = rows
+                .iter()
+                .filter_map(|r| r.get(2)?.as_deref()?.parse::<u64>().ok())
+                .sum();
+            let tablespaces = rows
+                .iter()
+                .filter_map(|r| {
+                    let oid = r.first()?.as_deref()?.parse().ok()?;
+                    let location = r.get(1)?.as_deref()?;
+                    Some(Tablespace {
+                        oid,
+                        location: location.into(),
+                    })
                 })
-            })
-            .collect()),
+                .collect();
+            Ok((tablespaces, kilobytes * 1024))
+        }
         _ => Err(PgError::Query {
             what: "BASE_BACKUP",
             message: "no tablespace list in the server's answer".into(),
@@ -309,6 +335,7 @@ async fn receive_archives(
     conn: &mut ReplicationConn,
     archives: SyncSender<(String, PipeReader)>,
     tablespaces: &[Tablespace],
+    progress: &dyn Progress,
 ) -> Result<Option<Vec<u8>>, BackupError> {
     let modern = conn.version_num >= 150000;
     // Before 15, one COPY per tablespace in the order of the list (the data
@@ -348,6 +375,7 @@ async fn receive_archives(
                         .get_or_insert_with(Vec::new)
                         .extend_from_slice(&data);
                 } else {
+                    progress.advance(data.len() as u64);
                     send(&mut current, data)?;
                 }
             }
@@ -360,7 +388,10 @@ async fn receive_archives(
                 Some(b'd') if in_manifest => manifest
                     .get_or_insert_with(Vec::new)
                     .extend_from_slice(&data[1..]),
-                Some(b'd') => send(&mut current, data.slice(1..))?,
+                Some(b'd') => {
+                    progress.advance(data.len() as u64 - 1);
+                    send(&mut current, data.slice(1..))?
+                }
                 Some(b'm') => {
                     finish(current.take())?;
                     in_manifest = true;
@@ -683,21 +714,21 @@ mod tests {
     #[test]
     fn base_backup_commands_follow_the_server_version() {
         assert_eq!(
-            base_backup_command(150004, "it's", true, 0),
+            base_backup_command(150004, "it's", true, 0, false),
             "BASE_BACKUP (LABEL 'it''s', CHECKPOINT 'fast', WAIT false, MANIFEST 'yes', \
              TABLESPACE_MAP true)"
         );
         assert_eq!(
-            base_backup_command(140009, "x", false, 0),
-            "BASE_BACKUP LABEL 'x' NOWAIT MANIFEST 'yes' TABLESPACE_MAP"
+            base_backup_command(140009, "x", false, 0, true),
+            "BASE_BACKUP LABEL 'x' PROGRESS NOWAIT MANIFEST 'yes' TABLESPACE_MAP"
         );
         assert_eq!(
-            base_backup_command(170000, "x", true, 50 << 20),
+            base_backup_command(170000, "x", true, 50 << 20, true),
             "BASE_BACKUP (LABEL 'x', CHECKPOINT 'fast', WAIT false, MANIFEST 'yes', \
-             TABLESPACE_MAP true, MAX_RATE 51200)"
+             TABLESPACE_MAP true, MAX_RATE 51200, PROGRESS true)"
         );
         assert_eq!(
-            base_backup_command(120000, "x", true, 1000),
+            base_backup_command(120000, "x", true, 1000, false),
             "BASE_BACKUP LABEL 'x' FAST NOWAIT MAX_RATE 32 MANIFEST 'yes' TABLESPACE_MAP"
         );
     }

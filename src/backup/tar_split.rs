@@ -10,7 +10,7 @@ use std::path::Path;
 
 use crate::backup::delta::{DeltaBase, FilePlan, PageSetReader};
 use crate::backup::manifest::{FileEntry, Stored};
-use crate::backup::rate::{Paced, RateLimit};
+use crate::backup::rate::{Paced, Reads};
 use crate::codec::hex;
 use crate::pg::datadir::{Entry, EntryKind};
 
@@ -48,7 +48,7 @@ pub fn write_part<W: Write>(
     entries: &[Entry],
     part: usize,
     delta: Option<&DeltaBase>,
-    limit: Option<&RateLimit>,
+    reads: Reads<'_>,
     out: W,
 ) -> io::Result<(Vec<FileEntry>, W)> {
     let mut tar = tar::Builder::new(out);
@@ -83,7 +83,7 @@ pub fn write_part<W: Write>(
                     .len();
                 let how = match delta {
                     Some(d) => d
-                        .plan_file(&e.path, &mut file, size, limit)
+                        .plan_file(&e.path, &mut file, size, reads)
                         .map_err(|err| annotate(err, &e.source))?,
                     None => FilePlan::Whole,
                 };
@@ -109,7 +109,7 @@ pub fn write_part<W: Write>(
                             e.mode,
                             e.mtime,
                             size,
-                            Paced::new(file.take(size), limit),
+                            Paced::new(file.take(size), reads),
                             &e.source,
                         )?;
                     }
@@ -117,7 +117,7 @@ pub fn write_part<W: Write>(
                         let count = pages.len() as u64;
                         let set = PageSetReader::new(&file, size, pages);
                         let len = set.len();
-                        let set = Paced::new(set, limit);
+                        let set = Paced::new(set, reads.recount());
                         entry.blake3 =
                             append_file(&mut tar, &e.path, e.mode, e.mtime, len, set, &e.source)?;
                         entry.stored = Stored::Pages {
@@ -300,7 +300,7 @@ mod tests {
         e.source = p.clone();
         let mut gone = file("gone", 1);
         gone.source = d.path().join("gone");
-        let (files, tar) = write_part(&[e, gone], 0, None, None, Vec::new()).unwrap();
+        let (files, tar) = write_part(&[e, gone], 0, None, Reads::FREE, Vec::new()).unwrap();
         assert_eq!(files.len(), 1);
         assert_eq!(files[0].blake3, hex(blake3::hash(b"hello").as_bytes()));
         let mut a = tar::Archive::new(&tar[..]);

@@ -59,6 +59,16 @@ pub struct Entry {
     pub mtime: i64,
 }
 
+impl Entry {
+    /// Bytes of file data (0 for a directory), as of the walk.
+    pub fn size(&self) -> u64 {
+        match self.kind {
+            EntryKind::File { size } => size,
+            EntryKind::Dir => 0,
+        }
+    }
+}
+
 /// A tablespace: `pg_tblspc/<oid>` links to `location`.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Tablespace {

@@ -117,7 +117,7 @@ impl GcsStorage {
             },
             GcsError::HttpClient(h) | GcsError::RawResponse(h, _) => {
                 let status = h.status().map(|s| s.as_u16());
-                let message = error_chain(&e);
+                let message = crate::error_chain(&e);
                 match status {
                     Some(404) => StorageError::NotFound { key, location },
                     Some(412) => StorageError::AlreadyExists { key, location },
@@ -139,7 +139,7 @@ impl GcsStorage {
                 op,
                 key,
                 location,
-                message: error_chain(&e),
+                message: crate::error_chain(&e),
             },
         }
     }
@@ -230,17 +230,6 @@ impl GcsStorage {
     }
 }
 
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut src = e.source();
-    while let Some(c) = src {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        src = c.source();
-    }
-    s
-}
-
 #[async_trait]
 impl Storage for GcsStorage {
     fn location(&self) -> &str {
@@ -292,9 +281,9 @@ impl Storage for GcsStorage {
                     .map_err(|e| self.error("get", key.as_str(), e))
             })
             .await?;
-        Ok(Box::pin(
-            stream.map_err(|e| std::io::Error::other(error_chain(&e))),
-        ))
+        Ok(Box::pin(stream.map_err(|e| {
+            std::io::Error::other(crate::error_chain(&e))
+        })))
     }
 
     async fn head(&self, key: &ObjectKey) -> Result<Option<ObjectMeta>, StorageError> {

@@ -185,6 +185,17 @@ pub enum StorageUrl {
     Gcs { bucket: String, prefix: String },
 }
 
+/// The URL as the backends name their location (`file:///…`, `s3://bucket/prefix/`).
+impl std::fmt::Display for StorageUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StorageUrl::File(root) => write!(f, "file://{}", root.display()),
+            StorageUrl::S3 { bucket, prefix } => write!(f, "s3://{bucket}/{prefix}"),
+            StorageUrl::Gcs { bucket, prefix } => write!(f, "gs://{bucket}/{prefix}"),
+        }
+    }
+}
+
 impl StorageUrl {
     pub fn parse(s: &str) -> Result<Self, String> {
         let url = url::Url::parse(s).map_err(|e| format!("{s:?} is not a URL: {e}"))?;

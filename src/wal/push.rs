@@ -36,6 +36,27 @@ pub struct Report {
     pub outcome: Outcome,
     /// Segments pushed ahead by this call.
     pub pushed_ahead: usize,
+    /// What this call uploaded (the file asked for, if it was, and the
+    /// segments pushed ahead): files, bytes before and after encoding.
+    pub uploaded: Uploaded,
+}
+
+/// Files and bytes uploaded.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Uploaded {
+    pub files: u64,
+    pub raw: u64,
+    pub stored: u64,
+}
+
+impl Uploaded {
+    fn add(self, other: Uploaded) -> Uploaded {
+        Uploaded {
+            files: self.files + other.files,
+            raw: self.raw + other.raw,
+            stored: self.stored + other.stored,
+        }
+    }
 }
 
 /// Archives the WAL file at `path` (relative to the data directory, as `%p` is).
@@ -61,6 +82,7 @@ pub async fn push(ctx: &Context, path: &Path, lookahead: usize) -> Result<Report
                 name,
                 outcome: Outcome::PushedAhead,
                 pushed_ahead: 0,
+                uploaded: Uploaded::default(),
             });
         }
         tracing::warn!(file = %path.display(), "lookahead marker does not match the file; pushing it again");
@@ -81,29 +103,32 @@ pub async fn push(ctx: &Context, path: &Path, lookahead: usize) -> Result<Report
             let (budget, markers) = (&budget, &markers);
             async move {
                 match push_one(ctx, p.clone(), n, budget).await {
-                    Ok((_, digest)) => match record_marker(markers, &n, digest) {
-                        Ok(()) => true,
+                    Ok(pushed) => match record_marker(markers, &n, pushed.digest) {
+                        Ok(()) => (1, pushed.uploaded),
                         Err(e) => {
                             tracing::warn!(segment = %n, error = %e, "could not record lookahead marker");
-                            false
+                            (0, pushed.uploaded)
                         }
                     },
                     Err(e) => {
                         // Not fatal: PostgreSQL will ask for this segment itself.
                         tracing::warn!(segment = %n, error = %e, "lookahead push failed");
-                        false
+                        (0, Uploaded::default())
                     }
                 }
             }
         })
         .buffer_unordered(lookahead.max(1))
-        .fold(0usize, |n, ok| async move { n + usize::from(ok) });
-    let (current, pushed_ahead) = futures::join!(current, others);
-    let (outcome, _) = current?;
+        .fold((0usize, Uploaded::default()), |(n, up), (ok, u)| async move {
+            (n + ok, up.add(u))
+        });
+    let (current, (pushed_ahead, ahead_uploaded)) = futures::join!(current, others);
+    let current = current?;
     Ok(Report {
         name,
-        outcome,
+        outcome: current.outcome,
         pushed_ahead,
+        uploaded: current.uploaded.add(ahead_uploaded),
     })
 }
 
@@ -124,12 +149,19 @@ fn memory_cost(ctx: &Context, settings: &CodecSettings, size: u64) -> u32 {
     (bytes.div_ceil(1 << 10)).min(BUDGET_KIB) as u32
 }
 
+/// One file's push: what happened, the file's digest, what was uploaded.
+struct Pushed {
+    outcome: Outcome,
+    digest: PlainDigest,
+    uploaded: Uploaded,
+}
+
 async fn push_one(
     ctx: &Context,
     path: PathBuf,
     name: WalFileName,
     budget: &Semaphore,
-) -> Result<(Outcome, PlainDigest), WalError> {
+) -> Result<Pushed, WalError> {
     let settings = ctx.config.codec();
     let size = tokio::fs::metadata(&path)
         .await
@@ -157,14 +189,26 @@ async fn push_one(
     })?;
     match put {
         Ok(()) => {
-            encoding?;
-            Ok((Outcome::Uploaded, digest))
+            let (_, stored) = encoding?;
+            Ok(Pushed {
+                outcome: Outcome::Uploaded,
+                digest,
+                uploaded: Uploaded {
+                    files: 1,
+                    raw: digest.len,
+                    stored,
+                },
+            })
         }
         Err(StorageError::AlreadyExists { .. }) => {
             let archived = archived_digest(ctx, &name).await?;
             if archived == Some(digest) {
                 tracing::debug!(file = %name, "already archived with identical contents");
-                Ok((Outcome::AlreadyArchived, digest))
+                Ok(Pushed {
+                    outcome: Outcome::AlreadyArchived,
+                    digest,
+                    uploaded: Uploaded::default(),
+                })
             } else {
                 Err(WalError::Conflict {
                     name: name.to_string(),

@@ -336,6 +336,117 @@ impl Drop for GcsServer {
     }
 }
 
+/// A program scripts/test.sh installs from Debian packages, found on PATH.
+fn system_tool(name: &str, package: &str) -> PathBuf {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| {
+            panic!("{name} is not installed: run scripts/test.sh, which installs {package}")
+        })
+}
+
+/// A Prometheus Pushgateway (Debian's prometheus-pushgateway), in memory.
+pub struct Pushgateway {
+    child: Child,
+    pub port: u16,
+}
+
+impl Pushgateway {
+    pub fn start() -> Self {
+        let port = free_port();
+        let mut child = Command::new(system_tool(
+            "prometheus-pushgateway",
+            "prometheus-pushgateway",
+        ))
+        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+        // Debian's build persists to a file in /var/lib by default.
+        .arg("--persistence.file=")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+        wait_for_port(port, &mut child, "prometheus-pushgateway");
+        Pushgateway { child, port }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for Pushgateway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// node_exporter (Debian's prometheus-node-exporter) with only its textfile
+/// collector, reading `dir`.
+pub struct NodeExporter {
+    child: Child,
+    pub port: u16,
+}
+
+impl NodeExporter {
+    pub fn start(dir: &Path) -> Self {
+        let port = free_port();
+        let mut child = Command::new(system_tool(
+            "prometheus-node-exporter",
+            "prometheus-node-exporter",
+        ))
+        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+        .arg("--collector.disable-defaults")
+        .arg("--collector.textfile")
+        .arg(format!("--collector.textfile.directory={}", dir.display()))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+        wait_for_port(port, &mut child, "prometheus-node-exporter");
+        NodeExporter { child, port }
+    }
+}
+
+impl Drop for NodeExporter {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The body of an HTTP GET of `path` on 127.0.0.1:`port` (HTTP/1.0, so the
+/// server closes the connection after it).
+pub fn http_get(port: u16, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    write!(s, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").unwrap();
+    let mut response = String::new();
+    s.read_to_string(&mut response).unwrap();
+    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
+    assert!(
+        head.starts_with("HTTP/1.0 200") || head.starts_with("HTTP/1.1 200"),
+        "GET {path}: {head}"
+    );
+    body.to_string()
+}
+
+/// The value of the series `name{…}` whose labels include all of `labels`
+/// (`key="value"` each), in a Prometheus text exposition.
+pub fn sample(text: &str, name: &str, labels: &[&str]) -> Option<f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            let (n, rest) = series.split_once('{').unwrap_or((series, ""));
+            (n == name && labels.iter().all(|want| rest.contains(want)))
+                .then(|| value.parse().ok())?
+        })
+        .next()
+}
+
 /// Which storage an archive lives on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {

@@ -1,0 +1,299 @@
+//! How the binary shows the progress of backup-push and backup-fetch: a bar
+//! (bytes, parts, rate, ETA) when stderr is a terminal; a plain log line
+//! every `progress_interval` seconds when it is not (cron mail, a pod's log);
+//! nothing with JSON logs, whose readers want events, not chatter.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+use cairn::progress::Progress;
+
+/// How progress is shown.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    Bar,
+    Lines(Duration),
+    Off,
+}
+
+impl Mode {
+    /// A bar on a terminal, log lines elsewhere (none if `interval` is 0), nothing for JSON logs.
+    pub fn choose(json_logs: bool, interval: Duration) -> Mode {
+        if json_logs {
+            Mode::Off
+        } else if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+            Mode::Bar
+        } else if interval.is_zero() {
+            Mode::Off
+        } else {
+            Mode::Lines(interval)
+        }
+    }
+}
+
+/// Parts not known beforehand (a remote backup's).
+const UNKNOWN: u64 = u64::MAX;
+
+/// A command's progress, as counted by the library, and its presentation.
+pub struct Display {
+    mode: Mode,
+    /// What is going on, for log lines: "backup", "restore".
+    what: &'static str,
+    bar: ProgressBar,
+    begun: OnceLock<Instant>,
+    total: AtomicU64,
+    parts_total: AtomicU64,
+    bytes: AtomicU64,
+    parts: AtomicU64,
+    ended: AtomicBool,
+    ticker: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+impl Display {
+    /// `bar` is the one the log writer suspends (see [`LogWriter`]).
+    pub fn new(mode: Mode, what: &'static str, bar: ProgressBar) -> Arc<Display> {
+        Arc::new(Display {
+            mode,
+            what,
+            bar,
+            begun: OnceLock::new(),
+            total: AtomicU64::new(0),
+            parts_total: AtomicU64::new(UNKNOWN),
+            bytes: AtomicU64::new(0),
+            parts: AtomicU64::new(0),
+            ended: AtomicBool::new(false),
+            ticker: Mutex::new(None),
+        })
+    }
+
+    fn parts_message(&self) -> String {
+        let done = self.parts.load(Ordering::Relaxed);
+        match self.parts_total.load(Ordering::Relaxed) {
+            UNKNOWN if done == 1 => "1 part".to_string(),
+            UNKNOWN => format!("{done} parts"),
+            total => format!("{done}/{total} parts"),
+        }
+    }
+
+    /// One log line: "412.0 MiB of 1.4 GiB (29%), 3/12 parts, 180.3 MiB/s, about 6 s left".
+    fn line(&self) -> String {
+        let bytes = self.bytes.load(Ordering::Relaxed);
+        let total = self.total.load(Ordering::Relaxed);
+        let elapsed = self.begun.get().map_or(Duration::ZERO, Instant::elapsed);
+        let rate = if elapsed.as_secs_f64() > 0.0 {
+            bytes as f64 / elapsed.as_secs_f64()
+        } else {
+            0.0
+        };
+        let mut out = crate::human_bytes(bytes);
+        if total > 0 {
+            out.push_str(&format!(
+                " of {} ({}%)",
+                crate::human_bytes(total),
+                (bytes.min(total) * 100) / total
+            ));
+        }
+        out.push_str(&format!(
+            ", {}, {}/s",
+            self.parts_message(),
+            crate::human_bytes(rate as u64)
+        ));
+        let left = if rate > 0.0 {
+            total.saturating_sub(bytes) as f64 / rate
+        } else {
+            0.0
+        };
+        if left >= 1.0 {
+            out.push_str(&format!(", about {} left", human_duration(left)));
+        }
+        out
+    }
+
+    fn start_ticker(self: &Arc<Self>, every: Duration) {
+        let me = Arc::downgrade(self);
+        let handle = std::thread::spawn(move || {
+            loop {
+                std::thread::park_timeout(every);
+                let Some(d) = me.upgrade() else { return };
+                if d.ended.load(Ordering::Relaxed) {
+                    return;
+                }
+                // park_timeout may wake early: only report on time.
+                let due = d.begun.get().is_some_and(|b| b.elapsed() >= every);
+                if due {
+                    tracing::info!("{} progress: {}", d.what, d.line());
+                }
+            }
+        });
+        if let Ok(mut t) = self.ticker.lock() {
+            *t = Some(handle);
+        }
+    }
+
+    /// Starts showing progress: for the ticker, which needs the `Arc`.
+    pub fn attach(self: &Arc<Self>) -> Arc<dyn Progress> {
+        Arc::new(Attached(self.clone()))
+    }
+}
+
+/// The [`Progress`] the library gets: the display, able to start its ticker.
+struct Attached(Arc<Display>);
+
+impl Progress for Attached {
+    fn shown(&self) -> bool {
+        self.0.mode != Mode::Off
+    }
+
+    fn begin(&self, bytes: u64, parts: Option<u64>) {
+        let d = &self.0;
+        d.total.store(bytes, Ordering::Relaxed);
+        d.parts_total
+            .store(parts.unwrap_or(UNKNOWN), Ordering::Relaxed);
+        if d.begun.set(Instant::now()).is_err() {
+            return;
+        }
+        match d.mode {
+            Mode::Bar => {
+                let template = if bytes > 0 {
+                    "{spinner} {bytes}/{total_bytes} [{wide_bar}] {binary_bytes_per_sec}, ETA {eta}, {msg}"
+                } else {
+                    "{spinner} {bytes}, {binary_bytes_per_sec}, {elapsed}, {msg}"
+                };
+                if let Ok(style) = ProgressStyle::with_template(template) {
+                    d.bar.set_style(style.progress_chars("=> "));
+                }
+                d.bar.set_length(bytes);
+                d.bar.set_message(d.parts_message());
+                d.bar.set_draw_target(ProgressDrawTarget::stderr());
+                d.bar.enable_steady_tick(Duration::from_millis(200));
+            }
+            Mode::Lines(every) => d.start_ticker(every),
+            Mode::Off => {}
+        }
+    }
+
+    fn advance(&self, bytes: u64) {
+        let d = &self.0;
+        let now = d.bytes.fetch_add(bytes, Ordering::Relaxed) + bytes;
+        if d.mode == Mode::Bar {
+            // A remote backup's estimate can be short of the truth.
+            if d.bar.length().is_some_and(|l| l > 0 && now > l) {
+                d.bar.set_length(now);
+            }
+            d.bar.set_position(now);
+        }
+    }
+
+    fn part_done(&self) {
+        let d = &self.0;
+        d.parts.fetch_add(1, Ordering::Relaxed);
+        if d.mode == Mode::Bar {
+            d.bar.set_message(d.parts_message());
+        }
+    }
+
+    fn end(&self) {
+        let d = &self.0;
+        if d.ended.swap(true, Ordering::Relaxed) {
+            return;
+        }
+        match d.mode {
+            Mode::Bar => d.bar.finish_and_clear(),
+            Mode::Lines(_) => {
+                if let Some(t) = d.ticker.lock().ok().and_then(|mut t| t.take()) {
+                    t.thread().unpark();
+                }
+                if d.begun.get().is_some() {
+                    tracing::info!("{} progress: {}", d.what, d.line());
+                }
+            }
+            Mode::Off => {}
+        }
+    }
+}
+
+impl Drop for Attached {
+    /// A failed command never calls `end`: the bar must not stay on screen.
+    fn drop(&mut self) {
+        self.0.ended.store(true, Ordering::Relaxed);
+        self.0.bar.finish_and_clear();
+    }
+}
+
+fn human_duration(seconds: f64) -> String {
+    let s = seconds.round() as u64;
+    match s {
+        0..60 => format!("{s} s"),
+        60..3600 => format!("{} min {} s", s / 60, s % 60),
+        _ => format!("{} h {} min", s / 3600, (s % 3600) / 60),
+    }
+}
+
+/// Where log lines go: stderr, with the progress bar (if any) lifted off the
+/// screen while a line is written, so the two do not garble each other.
+#[derive(Clone)]
+pub struct LogWriter {
+    pub bar: ProgressBar,
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for LogWriter {
+    type Writer = LogLine<'a>;
+    fn make_writer(&'a self) -> Self::Writer {
+        LogLine { bar: &self.bar }
+    }
+}
+
+/// One log event being written (the formatter writes it whole, at once).
+pub struct LogLine<'a> {
+    bar: &'a ProgressBar,
+}
+
+impl std::io::Write for LogLine<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.bar
+            .suspend(|| std::io::stderr().lock().write_all(buf))?;
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        std::io::stderr().flush()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lines_say_how_far_how_fast_and_how_long() {
+        let d = Display::new(
+            Mode::Lines(Duration::from_secs(3600)),
+            "backup",
+            ProgressBar::hidden(),
+        );
+        let p = d.attach();
+        p.begin(4 << 30, Some(4));
+        p.advance(1 << 30);
+        p.part_done();
+        let line = d.line();
+        assert!(
+            line.starts_with("1.0 GiB of 4.0 GiB (25%), 1/4 parts, "),
+            "{line}"
+        );
+        assert!(line.contains("/s, about "), "{line}");
+        p.end();
+        // Unknown totals (a remote backup's parts; no size estimate).
+        let d = Display::new(Mode::Off, "backup", ProgressBar::hidden());
+        let p = d.attach();
+        p.begin(0, None);
+        p.advance(2048);
+        p.part_done();
+        let line = d.line();
+        assert!(line.starts_with("2.0 KiB, 1 part, "), "{line}");
+        assert!(!line.contains("left"), "{line}");
+        assert_eq!(human_duration(59.6), "1 min 0 s");
+        assert_eq!(human_duration(7322.0), "2 h 2 min");
+    }
+}
