@@ -8,8 +8,8 @@ mod common;
 use std::time::Duration;
 
 use common::drill::{
-    archiving_primary, destroy, fails, fetch_to, list, ok, push, restore_latest_and_compare,
-    start_restored, stderr, wait_archived,
+    archiving_primary, destroy, fails, list, ok, push, restore_latest_and_compare, start_restored,
+    stderr, wait_archived,
 };
 use common::{Archive, Backend, Cluster, TestDir};
 
@@ -108,14 +108,16 @@ fn a_role_without_replication_is_refused() {
     );
 }
 
-/// A streaming standby (archive_mode = always) backed up remotely: the
-/// backup's end is archived once the primary moves on; the drill restores it.
+/// A streaming standby (archive_mode = always), backed up remotely and
+/// locally: each backup's end is archived once the primary moves on; the
+/// drill restores each, replays the primary's later pgbench workload, and
+/// compares dumps.
 #[test]
-fn remote_backup_of_a_standby() {
+fn remote_and_local_backups_of_a_standby() {
     let t = TestDir::new();
     let a = Archive::new(Backend::File).with("CAIRN_BACKUP_PART_SIZE", "4194304");
     let (mut primary, pg) = archiving_primary(&t, &a);
-    primary.sql("create table t as select g from generate_series(1, 100000) g");
+    primary.pgbench(&["-i", "-s", "2", "-q"]);
     let standby_dir = t.path().join("standby");
     primary.basebackup(&standby_dir);
     let mut standby = Cluster::existing(&t, standby_dir.clone());
@@ -139,30 +141,69 @@ fn remote_backup_of_a_standby() {
     });
     let on_standby = pg.clone_with("PGPORT", &standby.port.to_string());
 
-    // The standby cannot end a segment itself: the primary switches until the
-    // backup has seen its end archived.
-    let mut push = on_standby.spawn_cairn(&["backup-push", "--remote"], t.path());
-    let out = loop {
-        if let Some(out) = common::drill::poll_output(&mut push) {
-            break out;
-        }
-        primary.sql("select pg_switch_wal()");
-        std::thread::sleep(Duration::from_millis(300));
+    // The standby cannot end a segment itself: the primary switches until
+    // each backup has seen its end archived.
+    let backup = |args: &[&str], what: &str| {
+        let mut push = on_standby.spawn_cairn(args, t.path());
+        let out = loop {
+            if let Some(out) = common::drill::poll_output(&mut push) {
+                break out;
+            }
+            primary.sql("select pg_switch_wal()");
+            std::thread::sleep(Duration::from_millis(300));
+        };
+        ok(&out, what)
     };
-    let name = ok(&out, "backup-push --remote of the standby");
-    primary.sql("insert into t select g from generate_series(100001, 200000) g");
-    let sum = primary.sql("select sum(g) from t");
+    let remote = backup(
+        &["backup-push", "--remote"],
+        "backup-push --remote of the standby",
+    );
+    // No checkpoint from the primary since: a backup would start where that
+    // one did, under its name. Refused, saying why and what to do.
+    let local_args = ["backup-push", standby_dir.to_str().unwrap()];
+    fails(
+        &on_standby.cairn(&local_args, t.path()),
+        "run CHECKPOINT on the primary",
+    );
+    primary.sql("checkpoint");
+    let checkpointed = primary.sql("select pg_current_wal_lsn()");
+    standby.wait_until("the checkpoint's replay", Duration::from_secs(60), |s| {
+        s.sql(&format!(
+            "select pg_last_wal_replay_lsn() >= '{checkpointed}'::pg_lsn"
+        )) == "t"
+    });
+    let local = backup(&local_args, "backup-push of the standby's data directory");
+    let backups = list(&pg, &t);
+    assert_eq!(backups.len(), 2);
+    assert_eq!(backups[0]["remote"], true);
+    assert_ne!(backups[1]["remote"], true);
+
+    primary.pgbench(&["-c", "2", "-t", "200"]);
+    let dump = primary.dumpall();
+    primary.sql("checkpoint");
     wait_archived(&primary);
     standby.stop();
     destroy(&mut primary);
     let data = primary.datadir.clone();
-    let fetched = ok(
-        &fetch_to(&pg, &t, &data, &["--recovery-target", "latest"]),
-        "backup-fetch",
-    );
-    assert_eq!(fetched, name);
-    let restored = start_restored(&t, &a, &data);
-    assert_eq!(restored.sql("select sum(g) from t"), sum);
+    for name in [remote, local] {
+        let fetched = ok(
+            &pg.cairn(
+                &[
+                    "backup-fetch",
+                    data.to_str().unwrap(),
+                    &name,
+                    "--recovery-target",
+                    "latest",
+                ],
+                t.path(),
+            ),
+            "backup-fetch",
+        );
+        assert_eq!(fetched, name);
+        let mut restored = start_restored(&t, &a, &data);
+        common::assert_same_dump(&restored.dumpall(), &dump, &name);
+        destroy(&mut restored);
+    }
 }
 
 /// A remote backup killed midway leaves parts but no manifest: it does not

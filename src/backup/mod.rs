@@ -31,6 +31,24 @@ pub fn part_key(name: &str, part: &str) -> Result<ObjectKey, StorageError> {
     ObjectKey::new(format!("basebackups/{name}/{part}"))
 }
 
+/// Refuses to start backup `name` when one of that name (so with the same
+/// start position) exists: on a standby, saying why that happens there.
+pub(crate) async fn check_name_free(
+    ctx: &crate::Context,
+    name: &str,
+    standby: bool,
+) -> Result<(), BackupError> {
+    if ctx.storage.head(&manifest_key(name)?).await?.is_none() {
+        return Ok(());
+    }
+    let (name, location) = (name.to_string(), ctx.storage.location().to_string());
+    Err(if standby {
+        BackupError::StandbyStartTaken { name, location }
+    } else {
+        BackupError::Exists { name, location }
+    })
+}
+
 /// Why a backup command failed.
 #[derive(Debug, thiserror::Error)]
 pub enum BackupError {
@@ -55,6 +73,13 @@ pub enum BackupError {
     Locked { path: PathBuf, holder: String },
     #[error("backup {name} already exists in {location}; refusing to overwrite it")]
     Exists { name: String, location: String },
+    #[error(
+        "backup {name} already exists in {location}: on a standby a backup starts at the last \
+         restartpoint, and no checkpoint has come from the primary since that backup started, \
+         so it (with the archived WAL) already restores to now; for a new one anyway, run \
+         CHECKPOINT on the primary and try again"
+    )]
+    StandbyStartTaken { name: String, location: String },
     #[error("no backup named {name} in {location} (cairn backup-list shows the backups)")]
     NoSuchBackup { name: String, location: String },
     #[error("no backups in {location}")]

@@ -110,12 +110,7 @@ pub async fn push(ctx: &Context, opts: &PushOptions) -> Result<Manifest, BackupE
         }
         None => tracing::info!(backup = %name, lsn = %start_lsn, "backup started"),
     }
-    if ctx.storage.head(&manifest_key(&name)?).await?.is_some() {
-        return Err(BackupError::Exists {
-            name,
-            location: ctx.storage.location().to_string(),
-        });
-    }
+    super::check_name_free(ctx, &name, session.in_recovery().await?).await?;
 
     let walked = {
         let pgdata = pgdata.clone();

@@ -13,12 +13,12 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
+use super::BackupError;
 use super::manifest::{FULL_MANIFEST_VERSION, FileEntry, Manifest, PartEntry, Stored};
 use super::push::{
     PushOptions, cluster_lock, part_name, store_manifest, store_part, upload_control_part,
 };
 use super::tar_split::{ControlFile, append_dir, append_file};
-use super::{BackupError, manifest_key};
 use crate::Context;
 use crate::codec::{PipeReader, PipeWriter, pipe};
 use crate::pg::client::{PgError, PgSession, check_archiving};
@@ -90,12 +90,7 @@ pub async fn push_remote(ctx: &Context, opts: &PushOptions) -> Result<Manifest, 
     let name = format!("base_{start_file}");
     tracing::info!(backup = %name, lsn = %start_lsn, server = system.system_identifier, "remote backup started");
     ctx.progress.begin(estimate, None);
-    if ctx.storage.head(&manifest_key(&name)?).await?.is_some() {
-        return Err(BackupError::Exists {
-            name,
-            location: ctx.storage.location().to_string(),
-        });
-    }
+    super::check_name_free(ctx, &name, standby).await?;
 
     // The splitter thread turns the server's archives into parts; each part
     // is uploaded by a task of its own while the next one fills.
