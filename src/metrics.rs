@@ -153,7 +153,12 @@ pub async fn push(base_url: &str, run: &Run, timeout: Duration) -> Result<(), Me
     let status = response.status();
     if !status.is_success() {
         let text = response.text().await.unwrap_or_default();
-        return Err(fail(format!("{status}: {}", text.trim())));
+        let text = text.trim();
+        return Err(fail(if text.is_empty() {
+            status.to_string()
+        } else {
+            format!("{status}: {text}")
+        }));
     }
     Ok(())
 }
