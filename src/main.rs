@@ -262,6 +262,15 @@ async fn delete(ctx: &Context, policy: DeletePolicy, confirm: bool) -> anyhow::R
     ])
 }
 
+/// backup-push's and backup-fetch's bytes, one metric for both.
+fn bytes_raw_metric(bytes: u64) -> Metric {
+    Metric::gauge(
+        "cairn_last_bytes_raw",
+        "Bytes of data the last successful run backed up or restored, before compression.",
+        bytes as f64,
+    )
+}
+
 /// wal-verify's findings, pushed whether or not it passed (a gap is what
 /// an alert wants to see).
 fn verify_figures(report: &wal::verify::Report) -> Vec<Metric> {
@@ -393,11 +402,9 @@ async fn run(cli: Cli, config: Config, bar: indicatif::ProgressBar) -> anyhow::R
         let run = cairn::metrics::WalPushRun {
             storage: storage.clone(),
             succeeded: result.is_ok(),
-            files_uploaded: figures.wal.files,
-            bytes_raw: figures.wal.raw,
-            bytes_stored: figures.wal.stored,
+            uploaded: figures.wal,
             duration,
-            finished: Some(finished),
+            finished,
         };
         let updated =
             tokio::task::spawn_blocking(move || cairn::metrics::update_textfile(&path, &run)).await;
@@ -532,11 +539,7 @@ async fn execute(
                 "backup complete"
             );
             figures.metrics = vec![
-                Metric::gauge(
-                    "cairn_last_bytes_raw",
-                    "Bytes of data the last successful run backed up or restored, before compression.",
-                    m.raw_size as f64,
-                ),
+                bytes_raw_metric(m.raw_size),
                 Metric::gauge(
                     "cairn_last_bytes_stored",
                     "Bytes the last successful backup stored, after compression and encryption.",
@@ -576,11 +579,7 @@ async fn execute(
                 raw_bytes = m.raw_size,
                 "restore complete"
             );
-            figures.metrics = vec![Metric::gauge(
-                "cairn_last_bytes_raw",
-                "Bytes of data the last successful run backed up or restored, before compression.",
-                m.raw_size as f64,
-            )];
+            figures.metrics = vec![bytes_raw_metric(m.raw_size)];
             println!("{}", m.name);
         }
         Command::BackupList { json } => {

@@ -10,6 +10,8 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
+use crate::wal::push::Uploaded;
+
 /// Why metrics could not be delivered. Never fails the command itself.
 #[derive(Debug, thiserror::Error)]
 pub enum MetricsError {
@@ -142,7 +144,7 @@ pub async fn push(base_url: &str, run: &Run, timeout: Duration) -> Result<(), Me
             None
         }
     };
-    let body = exposition(&run_metrics(run, failures), "");
+    let body = exposition(&run_metrics(run, failures));
     let response = client
         .post(group_url(base, run))
         .header("content-type", "text/plain; version=0.0.4")
@@ -222,16 +224,14 @@ fn redact(url: &str) -> String {
 }
 
 /// What one wal-push did, for the textfile's counters.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct WalPushRun {
     pub storage: String,
     pub succeeded: bool,
     /// Segments (and other WAL files) this call uploaded, lookahead included.
-    pub files_uploaded: u64,
-    pub bytes_raw: u64,
-    pub bytes_stored: u64,
+    pub uploaded: Uploaded,
     pub duration: Duration,
-    pub finished: Option<SystemTime>,
+    pub finished: SystemTime,
 }
 
 /// wal-push's metrics: (name, help, kind). Counters accumulate across
@@ -332,7 +332,7 @@ pub fn updated_textfile(old: &str, run: &WalPushRun) -> String {
         }
     }
     let labels = format!("storage=\"{}\"", escape_label(&run.storage));
-    let now = unix_seconds(run.finished.unwrap_or_else(SystemTime::now));
+    let now = unix_seconds(run.finished);
     let mut add = |name: &'static str, value: f64| {
         *series
             .entry(name)
@@ -341,9 +341,12 @@ pub fn updated_textfile(old: &str, run: &WalPushRun) -> String {
             .or_default() += value;
     };
     if run.succeeded {
-        add("cairn_wal_push_files_total", run.files_uploaded as f64);
-        add("cairn_wal_push_bytes_raw_total", run.bytes_raw as f64);
-        add("cairn_wal_push_bytes_stored_total", run.bytes_stored as f64);
+        add("cairn_wal_push_files_total", run.uploaded.files as f64);
+        add("cairn_wal_push_bytes_raw_total", run.uploaded.raw as f64);
+        add(
+            "cairn_wal_push_bytes_stored_total",
+            run.uploaded.stored as f64,
+        );
         add("cairn_wal_push_failures_total", 0.0);
     } else {
         add("cairn_wal_push_failures_total", 1.0);
@@ -391,17 +394,13 @@ fn parse_sample(line: &str) -> Option<(&str, String, f64)> {
     Some((name, labels, value))
 }
 
-/// The text exposition format of `metrics`, each with `labels` (`a="b",…`
-/// or empty).
-pub fn exposition(metrics: &[Metric], labels: &str) -> String {
+/// The text exposition format of `metrics` (the Pushgateway adds the
+/// group's labels).
+pub fn exposition(metrics: &[Metric]) -> String {
     let mut out = String::new();
     for m in metrics {
         write_header(&mut out, m.name, m.help, m.kind);
-        if labels.is_empty() {
-            let _ = writeln!(out, "{} {}", m.name, number(m.value));
-        } else {
-            let _ = writeln!(out, "{}{{{labels}}} {}", m.name, number(m.value));
-        }
+        let _ = writeln!(out, "{} {}", m.name, number(m.value));
     }
     out
 }
@@ -444,11 +443,13 @@ mod tests {
         WalPushRun {
             storage: storage.into(),
             succeeded,
-            files_uploaded: 3,
-            bytes_raw: 3 << 24,
-            bytes_stored: 1 << 20,
+            uploaded: Uploaded {
+                files: 3,
+                raw: 3 << 24,
+                stored: 1 << 20,
+            },
             duration: Duration::from_millis(250),
-            finished: Some(SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000)),
+            finished: SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000),
         }
     }
 
@@ -505,7 +506,7 @@ mod tests {
         assert!(!names.contains(&"cairn_last_success_timestamp_seconds"));
         assert!(m.iter().any(|m| m.name == FAILURES && m.value == 5.0));
         assert!(run_metrics(&r, None).iter().all(|m| m.name != FAILURES));
-        let text = exposition(&m, "");
+        let text = exposition(&m);
         assert!(text.contains("# TYPE cairn_failures_total counter\ncairn_failures_total 5\n"));
         assert!(text.contains("cairn_last_run_success 0\n"));
         assert_eq!(

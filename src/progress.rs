@@ -36,23 +36,3 @@ impl Progress for Silent {
 
 /// The progress sink commands share.
 pub type SharedProgress = Arc<dyn Progress>;
-
-/// A reader that reports the bytes read through it as progress.
-pub struct Counted<'a, R> {
-    inner: R,
-    progress: &'a dyn Progress,
-}
-
-impl<'a, R> Counted<'a, R> {
-    pub fn new(inner: R, progress: &'a dyn Progress) -> Self {
-        Counted { inner, progress }
-    }
-}
-
-impl<R: std::io::Read> std::io::Read for Counted<'_, R> {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        self.progress.advance(n as u64);
-        Ok(n)
-    }
-}

@@ -206,6 +206,20 @@ fn remote_and_local_backups_of_a_standby() {
     }
 }
 
+/// Waits for `what` (`seen`) while `backup` runs: fails if it ends first
+/// or two minutes pass.
+fn while_running(backup: &mut std::process::Child, what: &str, mut seen: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    while !seen() {
+        assert!(
+            common::drill::poll_output(backup).is_none(),
+            "the backup ended before {what}"
+        );
+        assert!(std::time::Instant::now() < deadline, "no {what}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
 /// A remote backup killed midway leaves parts but no manifest: it does not
 /// exist for backup-list or restores, and `delete garbage` removes its parts.
 #[test]
@@ -224,15 +238,7 @@ fn a_killed_remote_backup_is_garbage() {
                 .any(|d| d.path().join("part_00002.tar").exists())
         })
     };
-    let deadline = std::time::Instant::now() + Duration::from_secs(120);
-    while !part_written() {
-        assert!(
-            common::drill::poll_output(&mut push).is_none(),
-            "the backup ended before it could be killed"
-        );
-        assert!(std::time::Instant::now() < deadline, "no part appeared");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    while_running(&mut push, "a second part", part_written);
     push.kill().unwrap();
     push.wait().unwrap();
     assert!(list(&pg, &t).is_empty(), "a killed backup is listed");
@@ -272,15 +278,9 @@ fn concurrent_remote_backups_are_refused() {
     primary.pgbench(&["-i", "-s", "10", "-q"]);
     let mut first = pg.spawn_cairn(&["backup-push", "--remote"], t.path());
     let held = "select count(*) from pg_locks where locktype = 'advisory' and granted";
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    while primary.sql(held) == "0" {
-        assert!(
-            common::drill::poll_output(&mut first).is_none(),
-            "the first backup ended before the second could start"
-        );
-        assert!(std::time::Instant::now() < deadline, "no lock appeared");
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    while_running(&mut first, "the first backup's lock", || {
+        primary.sql(held) != "0"
+    });
     let second = push_remote(&pg, &t);
     let err = stderr(&second);
     assert!(!second.status.success(), "the second backup ran: {err}");
@@ -288,13 +288,7 @@ fn concurrent_remote_backups_are_refused() {
         err.contains("another backup of this cluster is running") && err.contains("cairn pid"),
         "{err}"
     );
-    let out = loop {
-        if let Some(out) = common::drill::poll_output(&mut first) {
-            break out;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    ok(&out, "the first backup");
+    ok(&first.wait_with_output().unwrap(), "the first backup");
     assert_eq!(list(&pg, &t).len(), 1);
     // Released with the session: the next one runs.
     ok(&push_remote(&pg, &t), "a later backup");

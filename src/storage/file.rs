@@ -23,8 +23,8 @@ pub struct FileStorage {
 }
 
 impl FileStorage {
-    pub fn new(root: PathBuf) -> Self {
-        let location = format!("file://{}", root.display());
+    /// `location`: the storage URL, for messages.
+    pub fn new(root: PathBuf, location: String) -> Self {
         FileStorage { root, location }
     }
 

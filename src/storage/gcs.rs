@@ -47,9 +47,9 @@ impl GcsStorage {
     pub async fn connect(
         bucket: &str,
         prefix: &str,
+        location: String,
         opts: &StorageOptions,
     ) -> Result<Self, StorageError> {
-        let location = format!("gs://{bucket}/{prefix}");
         let fail = |message: String| StorageError::Permanent {
             op: "connect to",
             key: String::new(),

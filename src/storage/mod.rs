@@ -185,7 +185,8 @@ pub enum StorageUrl {
     Gcs { bucket: String, prefix: String },
 }
 
-/// The URL as the backends name their location (`file:///…`, `s3://bucket/prefix/`).
+/// The URL in its normal form (`file:///…`, `s3://bucket/prefix/`): the
+/// location the backends name in errors and metrics label their series with.
 impl std::fmt::Display for StorageUrl {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
@@ -247,12 +248,12 @@ pub async fn open(
     opts: &StorageOptions,
 ) -> Result<Arc<dyn Storage>, StorageError> {
     Ok(match url {
-        StorageUrl::File(root) => Arc::new(file::FileStorage::new(root.clone())),
+        StorageUrl::File(root) => Arc::new(file::FileStorage::new(root.clone(), url.to_string())),
         StorageUrl::S3 { bucket, prefix } => {
-            Arc::new(s3::S3Storage::connect(bucket, prefix, opts).await?)
+            Arc::new(s3::S3Storage::connect(bucket, prefix, url.to_string(), opts).await?)
         }
         StorageUrl::Gcs { bucket, prefix } => {
-            Arc::new(gcs::GcsStorage::connect(bucket, prefix, opts).await?)
+            Arc::new(gcs::GcsStorage::connect(bucket, prefix, url.to_string(), opts).await?)
         }
     })
 }

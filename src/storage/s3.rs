@@ -38,9 +38,9 @@ impl S3Storage {
     pub async fn connect(
         bucket: &str,
         prefix: &str,
+        location: String,
         opts: &StorageOptions,
     ) -> Result<Self, StorageError> {
-        let location = format!("s3://{bucket}/{prefix}");
         let fail = |message: String| StorageError::Permanent {
             op: "connect to",
             key: String::new(),

@@ -290,9 +290,32 @@ impl Drop for S3Server {
     }
 }
 
+/// A server process started for a test: quiet, listening on `port` before
+/// the test goes on, killed when dropped.
+struct Daemon(Child);
+
+impl Daemon {
+    fn start(command: &mut Command, port: u16, what: &str) -> Daemon {
+        let mut child = command
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        wait_for_port(port, &mut child, what);
+        Daemon(child)
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// The GCS emulator (gcp-storage-emulator), in memory, with one bucket.
 pub struct GcsServer {
-    child: Child,
+    _daemon: Daemon,
     pub port: u16,
     pub bucket: String,
 }
@@ -301,38 +324,30 @@ impl GcsServer {
     pub fn start() -> Self {
         let port = free_port();
         let bucket = "cairn-test".to_string();
-        let mut child = Command::new(tool(
-            "gcs-venv/bin/gcp-storage-emulator",
+        let daemon = Daemon::start(
+            Command::new(tool(
+                "gcs-venv/bin/gcp-storage-emulator",
+                "gcp-storage-emulator",
+            ))
+            .args([
+                "start",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                &port.to_string(),
+                "--in-memory",
+                "--quiet",
+                "--default-bucket",
+                &bucket,
+            ]),
+            port,
             "gcp-storage-emulator",
-        ))
-        .args([
-            "start",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            &port.to_string(),
-            "--in-memory",
-            "--quiet",
-            "--default-bucket",
-            &bucket,
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-        wait_for_port(port, &mut child, "gcp-storage-emulator");
+        );
         GcsServer {
-            child,
+            _daemon: daemon,
             port,
             bucket,
         }
-    }
-}
-
-impl Drop for GcsServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
@@ -349,26 +364,28 @@ fn system_tool(name: &str, package: &str) -> PathBuf {
 
 /// A Prometheus Pushgateway (Debian's prometheus-pushgateway), in memory.
 pub struct Pushgateway {
-    child: Child,
+    _daemon: Daemon,
     pub port: u16,
 }
 
 impl Pushgateway {
     pub fn start() -> Self {
         let port = free_port();
-        let mut child = Command::new(system_tool(
+        let daemon = Daemon::start(
+            Command::new(system_tool(
+                "prometheus-pushgateway",
+                "prometheus-pushgateway",
+            ))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            // Debian's build persists to a file in /var/lib by default.
+            .arg("--persistence.file="),
+            port,
             "prometheus-pushgateway",
-            "prometheus-pushgateway",
-        ))
-        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
-        // Debian's build persists to a file in /var/lib by default.
-        .arg("--persistence.file=")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-        wait_for_port(port, &mut child, "prometheus-pushgateway");
-        Pushgateway { child, port }
+        );
+        Pushgateway {
+            _daemon: daemon,
+            port,
+        }
     }
 
     pub fn url(&self) -> String {
@@ -376,44 +393,32 @@ impl Pushgateway {
     }
 }
 
-impl Drop for Pushgateway {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// node_exporter (Debian's prometheus-node-exporter) with only its textfile
 /// collector, reading `dir`.
 pub struct NodeExporter {
-    child: Child,
+    _daemon: Daemon,
     pub port: u16,
 }
 
 impl NodeExporter {
     pub fn start(dir: &Path) -> Self {
         let port = free_port();
-        let mut child = Command::new(system_tool(
+        let daemon = Daemon::start(
+            Command::new(system_tool(
+                "prometheus-node-exporter",
+                "prometheus-node-exporter",
+            ))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .arg("--collector.disable-defaults")
+            .arg("--collector.textfile")
+            .arg(format!("--collector.textfile.directory={}", dir.display())),
+            port,
             "prometheus-node-exporter",
-            "prometheus-node-exporter",
-        ))
-        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
-        .arg("--collector.disable-defaults")
-        .arg("--collector.textfile")
-        .arg(format!("--collector.textfile.directory={}", dir.display()))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-        wait_for_port(port, &mut child, "prometheus-node-exporter");
-        NodeExporter { child, port }
-    }
-}
-
-impl Drop for NodeExporter {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        );
+        NodeExporter {
+            _daemon: daemon,
+            port,
+        }
     }
 }
 
