@@ -1,11 +1,18 @@
-//! Command-line definitions (clap) and nothing else.
+//! The command line: clap's definitions, and their resolution into one
+//! [`Invocation`] per command, with every option taken from flags or
+//! configuration and validated once, before anything runs.
 
 use std::ffi::OsString;
 use std::path::PathBuf;
 
+use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
 
-use cairn::config::{Setting, Source};
+use cairn::backup::push::{BackupKind, PushOptions};
+use cairn::backup::restore::{FetchOptions, RecoveryTarget};
+use cairn::config::{Config, Setting, Source};
+use cairn::pg::wal::WalFileName;
+use cairn::retention::{self, BeforeTarget, Policy, Retain};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -132,7 +139,7 @@ pub enum Command {
         /// Read at most BYTES per second from the data directory (remote: have the
         /// server send at most that); 0 for no limit [config: max_rate]
         #[arg(long, value_name = "BYTES")]
-        max_rate: Option<u64>,
+        max_rate: Option<String>,
         /// Push the outcome (success, duration, bytes) to this Prometheus
         /// Pushgateway, e.g. http://pushgateway:9091 [config: metrics_push_url]
         #[arg(long, value_name = "URL")]
@@ -144,7 +151,8 @@ pub enum Command {
         dest: PathBuf,
         /// A backup name (see backup-list) or LATEST
         name: String,
-        /// Set up recovery: latest, time=…, lsn=…, xid=… or name=…
+        /// Set up recovery: latest, immediate (the backup's consistency point),
+        /// time=…, lsn=…, xid=… or name=…
         #[arg(long, value_name = "TARGET")]
         recovery_target: Option<String>,
         /// Put tablespace OID at PATH instead of its original location (repeatable)
@@ -155,7 +163,8 @@ pub enum Command {
         #[arg(long, value_name = "URL")]
         metrics_push_url: Option<String>,
     },
-    /// List base backups, oldest first (by start time, then WAL position)
+    /// List base backups, oldest first (by start time, then WAL position),
+    /// with when each started and finished
     BackupList {
         /// Every manifest field, as JSON
         #[arg(long)]
@@ -228,7 +237,8 @@ pub enum DeletePolicy {
     Retain {
         /// Full backups to keep
         full: Option<usize>,
-        /// Keep what recovery to any moment of this window needs (30m, 12h, 7d, 2w)
+        /// Keep what recovery to any moment of this window needs (30m, 12h, 7d, 2w);
+        /// a backup counts from when it finished (backup-list's `finished`)
         #[arg(long, value_name = "DURATION")]
         within: Option<String>,
         /// Keep the newest backup of each of the last D days
@@ -241,10 +251,11 @@ pub enum DeletePolicy {
         #[arg(long, value_name = "M", default_value_t = 0)]
         monthly: usize,
     },
-    /// Delete the backups older than a backup (by name) or a time (RFC 3339
-    /// or YYYY-MM-DD, UTC), and the WAL only they needed
+    /// Delete the backups ordered before a backup (by name), or that started
+    /// before a time (backup-list's `started`; RFC 3339 or YYYY-MM-DD, UTC),
+    /// and the WAL only they needed
     Before {
-        /// base_… or a time
+        /// base_… or a time, compared with when backups started
         target: String,
     },
     /// Delete one backup and every delta built on it
@@ -258,4 +269,309 @@ pub enum DeletePolicy {
         #[arg(long, value_name = "DURATION", default_value = "24h")]
         grace: String,
     },
+}
+
+impl Cli {
+    /// The configuration file named on the command line or by `CAIRN_CONFIG`.
+    pub fn config_file(&self) -> Option<PathBuf> {
+        self.global
+            .config
+            .clone()
+            .or_else(|| std::env::var_os("CAIRN_CONFIG").map(Into::into))
+    }
+
+    /// Every flag that stands for a configuration key, as settings of the
+    /// highest precedence: validated with the configuration, once.
+    pub fn settings(&self) -> Vec<Setting> {
+        let mut out = self.global.settings();
+        let command_flags = match &self.command {
+            Command::WalPush { lookahead, .. } => {
+                vec![("wal_push_lookahead", "lookahead", lookahead.clone())]
+            }
+            Command::WalFetch { prefetch, .. } => {
+                vec![("wal_fetch_prefetch", "prefetch", prefetch.clone())]
+            }
+            Command::BackupPush {
+                metrics_push_url,
+                max_rate,
+                ..
+            } => vec![
+                (
+                    "metrics_push_url",
+                    "metrics-push-url",
+                    metrics_push_url.clone(),
+                ),
+                ("max_rate", "max-rate", max_rate.clone()),
+            ],
+            Command::BackupFetch {
+                metrics_push_url, ..
+            }
+            | Command::Delete {
+                metrics_push_url, ..
+            }
+            | Command::WalVerify {
+                metrics_push_url, ..
+            } => vec![(
+                "metrics_push_url",
+                "metrics-push-url",
+                metrics_push_url.clone(),
+            )],
+            _ => Vec::new(),
+        };
+        for (key, flag, value) in command_flags {
+            if let Some(v) = value {
+                out.push(Setting {
+                    key: key.into(),
+                    value: serde_yaml::Value::String(v),
+                    source: Source::Flag(flag.into()),
+                });
+            }
+        }
+        out
+    }
+}
+
+/// One command, resolved: what it runs on, every option decided.
+pub enum Invocation {
+    WalPush {
+        path: PathBuf,
+    },
+    WalFetch {
+        name: String,
+        dest: PathBuf,
+    },
+    WalPrefetch {
+        dir: PathBuf,
+        names: Vec<WalFileName>,
+    },
+    /// `remote`: over the replication protocol (no data directory).
+    BackupPush {
+        opts: PushOptions,
+        remote: bool,
+    },
+    BackupFetch(FetchOptions),
+    BackupList {
+        json: bool,
+    },
+    BackupMark {
+        name: String,
+        permanent: bool,
+    },
+    Delete {
+        policy: Policy,
+        confirm: bool,
+    },
+    WalVerify {
+        json: bool,
+    },
+}
+
+impl Invocation {
+    /// What the progress display shows, for the commands that have one.
+    pub fn progress(&self) -> Option<&'static str> {
+        match self {
+            Invocation::BackupPush { .. } => Some("backup"),
+            Invocation::BackupFetch(_) => Some("restore"),
+            _ => None,
+        }
+    }
+}
+
+/// Resolves the command against the loaded configuration.
+pub fn resolve(cli: Cli, config: &Config) -> anyhow::Result<Invocation> {
+    Ok(match cli.command {
+        Command::WalPush { path, .. } => Invocation::WalPush { path },
+        Command::WalFetch { name, dest, .. } => Invocation::WalFetch { name, dest },
+        Command::WalPrefetch { dir, names } => Invocation::WalPrefetch {
+            dir,
+            names: names
+                .iter()
+                .map(|n| n.parse())
+                .collect::<Result<Vec<_>, _>>()
+                .context("wal-prefetch got a bad segment name")?,
+        },
+        Command::BackupPush {
+            pgdata,
+            label,
+            permanent,
+            delta,
+            full,
+            remote,
+            ..
+        } => {
+            let pgdata = pgdata
+                .or_else(|| config.pgdata.clone())
+                .or_else(|| std::env::var_os("PGDATA").map(Into::into))
+                .filter(|_| !remote);
+            if pgdata.is_none() && !remote {
+                tracing::info!(
+                    "no data directory given (argument, pgdata, PGDATA): backing up over the \
+                     replication protocol"
+                );
+            }
+            if pgdata.is_none() && delta {
+                anyhow::bail!(
+                    "--delta needs the data directory: remote backups (over the replication \
+                     protocol) are full backups"
+                );
+            }
+            if pgdata.is_none() && !full && config.delta_max_steps > 0 {
+                tracing::info!(
+                    "taking a full backup: remote backups are full backups (delta_max_steps \
+                     applies to backups of a data directory)"
+                );
+            }
+            let remote = pgdata.is_none();
+            Invocation::BackupPush {
+                opts: PushOptions {
+                    pgdata: pgdata.unwrap_or_default(),
+                    postgres: config.postgres.clone(),
+                    label,
+                    permanent,
+                    fast_checkpoint: config.backup_fast_checkpoint,
+                    archive_timeout: config.backup_archive_timeout,
+                    part_size: config.backup_part_size,
+                    concurrency: config.backup_concurrency,
+                    kind: if full {
+                        BackupKind::Full
+                    } else if delta {
+                        BackupKind::Delta
+                    } else {
+                        BackupKind::Auto {
+                            max_steps: config.delta_max_steps,
+                        }
+                    },
+                    max_rate: config.max_rate,
+                },
+                remote,
+            }
+        }
+        Command::BackupFetch {
+            dest,
+            name,
+            recovery_target,
+            tablespace_map,
+            ..
+        } => {
+            let recovery_target = recovery_target
+                .map(|t| t.parse::<RecoveryTarget>())
+                .transpose()
+                .map_err(anyhow::Error::msg)?;
+            let tablespace_map = tablespace_map
+                .iter()
+                .map(|m| parse_tablespace_mapping(m))
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            Invocation::BackupFetch(FetchOptions {
+                dest,
+                name,
+                tablespace_map,
+                recovery_target,
+                restore_command: restore_command(&cli.global)?,
+                concurrency: config.backup_concurrency,
+            })
+        }
+        Command::BackupList { json } => Invocation::BackupList { json },
+        Command::BackupMark { name, impermanent } => Invocation::BackupMark {
+            name,
+            permanent: !impermanent,
+        },
+        Command::Delete {
+            policy, confirm, ..
+        } => Invocation::Delete {
+            policy: delete_policy(policy)?,
+            confirm,
+        },
+        Command::WalVerify { json, .. } => Invocation::WalVerify { json },
+    })
+}
+
+/// `cairn delete …`'s policy.
+fn delete_policy(policy: DeletePolicy) -> anyhow::Result<Policy> {
+    Ok(match policy {
+        DeletePolicy::Retain {
+            full,
+            within,
+            daily,
+            weekly,
+            monthly,
+        } => Policy::Retain(Retain {
+            full,
+            within: within
+                .map(|w| retention::parse_duration(&w))
+                .transpose()
+                .map_err(|e| anyhow::anyhow!("--within: {e}"))?,
+            daily,
+            weekly,
+            monthly,
+        }),
+        DeletePolicy::Before { target } => Policy::Before(if target.starts_with("base_") {
+            BeforeTarget::Name(target)
+        } else {
+            BeforeTarget::Time(
+                retention::parse_time(&target)
+                    .map_err(|e| anyhow::anyhow!("delete before: {e}, nor a backup name"))?,
+            )
+        }),
+        DeletePolicy::Target { name } => Policy::Target(name),
+        DeletePolicy::Everything => Policy::Everything,
+        DeletePolicy::Garbage { grace } => Policy::Garbage {
+            grace: retention::parse_duration(&grace)
+                .map_err(|e| anyhow::anyhow!("--grace: {e}"))?,
+        },
+    })
+}
+
+/// `--tablespace-map OID=PATH`.
+fn parse_tablespace_mapping(m: &str) -> anyhow::Result<(u32, PathBuf)> {
+    let (oid, path) = m
+        .split_once('=')
+        .with_context(|| format!("--tablespace-map {m:?}: expected OID=PATH"))?;
+    let oid = oid
+        .parse()
+        .with_context(|| format!("--tablespace-map {m:?}: {oid:?} is not a tablespace OID"))?;
+    Ok((oid, path.into()))
+}
+
+/// The restore_command a restored cluster runs: this same binary with this same
+/// configuration (file, CAIRN_* variables, flags). Storage credentials are not
+/// copied: PostgreSQL's environment must provide them, as for archive_command.
+fn restore_command(global: &GlobalArgs) -> anyhow::Result<String> {
+    let quote = |s: &str| format!("'{}'", s.replace('\'', r"'\''"));
+    let exe = std::env::current_exe().context("cannot find the cairn binary's own path")?;
+    let mut parts: Vec<String> = std::env::vars()
+        .filter(|(k, _)| k.starts_with("CAIRN_") && k != "CAIRN_CONFIG")
+        .map(|(k, v)| format!("{k}={}", quote(&v)))
+        .collect();
+    parts.sort();
+    parts.push(quote(&exe.to_string_lossy()));
+    let config = global
+        .config
+        .clone()
+        .or_else(|| std::env::var_os("CAIRN_CONFIG").map(Into::into));
+    if let Some(c) = config {
+        let abs = std::fs::canonicalize(&c).unwrap_or(c);
+        parts.push("--config".into());
+        parts.push(quote(&abs.to_string_lossy()));
+    }
+    let mut flags = global.clone();
+    flags.config = None;
+    for a in flags.to_args() {
+        parts.push(quote(&a.to_string_lossy()));
+    }
+    parts.push("wal-fetch %f %p".into());
+    Ok(parts.join(" "))
+}
+
+/// The command in raw arguments (before clap has parsed them, and whether or
+/// not they parse), for choosing the exit status when they do not: the first
+/// argument that names one.
+pub fn command_word(args: &[OsString]) -> Option<String> {
+    use clap::CommandFactory;
+    let command = Cli::command();
+    let names: Vec<&str> = command.get_subcommands().map(|c| c.get_name()).collect();
+    args.iter()
+        .skip(1)
+        .map(|a| a.to_string_lossy())
+        .find(|a| names.contains(&a.as_ref()))
+        .map(|a| a.into_owned())
 }

@@ -75,6 +75,9 @@ pub struct Config {
     pub upload_part_size: usize,
     pub wal_push_lookahead: usize,
     pub wal_fetch_prefetch: usize,
+    /// Where wal-fetch's prefetch worker keeps segments downloaded ahead
+    /// (outside the data directory); default: the temporary directory.
+    pub wal_fetch_spool: Option<PathBuf>,
     /// The data directory backup-push reads (also `PGDATA`).
     pub pgdata: Option<PathBuf>,
     /// The `postgres:` section; unset fields come from the libpq variables.
@@ -117,6 +120,7 @@ impl Default for Config {
             upload_part_size: 32 << 20,
             wal_push_lookahead: 8,
             wal_fetch_prefetch: 8,
+            wal_fetch_spool: None,
             pgdata: None,
             postgres: PgSettings::default(),
             backup_part_size: 1 << 30,
@@ -250,6 +254,17 @@ impl Config {
             "wal_fetch_prefetch" => {
                 self.wal_fetch_prefetch = number(v, 0, 256).map_err(bad)? as usize
             }
+            "wal_fetch_spool" => {
+                let path = PathBuf::from(string(v).map_err(bad)?);
+                if !path.is_absolute() {
+                    return Err(bad(format!(
+                        "{}: expected an absolute path (restore_command runs in the data \
+                         directory, and the spool must lie outside it)",
+                        path.display()
+                    )));
+                }
+                self.wal_fetch_spool = Some(path);
+            }
             "pgdata" => self.pgdata = Some(PathBuf::from(string(v).map_err(bad)?)),
             "postgres" => self.postgres = postgres_section(v, &s.source)?,
             "backup_part_size" => {
@@ -276,7 +291,7 @@ impl Config {
                 let rate = number(v, 0, 1 << 40).map_err(bad)?;
                 if rate > 0 && rate < 32 << 10 {
                     return Err(bad(format!(
-                        "{rate} bytes/s is below the least, 32768 (or 0: no limit)"
+                        "{rate}: at least 32768 bytes per second, or 0 for no limit"
                     )));
                 }
                 self.max_rate = rate;

@@ -1,7 +1,9 @@
-//! How the binary shows the progress of backup-push and backup-fetch: a bar
-//! (bytes, parts, rate, ETA) when stderr is a terminal; a plain log line
-//! every `progress_interval` seconds when it is not (cron mail, a pod's log);
-//! nothing with JSON logs, whose readers want events, not chatter.
+//! What the binary shows: results on stdout (tables, names; a reader that
+//! closes the pipe early ends the output quietly), and the progress of
+//! backup-push and backup-fetch: a bar (bytes, parts, rate, ETA) when stderr
+//! is a terminal; a plain log line every `progress_interval` seconds when it
+//! is not (cron mail, a pod's log); nothing with JSON logs, whose readers want
+//! events, not chatter.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -91,18 +93,18 @@ impl Display {
         } else {
             0.0
         };
-        let mut out = crate::human_bytes(bytes);
+        let mut out = human_bytes(bytes);
         if total > 0 {
             out.push_str(&format!(
                 " of {} ({}%)",
-                crate::human_bytes(total),
+                human_bytes(total),
                 (bytes.min(total) * 100) / total
             ));
         }
         out.push_str(&format!(
             ", {}, {}/s",
             self.parts_message(),
-            crate::human_bytes(rate as u64)
+            human_bytes(rate as u64)
         ));
         let left = if rate > 0.0 {
             total.saturating_sub(bytes) as f64 / rate
@@ -297,5 +299,100 @@ mod tests {
         );
         assert_eq!(human_duration(59.6), "1 min 0 s");
         assert_eq!(human_duration(7322.0), "2 h 2 min");
+    }
+}
+
+/// Standard output: results for whoever reads them.
+pub struct Stdout {
+    out: std::io::Stdout,
+}
+
+/// The reader of standard output went away (`cairn backup-list | head -1`):
+/// not a failure, nothing more to say.
+#[derive(Debug, thiserror::Error)]
+#[error("standard output was closed")]
+pub struct StdoutClosed;
+
+impl Stdout {
+    pub fn new() -> Stdout {
+        Stdout {
+            out: std::io::stdout(),
+        }
+    }
+
+    pub fn text(&mut self, text: &str) -> anyhow::Result<()> {
+        use std::io::Write;
+        let mut lock = self.out.lock();
+        match lock.write_all(text.as_bytes()).and_then(|()| lock.flush()) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Err(StdoutClosed.into()),
+            Err(e) => Err(anyhow::anyhow!("cannot write to standard output: {e}")),
+        }
+    }
+
+    pub fn line(&mut self, line: &str) -> anyhow::Result<()> {
+        self.text(&format!("{line}\n"))
+    }
+}
+
+/// backup-list's table: when each backup started (what `delete before TIME`
+/// compares) and finished (what `delete retain --within` counts from).
+pub fn backup_table(list: &[cairn::archive::manifest::Manifest]) -> String {
+    use cairn::archive::manifest::rfc3339;
+    let mut rows = vec![[
+        "name".to_string(),
+        "started".into(),
+        "finished".into(),
+        "wal range".into(),
+        "raw".into(),
+        "stored".into(),
+        "kind".into(),
+        "permanent".into(),
+    ]];
+    for m in list {
+        rows.push([
+            m.name.clone(),
+            rfc3339::format(m.start_time),
+            rfc3339::format(m.finish_time),
+            format!("{}..{}", m.start_wal_file, m.stop_wal_file),
+            human_bytes(m.raw_size),
+            human_bytes(m.stored_size),
+            if m.remote {
+                format!("{} (remote)", m.kind)
+            } else {
+                m.kind.to_string()
+            },
+            if m.permanent { "yes" } else { "no" }.into(),
+        ]);
+    }
+    let widths: Vec<usize> = (0..rows[0].len())
+        .map(|i| rows.iter().map(|r| r[i].len()).max().unwrap_or(0))
+        .collect();
+    let mut out = String::new();
+    for r in &rows {
+        let line: Vec<String> = r
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
+        out.push_str(line.join("  ").trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+/// Bytes as people read them: `1.5 GiB`.
+pub fn human_bytes(n: u64) -> String {
+    let units = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u + 1 < units.len() {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", units[u])
     }
 }

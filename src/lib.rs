@@ -3,9 +3,11 @@
 //! GCS, and brings them back. The library never prints; the
 //! binary (`main.rs`) owns presentation and exit codes.
 
+pub mod archive;
 pub mod backup;
 pub mod codec;
 pub mod config;
+pub mod durable;
 pub mod metrics;
 pub mod pg;
 pub mod progress;
@@ -52,6 +54,18 @@ impl Context {
         };
         Ok(self.keyring.get_or_init(|| loaded).clone())
     }
+}
+
+/// Runs blocking work (filesystem calls) on a blocking thread, off the async
+/// workers; a panic there becomes the caller's error.
+pub(crate) async fn blocking<T, E>(
+    f: impl FnOnce() -> Result<T, E> + Send + 'static,
+) -> Result<T, E>
+where
+    T: Send + 'static,
+    E: Send + 'static + From<tokio::task::JoinError>,
+{
+    tokio::task::spawn_blocking(f).await?
 }
 
 /// An error with its causes, `: `-separated: HTTP clients' top-level errors

@@ -1,36 +1,99 @@
-//! The cairn binary: parses arguments, loads configuration, runs one command and
-//! maps its outcome to the exit status PostgreSQL expects. The only place that
-//! prints or chooses exit codes.
+//! The cairn binary: parses arguments, loads configuration, resolves the
+//! invocation ([`cli`]), runs it, presents its outcome ([`display`]) and maps
+//! it to the exit status PostgreSQL expects. The only place that prints or
+//! chooses exit codes.
 
 mod cli;
 mod display;
 
+use std::ffi::OsString;
 use std::path::Path;
 use std::process::ExitCode;
 
-use anyhow::Context as _;
 use clap::Parser;
 
 use cairn::Context;
-use cairn::backup;
 use cairn::config::{Config, LogFormat};
 use cairn::metrics::Metric;
 use cairn::wal::{self, WalError};
-use cli::{Cli, Command, DeletePolicy};
+use cli::{Cli, Invocation};
 
-/// wal-fetch: the archive definitely lacks the file (and in standby mode: any failure).
+/// wal-fetch: the archive definitely lacks the file (and in standby mode: any
+/// failure). wal-push and other commands: any failure.
 const EXIT_NOT_FOUND: u8 = 1;
 /// wal-fetch during archive recovery: anything but "not found". PostgreSQL treats an
 /// exit status above 125 as fatal and stops, instead of ending recovery early.
 const EXIT_FATAL_TO_RECOVERY: u8 = 128;
 
+/// Who called, as far as the exit status is concerned.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Caller {
+    /// restore_command: 1 means "not in the archive" and ends recovery.
+    WalFetch,
+    /// archive_command: never 0 but for success, never above 125.
+    WalPush,
+    Other,
+}
+
+impl Caller {
+    fn of(word: Option<&str>) -> Caller {
+        match word {
+            Some("wal-fetch") => Caller::WalFetch,
+            Some("wal-push") => Caller::WalPush,
+            _ => Caller::Other,
+        }
+    }
+
+    /// Exit status per DESIGN.md §1 for a failure (`not_found`: wal-fetch's
+    /// "the archive does not have it").
+    fn failure(self, not_found: bool) -> ExitCode {
+        if self != Caller::WalFetch || not_found {
+            return ExitCode::from(EXIT_NOT_FOUND);
+        }
+        // restore_command runs in the data directory, where the signal files are.
+        if Path::new("standby.signal").exists() {
+            ExitCode::from(EXIT_NOT_FOUND)
+        } else {
+            ExitCode::from(EXIT_FATAL_TO_RECOVERY)
+        }
+    }
+}
+
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    tune_allocator(matches!(
+    let args: Vec<OsString> = std::env::args_os().collect();
+    let caller = Caller::of(cli::command_word(&args).as_deref());
+    // Whatever goes wrong, PostgreSQL must read the right status: a panic is
+    // a failure like any other (reported on stderr as one line), never
+    // clap's or Rust's own codes, which read as "not found".
+    std::panic::set_hook(Box::new(|info| {
+        let message = info
+            .payload()
+            .downcast_ref::<&str>()
+            .map(|s| (*s).to_string())
+            .or_else(|| info.payload().downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "unknown panic".into());
+        let at = info
+            .location()
+            .map(|l| format!(" at {}:{}", l.file(), l.line()))
+            .unwrap_or_default();
+        eprintln!("ERROR cairn failed unexpectedly: {message}{at}");
+    }));
+    match std::panic::catch_unwind(|| run_main(args, caller)) {
+        Ok(code) => code,
+        Err(_) => caller.failure(false),
+    }
+}
+
+fn run_main(args: Vec<OsString>, caller: Caller) -> ExitCode {
+    let cli = match Cli::try_parse_from(&args) {
+        Ok(c) => c,
+        Err(e) => return usage_error(e, caller),
+    };
+    let is_backup = matches!(
         cli.command,
-        Command::BackupPush { .. } | Command::BackupFetch { .. }
-    ));
-    let is_fetch = matches!(cli.command, Command::WalFetch { .. });
+        cli::Command::BackupPush { .. } | cli::Command::BackupFetch { .. }
+    );
+    tune_allocator(is_backup);
     // Hidden until a backup or restore shows it; log lines lift it off the screen.
     let bar = indicatif::ProgressBar::hidden();
     let config = match load_config(&cli) {
@@ -39,7 +102,7 @@ fn main() -> ExitCode {
             // Reported like every other error, in the default log format.
             init_logging(&Config::default(), &bar);
             tracing::error!("{e:#}");
-            return failure_code(is_fetch, false);
+            return caller.failure(false);
         }
     };
     init_logging(&config, &bar);
@@ -50,7 +113,7 @@ fn main() -> ExitCode {
         Ok(r) => r,
         Err(e) => {
             tracing::error!("cannot start the async runtime: {e}");
-            return failure_code(is_fetch, false);
+            return caller.failure(false);
         }
     };
     match runtime.block_on(run(cli, config, bar)) {
@@ -60,14 +123,54 @@ fn main() -> ExitCode {
                 e.downcast_ref::<WalError>(),
                 Some(WalError::NotInArchive { .. })
             );
+            if e.downcast_ref::<display::StdoutClosed>().is_some() {
+                // `cairn backup-list | head`: the reader has all it wanted.
+                return ExitCode::SUCCESS;
+            }
             if not_found {
                 // Normal at the end of the archive and for .history probes.
                 tracing::info!("{e:#}");
             } else {
                 tracing::error!("{e:#}");
             }
-            failure_code(is_fetch, not_found)
+            caller.failure(not_found)
         }
+    }
+}
+
+/// Arguments that do not parse. Help and version are answers, not errors;
+/// anything else is reported in one line, with the status PostgreSQL must see
+/// from restore_command or archive_command (clap's own 2 would read as "not
+/// in the archive" and end a recovery early).
+fn usage_error(e: clap::Error, caller: Caller) -> ExitCode {
+    use clap::error::ErrorKind;
+    match e.kind() {
+        ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => {
+            let _ = e.print();
+            return ExitCode::SUCCESS;
+        }
+        ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand if caller == Caller::Other => {
+            let _ = e.print();
+            return ExitCode::from(2);
+        }
+        _ => {}
+    }
+    let text = e.render().to_string();
+    let first = text
+        .lines()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or("invalid arguments")
+        .trim_start_matches("error: ")
+        .to_string();
+    let hint = match caller {
+        Caller::WalFetch => " (restore_command = 'cairn wal-fetch %f %p')",
+        Caller::WalPush => " (archive_command = 'cairn wal-push %p')",
+        Caller::Other => " (cairn --help lists the commands and options)",
+    };
+    eprintln!("ERROR invalid arguments: {first}{hint}");
+    match caller {
+        Caller::Other => ExitCode::from(2),
+        _ => caller.failure(false),
     }
 }
 
@@ -95,259 +198,14 @@ fn tune_allocator(streaming_gigabytes: bool) {
     let _ = streaming_gigabytes;
 }
 
-/// Exit status per DESIGN.md §1.
-fn failure_code(is_fetch: bool, not_found: bool) -> ExitCode {
-    if !is_fetch || not_found {
-        return ExitCode::from(EXIT_NOT_FOUND);
-    }
-    // restore_command runs in the data directory, where the signal files are.
-    if Path::new("standby.signal").exists() {
-        ExitCode::from(EXIT_NOT_FOUND)
-    } else {
-        ExitCode::from(EXIT_FATAL_TO_RECOVERY)
-    }
-}
-
 fn load_config(cli: &Cli) -> anyhow::Result<Config> {
-    let file = cli
-        .global
-        .config
-        .clone()
-        .or_else(|| std::env::var_os("CAIRN_CONFIG").map(Into::into));
-    let mut flags = cli.global.settings();
-    // Command flags that stand for configuration keys: (key, flag, value).
-    let command_flags = match &cli.command {
-        Command::WalPush { lookahead, .. } => vec![("wal_push_lookahead", "lookahead", lookahead)],
-        Command::WalFetch { prefetch, .. } => vec![("wal_fetch_prefetch", "prefetch", prefetch)],
-        Command::BackupPush {
-            metrics_push_url, ..
-        }
-        | Command::BackupFetch {
-            metrics_push_url, ..
-        }
-        | Command::Delete {
-            metrics_push_url, ..
-        }
-        | Command::WalVerify {
-            metrics_push_url, ..
-        } => vec![("metrics_push_url", "metrics-push-url", metrics_push_url)],
-        _ => Vec::new(),
-    };
-    for (key, flag, value) in command_flags {
-        if let Some(v) = value {
-            flags.push(cairn::config::Setting {
-                key: key.into(),
-                value: serde_yaml::Value::String(v.clone()),
-                source: cairn::config::Source::Flag(flag.into()),
-            });
-        }
-    }
     let env = std::env::vars_os()
         .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)));
-    Ok(Config::load(file.as_deref(), env, flags)?)
-}
-
-/// `--tablespace-map OID=PATH`.
-fn parse_tablespace_mapping(m: &str) -> anyhow::Result<(u32, std::path::PathBuf)> {
-    let (oid, path) = m
-        .split_once('=')
-        .with_context(|| format!("--tablespace-map {m:?}: expected OID=PATH"))?;
-    let oid = oid
-        .parse()
-        .with_context(|| format!("--tablespace-map {m:?}: {oid:?} is not a tablespace OID"))?;
-    Ok((oid, path.into()))
-}
-
-/// The restore_command a restored cluster runs: this same binary with this same
-/// configuration (file, CAIRN_* variables, flags). Storage credentials are not
-/// copied: PostgreSQL's environment must provide them, as for archive_command.
-fn restore_command(global: &cli::GlobalArgs) -> anyhow::Result<String> {
-    let quote = |s: &str| format!("'{}'", s.replace('\'', r"'\''"));
-    let exe = std::env::current_exe().context("cannot find the cairn binary's own path")?;
-    let mut parts: Vec<String> = std::env::vars()
-        .filter(|(k, _)| k.starts_with("CAIRN_") && k != "CAIRN_CONFIG")
-        .map(|(k, v)| format!("{k}={}", quote(&v)))
-        .collect();
-    parts.sort();
-    parts.push(quote(&exe.to_string_lossy()));
-    let config = global
-        .config
-        .clone()
-        .or_else(|| std::env::var_os("CAIRN_CONFIG").map(Into::into));
-    if let Some(c) = config {
-        let abs = std::fs::canonicalize(&c).unwrap_or(c);
-        parts.push("--config".into());
-        parts.push(quote(&abs.to_string_lossy()));
-    }
-    let mut flags = global.clone();
-    flags.config = None;
-    for a in flags.to_args() {
-        parts.push(quote(&a.to_string_lossy()));
-    }
-    parts.push("wal-fetch %f %p".into());
-    Ok(parts.join(" "))
-}
-
-/// `cairn delete …`: prints the plan; carries it out with `--confirm`.
-/// Returns what it deleted, for metrics.
-async fn delete(ctx: &Context, policy: DeletePolicy, confirm: bool) -> anyhow::Result<Vec<Metric>> {
-    use cairn::retention::{self, BeforeTarget, Policy, Retain};
-    let policy = match policy {
-        DeletePolicy::Retain {
-            full,
-            within,
-            daily,
-            weekly,
-            monthly,
-        } => Policy::Retain(Retain {
-            full,
-            within: within
-                .map(|w| retention::parse_duration(&w))
-                .transpose()
-                .map_err(|e| anyhow::anyhow!("--within: {e}"))?,
-            daily,
-            weekly,
-            monthly,
-        }),
-        DeletePolicy::Before { target } => Policy::Before(if target.starts_with("base_") {
-            BeforeTarget::Name(target)
-        } else {
-            BeforeTarget::Time(
-                retention::parse_time(&target)
-                    .map_err(|e| anyhow::anyhow!("delete before: {e}, nor a backup name"))?,
-            )
-        }),
-        DeletePolicy::Target { name } => Policy::Target(name),
-        DeletePolicy::Everything => Policy::Everything,
-        DeletePolicy::Garbage { grace } => Policy::Garbage {
-            grace: retention::parse_duration(&grace)
-                .map_err(|e| anyhow::anyhow!("--grace: {e}"))?,
-        },
-    };
-    let loaded = retention::apply::load(ctx).await?;
-    let started = std::time::Instant::now();
-    let plan = retention::plan(&loaded.catalog, &policy, time::OffsetDateTime::now_utc())?;
-    tracing::debug!(elapsed = ?started.elapsed(), "retention plan made");
-    print!("{plan}");
-    let summary = plan.summary();
-    if !confirm {
-        if !plan.is_empty() {
-            println!("Dry run: nothing was deleted. Run again with --confirm to delete.");
-        }
-        return Ok(Vec::new());
-    }
-    let deleted = retention::apply::apply(ctx, &plan, &loaded.manifests).await?;
-    tracing::info!(
-        objects = deleted,
-        backups = summary.backups_deleted,
-        wal = summary.wal_deleted,
-        "retention applied"
-    );
-    Ok(vec![
-        Metric::gauge(
-            "cairn_last_deleted_backups",
-            "Backups the last successful delete removed.",
-            summary.backups_deleted as f64,
-        ),
-        Metric::gauge(
-            "cairn_last_deleted_wal_files",
-            "WAL files the last successful delete removed.",
-            summary.wal_deleted as f64,
-        ),
-        Metric::gauge(
-            "cairn_last_deleted_objects",
-            "Objects (backup parts, manifests, WAL files) the last successful delete removed.",
-            deleted as f64,
-        ),
-    ])
-}
-
-/// backup-push's and backup-fetch's bytes, one metric for both.
-fn bytes_raw_metric(bytes: u64) -> Metric {
-    Metric::gauge(
-        "cairn_last_bytes_raw",
-        "Bytes of data the last successful run backed up or restored, before compression.",
-        bytes as f64,
-    )
-}
-
-/// wal-verify's findings, pushed whether or not it passed (a gap is what
-/// an alert wants to see).
-fn verify_figures(report: &wal::verify::Report) -> Vec<Metric> {
-    vec![
-        Metric::gauge(
-            "cairn_wal_verify_backups",
-            "Backups wal-verify checked.",
-            report.backups.len() as f64,
-        ),
-        Metric::gauge(
-            "cairn_wal_verify_missing_segments",
-            "WAL segments that backups need for recovery to the newest segment and the archive lacks.",
-            report.gaps.iter().map(|g| g.segments).sum::<u64>() as f64,
-        ),
-        Metric::gauge(
-            "cairn_wal_verify_missing_histories",
-            "Timeline history files that backups need and the archive lacks.",
-            report.missing_histories.len() as f64,
-        ),
-    ]
-}
-
-/// backup-list's table.
-fn backup_table(list: &[backup::manifest::Manifest]) -> String {
-    let mut rows = vec![[
-        "name".to_string(),
-        "finished".into(),
-        "wal range".into(),
-        "raw".into(),
-        "stored".into(),
-        "kind".into(),
-        "permanent".into(),
-    ]];
-    for m in list {
-        rows.push([
-            m.name.clone(),
-            m.finish_time.clone(),
-            format!("{}..{}", m.start_wal_file, m.stop_wal_file),
-            human_bytes(m.raw_size),
-            human_bytes(m.stored_size),
-            if m.remote {
-                format!("{} (remote)", m.kind)
-            } else {
-                m.kind.clone()
-            },
-            if m.permanent { "yes" } else { "no" }.into(),
-        ]);
-    }
-    let widths: Vec<usize> = (0..7)
-        .map(|i| rows.iter().map(|r| r[i].len()).max().unwrap_or(0))
-        .collect();
-    let mut out = String::new();
-    for r in &rows {
-        let line: Vec<String> = r
-            .iter()
-            .zip(&widths)
-            .map(|(c, w)| format!("{c:<w$}"))
-            .collect();
-        out.push_str(line.join("  ").trim_end());
-        out.push('\n');
-    }
-    out
-}
-
-fn human_bytes(n: u64) -> String {
-    let units = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = n as f64;
-    let mut u = 0;
-    while v >= 1024.0 && u + 1 < units.len() {
-        v /= 1024.0;
-        u += 1;
-    }
-    if u == 0 {
-        format!("{n} B")
-    } else {
-        format!("{v:.1} {}", units[u])
-    }
+    Ok(Config::load(
+        cli.config_file().as_deref(),
+        env,
+        cli.settings(),
+    )?)
 }
 
 fn init_logging(config: &Config, bar: &indicatif::ProgressBar) {
@@ -376,26 +234,31 @@ struct Figures {
 /// a backup's exit for long.
 const METRICS_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
-/// Runs the command, then delivers its metrics (which never change its outcome).
+/// Resolves and runs the command, then delivers its metrics (which never
+/// change its outcome).
 async fn run(cli: Cli, config: Config, bar: indicatif::ProgressBar) -> anyhow::Result<()> {
     let command = cli.command.name();
-    // A dry run of delete deletes nothing: it is not retention running.
     let pushes = match &cli.command {
-        Command::Delete { confirm, .. } => *confirm,
-        Command::BackupPush { .. } | Command::BackupFetch { .. } | Command::WalVerify { .. } => {
-            true
-        }
+        // A dry run of delete deletes nothing: it is not retention running.
+        cli::Command::Delete { confirm, .. } => *confirm,
+        cli::Command::BackupPush { .. }
+        | cli::Command::BackupFetch { .. }
+        | cli::Command::WalVerify { .. } => true,
         _ => false,
     };
     let push_url = config.metrics_push_url.clone().filter(|_| pushes);
     let textfile = config
         .metrics_textfile
         .clone()
-        .filter(|_| matches!(cli.command, Command::WalPush { .. }));
+        .filter(|_| matches!(cli.command, cli::Command::WalPush { .. }));
     let storage = config.storage.to_string();
+    let global_args = cli.global.to_args();
     let started = std::time::Instant::now();
     let mut figures = Figures::default();
-    let result = execute(cli, config, bar, &mut figures).await;
+    let result = match cli::resolve(cli, &config) {
+        Ok(invocation) => execute(invocation, config, bar, &global_args, &mut figures).await,
+        Err(e) => Err(e),
+    };
     let duration = started.elapsed();
     let finished = std::time::SystemTime::now();
     if let Some(path) = textfile {
@@ -431,102 +294,46 @@ async fn run(cli: Cli, config: Config, bar: indicatif::ProgressBar) -> anyhow::R
 }
 
 async fn execute(
-    cli: Cli,
+    invocation: Invocation,
     config: Config,
     bar: indicatif::ProgressBar,
+    global_args: &[OsString],
     figures: &mut Figures,
 ) -> anyhow::Result<()> {
     let mut ctx = Context::open(config).await?;
-    let what = match cli.command {
-        Command::BackupPush { .. } => Some("backup"),
-        Command::BackupFetch { .. } => Some("restore"),
-        _ => None,
-    };
-    if let Some(what) = what {
+    if let Some(what) = invocation.progress() {
         let mode = display::Mode::choose(
             ctx.config.log_format == LogFormat::Json,
             ctx.config.progress_interval,
         );
         ctx.progress = display::Display::new(mode, what, bar).attach();
     }
-    match cli.command {
-        Command::WalPush { path, .. } => {
+    let mut out = display::Stdout::new();
+    match invocation {
+        Invocation::WalPush { path } => {
             let report = wal::push::push(&ctx, &path, ctx.config.wal_push_lookahead).await?;
             figures.wal = report.uploaded;
             tracing::debug!(file = %report.name, outcome = ?report.outcome, pushed_ahead = report.pushed_ahead, "archived");
         }
-        Command::WalFetch { name, dest, .. } => {
-            let (source, next) =
+        Invocation::WalFetch { name, dest } => {
+            let fetched =
                 wal::fetch::fetch(&ctx, &name, &dest, ctx.config.wal_fetch_prefetch).await?;
-            tracing::debug!(file = %name, ?source, "restored");
-            if !next.is_empty()
-                && let Err(e) = wal::fetch::spawn_prefetcher(&dest, &next, &cli.global.to_args())
+            tracing::debug!(file = %name, source = ?fetched.source, "restored");
+            if let Some(spool) = &fetched.spool
+                && !fetched.next.is_empty()
+                && let Err(e) = wal::fetch::spawn_prefetcher(spool, &fetched.next, global_args)
             {
                 tracing::warn!("cannot start prefetch worker: {e}");
             }
         }
-        Command::BackupPush {
-            pgdata,
-            label,
-            permanent,
-            delta,
-            full,
-            remote,
-            max_rate,
-            metrics_push_url: _,
-        } => {
-            let max_rate = max_rate.unwrap_or(ctx.config.max_rate);
-            if max_rate > 0 && max_rate < 32 << 10 {
-                anyhow::bail!(
-                    "--max-rate {max_rate}: at least 32768 bytes per second, or 0 for no limit"
-                );
-            }
-            let pgdata = pgdata
-                .or_else(|| ctx.config.pgdata.clone())
-                .or_else(|| std::env::var_os("PGDATA").map(Into::into))
-                .filter(|_| !remote);
-            if pgdata.is_none() && !remote {
-                tracing::info!(
-                    "no data directory given (argument, pgdata, PGDATA): backing up over the \
-                     replication protocol"
-                );
-            }
-            if pgdata.is_none() && !delta && !full && ctx.config.delta_max_steps > 0 {
-                tracing::info!(
-                    "taking a full backup: remote backups are full backups (delta_max_steps \
-                     applies to backups of a data directory)"
-                );
-            }
-            if pgdata.is_none() && delta {
-                anyhow::bail!(
-                    "--delta needs the data directory: remote backups (over the replication \
-                     protocol) are full backups"
-                );
-            }
-            let opts = backup::push::PushOptions {
-                pgdata: pgdata.clone().unwrap_or_default(),
-                postgres: ctx.config.postgres.clone(),
-                label,
-                permanent,
-                fast_checkpoint: ctx.config.backup_fast_checkpoint,
-                archive_timeout: ctx.config.backup_archive_timeout,
-                part_size: ctx.config.backup_part_size,
-                concurrency: ctx.config.backup_concurrency,
-                kind: if full {
-                    backup::push::BackupKind::Full
-                } else if delta {
-                    backup::push::BackupKind::Delta
-                } else {
-                    backup::push::BackupKind::Auto {
-                        max_steps: ctx.config.delta_max_steps,
-                    }
-                },
-                max_rate,
-            };
-            let m = if pgdata.is_some() {
-                backup::push::push(&ctx, &opts).await?
+        Invocation::WalPrefetch { dir, names } => {
+            wal::fetch::prefetch_worker(&ctx, &dir, &names).await;
+        }
+        Invocation::BackupPush { opts, remote } => {
+            let m = if remote {
+                cairn::backup::remote::push_remote(&ctx, &opts).await?
             } else {
-                backup::remote::push_remote(&ctx, &opts).await?
+                cairn::backup::push::push(&ctx, &opts).await?
             };
             tracing::info!(
                 backup = %m.name,
@@ -538,40 +345,11 @@ async fn execute(
                 parts = m.parts.len(),
                 "backup complete"
             );
-            figures.metrics = vec![
-                bytes_raw_metric(m.raw_size),
-                Metric::gauge(
-                    "cairn_last_bytes_stored",
-                    "Bytes the last successful backup stored, after compression and encryption.",
-                    m.stored_size as f64,
-                ),
-            ];
-            println!("{}", m.name);
+            figures.metrics = cairn::metrics::backup_figures(m.raw_size, m.stored_size);
+            out.line(&m.name)?;
         }
-        Command::BackupFetch {
-            dest,
-            name,
-            recovery_target,
-            tablespace_map,
-            metrics_push_url: _,
-        } => {
-            let recovery_target = recovery_target
-                .map(|t| t.parse::<backup::fetch::RecoveryTarget>())
-                .transpose()
-                .map_err(anyhow::Error::msg)?;
-            let tablespace_map = tablespace_map
-                .iter()
-                .map(|m| parse_tablespace_mapping(m))
-                .collect::<anyhow::Result<Vec<_>>>()?;
-            let opts = backup::fetch::FetchOptions {
-                dest,
-                name,
-                tablespace_map,
-                recovery_target,
-                restore_command: restore_command(&cli.global)?,
-                concurrency: ctx.config.backup_concurrency,
-            };
-            let m = backup::fetch::fetch(&ctx, &opts).await?;
+        Invocation::BackupFetch(opts) => {
+            let m = cairn::backup::restore::fetch(&ctx, &opts).await?;
             tracing::info!(
                 backup = %m.name,
                 dest = %opts.dest.display(),
@@ -579,23 +357,23 @@ async fn execute(
                 raw_bytes = m.raw_size,
                 "restore complete"
             );
-            figures.metrics = vec![bytes_raw_metric(m.raw_size)];
-            println!("{}", m.name);
+            figures.metrics = cairn::metrics::restore_figures(m.raw_size);
+            out.line(&m.name)?;
         }
-        Command::BackupList { json } => {
-            let list = backup::catalog::list(&ctx).await?;
+        Invocation::BackupList { json } => {
+            let list = cairn::archive::catalog::list(&ctx).await?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&list)?);
+                out.text(&format!("{}\n", serde_json::to_string_pretty(&list)?))?;
             } else {
-                print!("{}", backup_table(&list));
+                out.text(&display::backup_table(&list))?;
             }
         }
-        Command::BackupMark { name, impermanent } => {
-            let changed = backup::mark::mark(&ctx, &name, !impermanent).await?;
-            let state = if impermanent {
-                "impermanent"
-            } else {
+        Invocation::BackupMark { name, permanent } => {
+            let changed = cairn::backup::mark::mark(&ctx, &name, permanent).await?;
+            let state = if permanent {
                 "permanent"
+            } else {
+                "impermanent"
             };
             if changed.is_empty() {
                 tracing::info!(backup = %name, "already {state}");
@@ -604,29 +382,86 @@ async fn execute(
                 tracing::info!(backup = %n, "marked {state}");
             }
         }
-        Command::Delete {
-            policy, confirm, ..
-        } => figures.metrics = delete(&ctx, policy, confirm).await?,
-        Command::WalVerify { json, .. } => {
+        Invocation::Delete { policy, confirm } => {
+            figures.metrics = delete(&ctx, &policy, confirm, &mut out).await?;
+        }
+        Invocation::WalVerify { json } => {
             let report = wal::verify::verify(&ctx).await?;
-            figures.metrics = verify_figures(&report);
+            figures.metrics = cairn::metrics::verify_figures(&report);
             if json {
-                println!("{}", serde_json::to_string_pretty(&report)?);
+                out.text(&format!("{}\n", serde_json::to_string_pretty(&report)?))?;
             } else {
-                print!("{report}");
+                out.text(&report.to_string())?;
             }
             if let Some(problem) = report.problem() {
                 anyhow::bail!("{problem}");
             }
         }
-        Command::WalPrefetch { dir, names } => {
-            let names = names
-                .iter()
-                .map(|n| n.parse())
-                .collect::<Result<Vec<_>, _>>()
-                .context("wal-prefetch got a bad segment name")?;
-            wal::fetch::prefetch_worker(&ctx, &dir, &names).await;
-        }
     }
     Ok(())
+}
+
+/// `cairn delete …`: prints the plan; carries it out with `--confirm`.
+/// Returns what it deleted, for metrics.
+async fn delete(
+    ctx: &Context,
+    policy: &cairn::retention::Policy,
+    confirm: bool,
+    out: &mut display::Stdout,
+) -> anyhow::Result<Vec<Metric>> {
+    use cairn::retention;
+    let catalog = cairn::archive::Catalog::load(ctx).await?;
+    let started = std::time::Instant::now();
+    let plan = retention::plan(&catalog, policy, time::OffsetDateTime::now_utc())?;
+    tracing::debug!(elapsed = ?started.elapsed(), "retention plan made");
+    out.text(&plan.to_string())?;
+    let summary = plan.summary();
+    if !confirm {
+        if !plan.is_empty() {
+            out.line("Dry run: nothing was deleted. Run again with --confirm to delete.")?;
+        }
+        return Ok(Vec::new());
+    }
+    let deleted = retention::apply::apply(ctx, &plan, &catalog.holes).await?;
+    tracing::info!(
+        objects = deleted,
+        backups = summary.backups_deleted,
+        wal = summary.wal_deleted,
+        "retention applied"
+    );
+    Ok(cairn::metrics::delete_figures(
+        summary.backups_deleted,
+        summary.wal_deleted,
+        deleted,
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_command_word_is_found_past_global_options() {
+        let args = |a: &[&str]| a.iter().map(OsString::from).collect::<Vec<_>>();
+        assert_eq!(
+            cli::command_word(&args(&[
+                "cairn",
+                "--storage",
+                "s3://b",
+                "wal-fetch",
+                "x",
+                "y"
+            ])),
+            Some("wal-fetch".into())
+        );
+        assert_eq!(
+            cli::command_word(&args(&["cairn", "--prefech", "4", "wal-fetch", "x"])),
+            Some("wal-fetch".into())
+        );
+        assert_eq!(
+            cli::command_word(&args(&["cairn", "wal-push"])),
+            Some("wal-push".into())
+        );
+        assert_eq!(cli::command_word(&args(&["cairn", "--storage", "x"])), None);
+    }
 }

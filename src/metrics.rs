@@ -52,6 +52,75 @@ impl Metric {
     }
 }
 
+/// backup-push's figures.
+pub fn backup_figures(raw: u64, stored: u64) -> Vec<Metric> {
+    vec![
+        bytes_raw(raw),
+        Metric::gauge(
+            "cairn_last_bytes_stored",
+            "Bytes the last successful backup stored, after compression and encryption.",
+            stored as f64,
+        ),
+    ]
+}
+
+/// backup-fetch's figures.
+pub fn restore_figures(raw: u64) -> Vec<Metric> {
+    vec![bytes_raw(raw)]
+}
+
+/// backup-push's and backup-fetch's bytes, one metric for both.
+fn bytes_raw(bytes: u64) -> Metric {
+    Metric::gauge(
+        "cairn_last_bytes_raw",
+        "Bytes of data the last successful run backed up or restored, before compression.",
+        bytes as f64,
+    )
+}
+
+/// `delete --confirm`'s figures.
+pub fn delete_figures(backups: usize, wal: usize, objects: usize) -> Vec<Metric> {
+    vec![
+        Metric::gauge(
+            "cairn_last_deleted_backups",
+            "Backups the last successful delete removed.",
+            backups as f64,
+        ),
+        Metric::gauge(
+            "cairn_last_deleted_wal_files",
+            "WAL files the last successful delete removed.",
+            wal as f64,
+        ),
+        Metric::gauge(
+            "cairn_last_deleted_objects",
+            "Objects (backup parts, manifests, WAL files) the last successful delete removed.",
+            objects as f64,
+        ),
+    ]
+}
+
+/// wal-verify's findings, pushed whether or not it passed (a gap is what
+/// an alert wants to see).
+pub fn verify_figures(report: &crate::wal::verify::Report) -> Vec<Metric> {
+    vec![
+        Metric::gauge(
+            "cairn_wal_verify_backups",
+            "Backups wal-verify checked.",
+            report.backups.len() as f64,
+        ),
+        Metric::gauge(
+            "cairn_wal_verify_missing_segments",
+            "WAL segments that backups need for recovery to the newest segment and the archive lacks.",
+            report.gaps.iter().map(|g| g.segments).sum::<u64>() as f64,
+        ),
+        Metric::gauge(
+            "cairn_wal_verify_missing_histories",
+            "Timeline history files that backups need and the archive lacks.",
+            report.missing_histories.len() as f64,
+        ),
+    ]
+}
+
 /// How one run of a command ended, with the figures it measured.
 #[derive(Debug, Clone)]
 pub struct Run {
@@ -236,7 +305,7 @@ pub struct WalPushRun {
 
 /// wal-push's metrics: (name, help, kind). Counters accumulate across
 /// calls; gauges hold the last call's value.
-const WAL_PUSH: [(&str, &str, Kind); 7] = [
+const WAL_PUSH: [(&str, &str, Kind); 8] = [
     (
         "cairn_wal_push_files_total",
         "WAL files wal-push uploaded (segments pushed ahead included).",
@@ -250,6 +319,12 @@ const WAL_PUSH: [(&str, &str, Kind); 7] = [
     (
         "cairn_wal_push_bytes_stored_total",
         "Bytes wal-push stored, after compression and encryption.",
+        Kind::Counter,
+    ),
+    (
+        "cairn_wal_push_replaced_total",
+        "Archived WAL objects wal-push found damaged (they did not decode to the file) and \
+         replaced with the good local copy.",
         Kind::Counter,
     ),
     (
@@ -304,17 +379,17 @@ pub fn update_textfile(path: &Path, run: &WalPushRun) -> Result<(), MetricsError
     let text = updated_textfile(&old, run);
     // PostgreSQL runs archive_command with umask 0077; node_exporter runs as
     // another user and must read the file.
-    let tmp = crate::wal::tmp_name(path);
-    let written = std::fs::write(&tmp, text.as_bytes())
-        .and_then(|()| {
-            use std::os::unix::fs::PermissionsExt;
-            std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o644))
-        })
-        .and_then(|()| std::fs::rename(&tmp, path));
-    if written.is_err() {
-        let _ = std::fs::remove_file(&tmp);
+    let mut f = crate::durable::TempFile::create(path).map_err(io)?;
+    {
+        use std::io::Write as _;
+        use std::os::unix::fs::PermissionsExt;
+        f.write_all(text.as_bytes()).map_err(io)?;
+        f.file()
+            .set_permissions(std::fs::Permissions::from_mode(0o644))
+            .map_err(io)?;
     }
-    written.map_err(io)
+    // A lost update after an OS crash only loses a count.
+    f.commit(crate::durable::Durability::Atomic).map_err(io)
 }
 
 /// The textfile's new contents: `old`'s series of cairn's wal-push metrics,
@@ -346,6 +421,10 @@ pub fn updated_textfile(old: &str, run: &WalPushRun) -> String {
         add(
             "cairn_wal_push_bytes_stored_total",
             run.uploaded.stored as f64,
+        );
+        add(
+            "cairn_wal_push_replaced_total",
+            run.uploaded.replaced as f64,
         );
         add("cairn_wal_push_failures_total", 0.0);
     } else {
@@ -447,6 +526,7 @@ mod tests {
                 files: 3,
                 raw: 3 << 24,
                 stored: 1 << 20,
+                replaced: 0,
             },
             duration: Duration::from_millis(250),
             finished: SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000),

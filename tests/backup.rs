@@ -242,7 +242,7 @@ fn bad_input_is_refused_and_leaves_nothing_half_restored() {
         &mut json,
     )
     .unwrap();
-    let mut m = cairn::backup::manifest::Manifest::from_json(&json, "manifest").unwrap();
+    let mut m = cairn::archive::manifest::Manifest::from_json(&json, "manifest", None).unwrap();
     let p = m
         .parts
         .iter_mut()

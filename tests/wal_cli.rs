@@ -27,8 +27,25 @@ fn seg_name(tli: u32, n: u64, seg_size: usize) -> String {
     format!("{tli:08X}{:08X}{:08X}", n / per, n % per)
 }
 
+/// `bytes` with the page address that WAL file `name` has (at the segment
+/// size its header declares), as PostgreSQL would have written it.
+fn placed(name: &str, bytes: &[u8]) -> Vec<u8> {
+    let mut bytes = bytes.to_vec();
+    let segment = name.strip_suffix(".partial").unwrap_or(name);
+    if segment.len() == 24 && bytes.len() >= 40 {
+        let size = u32::from_le_bytes(bytes[32..36].try_into().unwrap()) as u64;
+        let log = u64::from_str_radix(&segment[8..16], 16).unwrap();
+        let seg = u64::from_str_radix(&segment[16..24], 16).unwrap();
+        let addr = (log << 32) + seg * size;
+        bytes[8..16].copy_from_slice(&addr.to_le_bytes());
+    }
+    bytes
+}
+
+/// Writes a WAL file into the data directory (a segment [`placed`] where its
+/// name says), optionally marked ready for archiving.
 fn write_seg(data: &Path, name: &str, bytes: &[u8], ready: bool) {
-    std::fs::write(data.join("pg_wal").join(name), bytes).unwrap();
+    std::fs::write(data.join("pg_wal").join(name), placed(name, bytes)).unwrap();
     if ready {
         std::fs::write(
             data.join("pg_wal/archive_status")
@@ -68,6 +85,21 @@ fn fetch(a: &Archive, data: &Path, name: &str) -> Output {
     a.cairn(&["wal-fetch", name, "pg_wal/RECOVERYXLOG"], data)
 }
 
+/// The one data directory's spool under the configured `base`; nothing of
+/// the prefetch is ever inside the data directory.
+fn spool_dir(base: &Path) -> PathBuf {
+    let spools: Vec<PathBuf> = std::fs::read_dir(base)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("spool-"))
+        })
+        .collect();
+    assert_eq!(spools.len(), 1, "one spool per data directory: {spools:?}");
+    spools[0].clone()
+}
+
 fn no_temp_files(dir: &Path) {
     for e in std::fs::read_dir(dir).unwrap() {
         let n = e.unwrap().file_name().to_string_lossy().into_owned();
@@ -101,10 +133,12 @@ fn push_fetch_round_trip_each_backend_and_codec() {
         let seg = fake_segment(16 * MIB, 1, 1);
         let name = seg_name(1, 1, 16 * MIB);
         write_seg(&d, &name, &seg, true);
+        // Timeline 2 left timeline 1 inside segment 2, which is then read
+        // from timeline 2: timeline 1's archive ends with segment 1.
         write_seg(
             &d,
             "00000002.history",
-            b"1\t0/3000000\tno recovery target specified\n",
+            b"1\t0/2000100\tno recovery target specified\n",
             false,
         );
         assert_exit(&push(&a, &d, &name), 0, "");
@@ -113,13 +147,13 @@ fn push_fetch_round_trip_each_backend_and_codec() {
         assert_exit(&push(&a, &d, &name), 0, "");
         assert_exit(&fetch(&a, &d, &name), 0, "");
         assert!(
-            std::fs::read(d.join("pg_wal/RECOVERYXLOG")).unwrap() == seg,
+            std::fs::read(d.join("pg_wal/RECOVERYXLOG")).unwrap() == placed(&name, &seg),
             "{backend:?}: restored bytes differ"
         );
         assert_exit(&fetch(&a, &d, "00000002.history"), 0, "");
         assert_eq!(
             std::fs::read(d.join("pg_wal/RECOVERYXLOG")).unwrap(),
-            b"1\t0/3000000\tno recovery target specified\n"
+            b"1\t0/2000100\tno recovery target specified\n"
         );
         // The end of the archive and history probes: exactly 1.
         assert_exit(
@@ -380,7 +414,10 @@ fn prefetch_follows_the_segment_size_and_timeline() {
     // 1 MiB segments wrap the name's low part at 0xFFF; 64 MiB ones at 0x3F.
     for seg_size in [MIB, 64 * MIB] {
         let t = TestDir::new();
-        let a = Archive::new(Backend::File).with("CAIRN_WAL_FETCH_PREFETCH", "3");
+        let base = t.sub("spool");
+        let a = Archive::new(Backend::File)
+            .with("CAIRN_WAL_FETCH_PREFETCH", "3")
+            .with("CAIRN_WAL_FETCH_SPOOL", &base.display().to_string());
         let d = datadir(&t, Some("recovery.signal"));
         let per = 0x1_0000_0000u64 / seg_size as u64;
         let first = per - 2;
@@ -393,7 +430,7 @@ fn prefetch_follows_the_segment_size_and_timeline() {
             std::fs::remove_file(d.join("pg_wal").join(n)).unwrap();
         }
         assert_exit(&fetch(&a, &d, &segs[0].0), 0, "");
-        let pre = d.join("pg_wal/.cairn/prefetch");
+        let pre = spool_dir(&base);
         let deadline = Instant::now() + Duration::from_secs(30);
         while !segs[1..4].iter().all(|(n, _)| pre.join(n).exists()) {
             assert!(
@@ -411,7 +448,7 @@ fn prefetch_follows_the_segment_size_and_timeline() {
         for (n, b) in &segs[1..] {
             assert_exit(&fetch(&a, &d, n), 0, "");
             assert!(
-                std::fs::read(d.join("pg_wal/RECOVERYXLOG")).unwrap() == *b,
+                std::fs::read(d.join("pg_wal/RECOVERYXLOG")).unwrap() == placed(n, b),
                 "{n} differs"
             );
             assert!(!pre.join(n).exists(), "{n}: prefetched copy left behind");
@@ -435,7 +472,10 @@ fn prefetch_follows_the_segment_size_and_timeline() {
 #[test]
 fn prefetch_works_when_cairn_is_called_by_path_or_relative_name() {
     let t = TestDir::new();
-    let a = Archive::new(Backend::File).with("CAIRN_WAL_FETCH_PREFETCH", "2");
+    let base = t.sub("spool");
+    let a = Archive::new(Backend::File)
+        .with("CAIRN_WAL_FETCH_PREFETCH", "2")
+        .with("CAIRN_WAL_FETCH_SPOOL", &base.display().to_string());
     let d = datadir(&t, Some("recovery.signal"));
     let bin = d.join("bin");
     std::fs::create_dir(&bin).unwrap();
@@ -446,7 +486,6 @@ fn prefetch_works_when_cairn_is_called_by_path_or_relative_name() {
         assert_exit(&push(&a, &d, n), 0, "");
         std::fs::remove_file(d.join("pg_wal").join(n)).unwrap();
     }
-    let pre = d.join("pg_wal/.cairn/prefetch");
     let by_path = bin.display().to_string() + ":/usr/bin:/bin";
     for (program, path, fetched, ahead) in [
         (Path::new("cairn"), by_path.as_str(), 0, 1..3),
@@ -459,6 +498,7 @@ fn prefetch_works_when_cairn_is_called_by_path_or_relative_name() {
             &d,
         );
         assert_exit(&out, 0, "");
+        let pre = spool_dir(&base);
         let deadline = Instant::now() + Duration::from_secs(30);
         while !segs[ahead.clone()].iter().all(|n| pre.join(n).exists()) {
             assert!(

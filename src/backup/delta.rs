@@ -26,8 +26,8 @@ use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom};
 use std::os::unix::fs::FileExt;
 
-use super::manifest::{FileEntry, Manifest, Stored};
 use super::rate::{Paced, Reads};
+use crate::archive::manifest::{FileEntry, Manifest, Stored};
 use crate::pg::datadir::is_relation_file;
 use crate::pg::page::{PAGE_SIZE, page_lsn};
 use crate::pg::wal::Lsn;
@@ -63,7 +63,7 @@ impl DeltaBase {
     pub fn new(parent: &Manifest) -> DeltaBase {
         DeltaBase {
             parent: parent.name.clone(),
-            parent_start_wal_file: parent.start_wal_file.clone(),
+            parent_start_wal_file: parent.start_wal_file.to_string(),
             from_lsn: parent.start_lsn,
             chain_depth: parent.chain_depth + 1,
             files: parent

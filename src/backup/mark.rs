@@ -3,8 +3,10 @@
 //! on too, since it cannot be restored without them; unmarking touches only
 //! the named backup.
 
-use super::{BackupError, catalog, push::store_manifest};
+use super::BackupError;
+use super::store::store_manifest;
 use crate::Context;
+use crate::archive::catalog;
 use crate::storage::PutMode;
 
 /// Sets (or clears) the permanent flag; returns the backups whose manifest

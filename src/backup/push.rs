@@ -4,28 +4,27 @@
 //! concurrently; after `pg_backup_stop`, the control part (pg_control,
 //! backup_label, tablespace_map) and then the manifest are written.
 
-use std::fs::File;
-use std::io::Write as _;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::{StreamExt, TryStreamExt};
+use time::OffsetDateTime;
 
+use super::BackupError;
 use super::delta::DeltaBase;
-use super::manifest::{FULL_MANIFEST_VERSION, FileEntry, MANIFEST_VERSION, Manifest, PartEntry};
+use super::lock::{BackupLock, cluster_lock};
 use super::rate::{RateLimit, Reads};
-use super::tar_split::{ControlFile, plan, write_control_part, write_part};
-use super::{BackupError, catalog, manifest_key, part_key};
+use super::store::{self, Lineage, Taken, part_name};
+use super::tar_split::{ControlFile, plan, write_part};
 use crate::Context;
-use crate::codec::hex;
-use crate::codec::{
-    CodecError, CodecSettings, PipeReader, PipeWriter, encode_stream, encode_to_vec, pipe,
-};
+use crate::archive::catalog;
+use crate::archive::manifest::{FileEntry, Manifest, PartEntry, rfc3339};
+use crate::codec::PipeWriter;
 use crate::pg::client::{PgSession, PgSettings};
 use crate::pg::datadir::{self, Entry};
 use crate::pg::page::PAGE_SIZE;
-use crate::pg::wal::{Lsn, SegmentSize, TimelineId, WalFileName};
-use crate::storage::{PutBody, PutMode, StorageError};
+use crate::pg::wal::{Lsn, SegmentSize, SystemId, TimelineId};
 
 /// What a backup-push does, from configuration and flags.
 #[derive(Debug, Clone)]
@@ -50,14 +49,13 @@ pub struct PushOptions {
 }
 
 impl PushOptions {
-    /// The backup's start time (RFC 3339) and label (the user's, or one naming
-    /// the time).
-    pub(crate) fn start(&self) -> (String, String) {
-        let start_time = super::now_rfc3339();
+    /// The backup's start time and label (the user's, or one naming the time).
+    pub(crate) fn start(&self) -> (OffsetDateTime, String) {
+        let start_time = OffsetDateTime::now_utc();
         let label = self
             .label
             .clone()
-            .unwrap_or_else(|| format!("cairn backup {start_time}"));
+            .unwrap_or_else(|| format!("cairn backup {}", rfc3339::format(start_time)));
         (start_time, label)
     }
 }
@@ -76,9 +74,16 @@ pub enum BackupKind {
 
 /// Takes a base backup; returns its manifest once stored.
 pub async fn push(ctx: &Context, opts: &PushOptions) -> Result<Manifest, BackupError> {
-    let pgdata = std::fs::canonicalize(&opts.pgdata)
-        .map_err(|_| datadir::DataDirError::NotADataDir(opts.pgdata.clone()))?;
-    let local_id = datadir::system_identifier(&pgdata)?;
+    let given = opts.pgdata.clone();
+    let (pgdata, local_id, _lock) = tokio::task::spawn_blocking(move || {
+        let pgdata = std::fs::canonicalize(&given)
+            .map_err(|_| datadir::DataDirError::NotADataDir(given.clone()))?;
+        let local_id = datadir::system_identifier(&pgdata)?;
+        let lock = BackupLock::acquire(&pgdata)?;
+        Ok::<_, BackupError>((pgdata, local_id, lock))
+    })
+    .await
+    .map_err(BackupError::task)??;
     let session = PgSession::connect(&opts.postgres).await?;
     let server_id = session.system_identifier().await?;
     if server_id != local_id {
@@ -89,7 +94,6 @@ pub async fn push(ctx: &Context, opts: &PushOptions) -> Result<Manifest, BackupE
         });
     }
     session.check_archiving().await?;
-    let _lock = BackupLock::acquire(&pgdata)?;
     cluster_lock(ctx, &session).await?;
     let segment_size = SegmentSize::new(session.wal_segment_size().await?).map_err(|e| {
         BackupError::BadArgument(format!("server reports an invalid wal_segment_size: {e}"))
@@ -97,7 +101,7 @@ pub async fn push(ctx: &Context, opts: &PushOptions) -> Result<Manifest, BackupE
 
     let (start_time, label) = opts.start();
     let (start_lsn, timeline) = session.backup_start(&label, opts.fast_checkpoint).await?;
-    let start_file = super::start_wal_file(timeline, start_lsn, segment_size);
+    let start_file = crate::pg::wal::Segment::containing(timeline, start_lsn, segment_size);
     let delta = choose_parent(ctx, opts, &session, server_id, start_lsn, timeline).await?;
     // As wal-g names them: a delta also names the WAL file its parent started in.
     let name = match &delta {
@@ -110,7 +114,18 @@ pub async fn push(ctx: &Context, opts: &PushOptions) -> Result<Manifest, BackupE
         }
         None => tracing::info!(backup = %name, lsn = %start_lsn, "backup started"),
     }
-    super::check_name_free(ctx, &name, session.in_recovery().await?).await?;
+    store::check_name_free(ctx, &name, session.in_recovery().await?).await?;
+    let running = store::begin(
+        ctx,
+        &name,
+        SystemId(server_id),
+        timeline,
+        start_lsn,
+        segment_size,
+        delta.as_ref().map(|d| d.parent.as_str()),
+        start_time,
+    )
+    .await?;
 
     let walked = {
         let pgdata = pgdata.clone();
@@ -125,8 +140,8 @@ pub async fn push(ctx: &Context, opts: &PushOptions) -> Result<Manifest, BackupE
         entries.iter().map(Entry::size).sum(),
         Some(data_parts as u64),
     );
-    let shared_delta = delta.clone().map(std::sync::Arc::new);
-    let limit = RateLimit::new(opts.max_rate).map(std::sync::Arc::new);
+    let shared_delta = delta.clone().map(Arc::new);
+    let limit = RateLimit::new(opts.max_rate).map(Arc::new);
     let uploaded: Vec<(PartEntry, Vec<FileEntry>)> =
         futures::stream::iter(planned.into_iter().enumerate())
             .map(|(i, part)| upload_part(ctx, &name, i, part, shared_delta.clone(), limit.clone()))
@@ -137,10 +152,10 @@ pub async fn push(ctx: &Context, opts: &PushOptions) -> Result<Manifest, BackupE
     // An error above drops the session, which aborts the backup on the server.
 
     let stop = session.backup_stop(opts.archive_timeout).await?;
-    let stop_file =
-        WalFileName::Segment(super::stop_wal_segment(timeline, stop.lsn, segment_size)).to_string();
     let control_path = pgdata.join("global/pg_control");
-    let pg_control = std::fs::read(&control_path).map_err(BackupError::io(&control_path))?;
+    let pg_control = tokio::fs::read(&control_path)
+        .await
+        .map_err(BackupError::io(&control_path))?;
     let mut control_files = vec![
         ControlFile::new("global/pg_control", pg_control),
         ControlFile::new("backup_label", stop.backup_label.clone().into_bytes()),
@@ -148,7 +163,7 @@ pub async fn push(ctx: &Context, opts: &PushOptions) -> Result<Manifest, BackupE
     if let Some(map) = &stop.tablespace_map {
         control_files.push(ControlFile::new("tablespace_map", map.clone().into_bytes()));
     }
-    let control = upload_control_part(ctx, &name, data_parts, control_files).await?;
+    let control = store::upload_control_part(ctx, &name, data_parts, control_files).await?;
 
     let mut parts = Vec::with_capacity(uploaded.len() + 1);
     let mut files = Vec::new();
@@ -156,44 +171,30 @@ pub async fn push(ctx: &Context, opts: &PushOptions) -> Result<Manifest, BackupE
         parts.push(p);
         files.extend(f);
     }
-    let settings = ctx.config.codec();
-    let manifest = Manifest {
-        manifest_version: if delta.is_some() {
-            MANIFEST_VERSION
-        } else {
-            FULL_MANIFEST_VERSION
-        },
-        name: name.clone(),
-        kind: if delta.is_some() { "delta" } else { "full" }.into(),
-        parent: delta.as_ref().map(|d| d.parent.clone()),
-        delta_from_lsn: delta.as_ref().map(|d| d.from_lsn),
-        chain_depth: delta.as_ref().map_or(0, |d| d.chain_depth),
+    let taken = Taken {
+        name,
+        lineage: delta.as_ref().map(|d| Lineage {
+            parent: d.parent.clone(),
+            from_lsn: d.from_lsn,
+            chain_depth: d.chain_depth,
+        }),
         remote: false,
         start_lsn,
         stop_lsn: stop.lsn,
         timeline,
-        start_wal_file: start_file,
-        stop_wal_file: stop_file,
-        wal_segment_size: segment_size.bytes(),
+        segment_size,
         start_time,
-        finish_time: super::now_rfc3339(),
-        system_identifier: server_id.to_string(),
+        system_identifier: SystemId(server_id),
         pg_version: session.version_num,
-        hostname: super::hostname(),
         data_directory: pgdata.display().to_string(),
         tablespaces,
-        raw_size: files.iter().map(|f| f.size).sum(),
-        stored_size: parts.iter().map(|p| p.stored_size).sum(),
-        compression: settings.compression.to_string(),
-        encrypted: !settings.recipients.is_empty(),
         label,
         permanent: opts.permanent,
         backup_label: stop.backup_label,
         tablespace_map: stop.tablespace_map,
-        parts,
-        files,
     };
-    store_manifest(ctx, &manifest, PutMode::CreateIfAbsent).await?;
+    let manifest = taken.manifest(ctx, parts, files);
+    store::publish(ctx, &manifest, running, opts.archive_timeout).await?;
     Ok(manifest)
 }
 
@@ -217,7 +218,7 @@ async fn choose_parent(
         tracing::info!("taking a full backup: {why}");
         Ok(None)
     };
-    let sysid = system_identifier.to_string();
+    let sysid = SystemId(system_identifier);
     let Some(latest) = catalog::list(ctx)
         .await?
         .into_iter()
@@ -252,7 +253,7 @@ async fn choose_parent(
         ));
     }
     if latest.timeline != timeline {
-        let history = match crate::wal::read_history(ctx, timeline).await {
+        let history = match crate::archive::timelines::read_history(ctx, timeline).await {
             Ok(h) => h,
             // A push-only host may lack the identity to read it.
             Err(e) => return full(format!("cannot read timeline {timeline}'s history: {e}")),
@@ -267,43 +268,14 @@ async fn choose_parent(
     Ok(Some(DeltaBase::new(&latest)))
 }
 
-/// Stores a manifest: compressed, never encrypted (see `manifest.rs`).
-pub async fn store_manifest(
-    ctx: &Context,
-    manifest: &Manifest,
-    mode: PutMode,
-) -> Result<(), BackupError> {
-    let settings = CodecSettings {
-        recipients: Vec::new(),
-        ..ctx.config.codec()
-    };
-    let (bytes, _) = encode_to_vec(&manifest.to_json(), &settings)?;
-    let key = manifest_key(&manifest.name)?;
-    match ctx
-        .storage
-        .put(&key, PutBody::Bytes(bytes.into()), mode)
-        .await
-    {
-        Err(StorageError::AlreadyExists { .. }) => Err(BackupError::Exists {
-            name: manifest.name.clone(),
-            location: ctx.storage.location().to_string(),
-        }),
-        other => Ok(other?),
-    }
-}
-
-pub(crate) fn part_name(index: usize) -> String {
-    format!("part_{:05}.tar", index + 1)
-}
-
 /// Builds one part and uploads it as it is built.
 async fn upload_part(
     ctx: &Context,
     backup: &str,
     index: usize,
     entries: Vec<Entry>,
-    delta: Option<std::sync::Arc<DeltaBase>>,
-    limit: Option<std::sync::Arc<RateLimit>>,
+    delta: Option<Arc<DeltaBase>>,
+    limit: Option<Arc<RateLimit>>,
 ) -> Result<(PartEntry, Vec<FileEntry>), BackupError> {
     let progress = ctx.progress.clone();
     let build = move |w: PipeWriter| {
@@ -313,144 +285,7 @@ async fn upload_part(
         };
         write_part(&entries, index, delta.as_deref(), reads, w)
     };
-    let uploaded = upload(ctx, backup, part_name(index), false, build).await?;
+    let uploaded = store::upload(ctx, backup, part_name(index), false, build).await?;
     ctx.progress.part_done();
     Ok(uploaded)
-}
-
-pub(crate) async fn upload_control_part(
-    ctx: &Context,
-    backup: &str,
-    index: usize,
-    files: Vec<ControlFile>,
-) -> Result<(PartEntry, Vec<FileEntry>), BackupError> {
-    let build = move |w: PipeWriter| write_control_part(&files, index, w);
-    upload(ctx, backup, part_name(index), true, build).await
-}
-
-/// A three-stage pipeline per part: `build` writes the tar stream (reading and
-/// hashing files) on one blocking thread, the encoder compresses and encrypts
-/// it on another, and storage uploads it; so even one large part keeps two
-/// cores busy.
-async fn upload<F>(
-    ctx: &Context,
-    backup: &str,
-    part: String,
-    control: bool,
-    build: F,
-) -> Result<(PartEntry, Vec<FileEntry>), BackupError>
-where
-    F: FnOnce(PipeWriter) -> std::io::Result<(Vec<FileEntry>, PipeWriter)> + Send + 'static,
-{
-    let (writer, reader) = pipe();
-    let builder = tokio::task::spawn_blocking(move || {
-        let (files, writer) = build(writer)?;
-        writer.finish()?;
-        Ok::<_, std::io::Error>(files)
-    });
-    let stored = store_part(ctx, backup, part, control, reader).await;
-    let built = builder.await.map_err(BackupError::task)?;
-    // The earliest stage's error says why; later ones only that input broke.
-    let files = built.map_err(|e| BackupError::Codec(CodecError::from_io(e)))?;
-    Ok((stored?, files))
-}
-
-/// Encodes (compresses, encrypts) a part's tar stream as it is read and
-/// uploads it: the encoder on a thread of its own, storage on the runtime.
-pub(crate) async fn store_part(
-    ctx: &Context,
-    backup: &str,
-    part: String,
-    control: bool,
-    tar: PipeReader,
-) -> Result<PartEntry, BackupError> {
-    let key = part_key(backup, &part)?;
-    let encoded = encode_stream(tar, ctx.config.codec(), None, format!("part {key}"));
-    let put = ctx
-        .storage
-        .put(&key, PutBody::Stream(encoded.body), PutMode::Overwrite)
-        .await;
-    let encoding = encoded.task.await.map_err(BackupError::task)?;
-    let (digest, stored) = encoding?;
-    put?;
-    tracing::debug!(part = %key, raw = digest.len, stored, "part uploaded");
-    Ok(PartEntry {
-        key: part,
-        raw_size: digest.len,
-        stored_size: stored,
-        blake3: hex(&digest.blake3),
-        control,
-    })
-}
-
-/// One backup of a cluster into one storage at a time, from any host, local
-/// or remote: a session-level advisory lock on the cluster, keyed by the
-/// storage location, which the server releases when the holding session ends
-/// (so when the holder dies). `session` must stay open for the backup.
-pub(crate) async fn cluster_lock(ctx: &Context, session: &PgSession) -> Result<(), BackupError> {
-    let location = ctx.storage.location();
-    let hash = blake3::hash(location.as_bytes());
-    let key = i32::from_le_bytes([
-        hash.as_bytes()[0],
-        hash.as_bytes()[1],
-        hash.as_bytes()[2],
-        hash.as_bytes()[3],
-    ]);
-    match session.try_lock(key).await? {
-        None => Ok(()),
-        Some(holder) => Err(BackupError::Locked {
-            path: PathBuf::from(location),
-            holder: format!("held by {holder}"),
-        }),
-    }
-}
-
-/// One backup of a cluster at a time from this host: an exclusive lock on a
-/// file in the data directory's `pg_wal/.cairn/`, which the kernel releases
-/// when the holder exits, however it exits.
-struct BackupLock {
-    _file: File,
-}
-
-impl BackupLock {
-    fn acquire(pgdata: &Path) -> Result<BackupLock, BackupError> {
-        let dir = pgdata.join("pg_wal/.cairn");
-        std::fs::create_dir_all(&dir).map_err(BackupError::io(&dir))?;
-        let path = dir.join("backup.lock");
-        let mut file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&path)
-            .map_err(BackupError::io(&path))?;
-        // Run as root (cron), cairn must not leave root-owned state where
-        // wal-push, running as the cluster's owner, keeps its own.
-        if let Ok(owner) = std::fs::metadata(pgdata) {
-            use std::os::unix::fs::MetadataExt;
-            for p in [&dir, &path] {
-                let _ = std::os::unix::fs::chown(p, Some(owner.uid()), Some(owner.gid()));
-            }
-        }
-        match file.try_lock() {
-            Ok(()) => {}
-            Err(std::fs::TryLockError::WouldBlock) => {
-                let holder = std::fs::read_to_string(&path).unwrap_or_default();
-                return Err(BackupError::Locked {
-                    path,
-                    holder: holder.trim().to_string(),
-                });
-            }
-            Err(std::fs::TryLockError::Error(e)) => return Err(BackupError::io(&path)(e)),
-        }
-        let holder = format!(
-            "pid {} on {} since {}",
-            std::process::id(),
-            super::hostname(),
-            super::now_rfc3339()
-        );
-        let _ = file.set_len(0);
-        let _ = file.write_all(holder.as_bytes());
-        Ok(BackupLock { _file: file })
-    }
 }

@@ -9,24 +9,22 @@
 
 use std::io::Read;
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
-use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
 use super::BackupError;
-use super::manifest::{FULL_MANIFEST_VERSION, FileEntry, Manifest, PartEntry, Stored};
-use super::push::{
-    PushOptions, cluster_lock, part_name, store_manifest, store_part, upload_control_part,
-};
+use super::lock::cluster_lock;
+use super::push::PushOptions;
+use super::store::{self, Taken, part_name, store_part, upload_control_part};
 use super::tar_split::{ControlFile, append_dir, append_file};
 use crate::Context;
+use crate::archive::manifest::{FileEntry, Manifest, PartEntry, Stored};
 use crate::codec::{PipeReader, PipeWriter, pipe};
 use crate::pg::client::{PgError, PgSession, check_archiving};
 use crate::pg::datadir::Tablespace;
 use crate::pg::replication::{ReplicationConn, Reply};
-use crate::pg::wal::{Lsn, Segment, SegmentSize, TimelineId, WalFileName};
+use crate::pg::wal::{Lsn, Segment, SegmentSize, SystemId, TimelineId};
 use crate::progress::Progress;
-use crate::storage::PutMode;
 
 /// Takes a base backup over a replication connection; returns its manifest.
 pub async fn push_remote(ctx: &Context, opts: &PushOptions) -> Result<Manifest, BackupError> {
@@ -86,11 +84,22 @@ pub async fn push_remote(ctx: &Context, opts: &PushOptions) -> Result<Manifest, 
     .await?;
     let (start_lsn, timeline) = position(&mut conn, "start").await?;
     let (tablespaces, estimate) = tablespace_rows(&mut conn).await?;
-    let start_file = super::start_wal_file(timeline, start_lsn, segment_size);
+    let start_file = Segment::containing(timeline, start_lsn, segment_size);
     let name = format!("base_{start_file}");
     tracing::info!(backup = %name, lsn = %start_lsn, server = system.system_identifier, "remote backup started");
     ctx.progress.begin(estimate, None);
-    super::check_name_free(ctx, &name, standby).await?;
+    store::check_name_free(ctx, &name, standby).await?;
+    let running = store::begin(
+        ctx,
+        &name,
+        SystemId(system.system_identifier),
+        timeline,
+        start_lsn,
+        segment_size,
+        None,
+        start_time,
+    )
+    .await?;
 
     // The splitter thread turns the server's archives into parts; each part
     // is uploaded by a task of its own while the next one fills.
@@ -172,55 +181,31 @@ pub async fn push_remote(ctx: &Context, opts: &PushOptions) -> Result<Manifest, 
         .then(|| text_of(&control_files, "tablespace_map"));
     let (control, control_entries) =
         upload_control_part(ctx, &name, data_parts, control_files).await?;
-    wait_for_wal(
-        ctx,
-        timeline,
-        start_lsn,
-        stop_lsn,
-        segment_size,
-        opts.archive_timeout,
-    )
-    .await?;
 
     let mut files = files;
     files.extend(control_entries);
     parts.push(control);
-    let stop_file =
-        WalFileName::Segment(super::stop_wal_segment(timeline, stop_lsn, segment_size)).to_string();
-    let settings = ctx.config.codec();
-    let manifest = Manifest {
-        manifest_version: FULL_MANIFEST_VERSION,
-        name: name.clone(),
-        kind: "full".into(),
-        parent: None,
-        delta_from_lsn: None,
-        chain_depth: 0,
+    let taken = Taken {
+        name,
+        lineage: None,
         remote: true,
         start_lsn,
         stop_lsn,
         timeline,
-        start_wal_file: start_file,
-        stop_wal_file: stop_file,
-        wal_segment_size: segment_size.bytes(),
+        segment_size,
         start_time,
-        finish_time: super::now_rfc3339(),
-        system_identifier: system.system_identifier.to_string(),
+        system_identifier: SystemId(system.system_identifier),
         pg_version: conn.version_num,
-        hostname: super::hostname(),
         data_directory: String::new(),
         tablespaces,
-        raw_size: files.iter().map(|f| f.size).sum(),
-        stored_size: parts.iter().map(|p| p.stored_size).sum(),
-        compression: settings.compression.to_string(),
-        encrypted: !settings.recipients.is_empty(),
         label,
         permanent: opts.permanent,
         backup_label,
         tablespace_map,
-        parts,
-        files,
     };
-    store_manifest(ctx, &manifest, PutMode::CreateIfAbsent).await?;
+    let manifest = taken.manifest(ctx, parts, files);
+    // BASE_BACKUP did not wait for archiving: publish waits for the WAL.
+    store::publish(ctx, &manifest, running, opts.archive_timeout).await?;
     // The lock ends with the session, after the manifest.
     drop(session);
     Ok(manifest)
@@ -647,45 +632,6 @@ fn text_of(files: &[ControlFile], path: &str) -> String {
         .find(|f| f.path == path)
         .map(|f| String::from_utf8_lossy(&f.bytes).into_owned())
         .unwrap_or_default()
-}
-
-/// Waits until every WAL segment from the backup's start to its end is in
-/// the archive: without them the backup cannot become consistent.
-async fn wait_for_wal(
-    ctx: &Context,
-    timeline: TimelineId,
-    start: Lsn,
-    stop: Lsn,
-    size: SegmentSize,
-    timeout: Duration,
-) -> Result<(), BackupError> {
-    let first = Segment::containing(timeline, start, size);
-    let last = super::stop_wal_segment(timeline, stop, size);
-    let deadline = Instant::now() + timeout;
-    let mut seg = first;
-    loop {
-        let key = crate::wal::wal_key(&WalFileName::Segment(seg));
-        if ctx.storage.head(&key).await?.is_some() {
-            if seg == last {
-                return Ok(());
-            }
-            seg = seg.next(size);
-            continue;
-        }
-        if Instant::now() >= deadline {
-            return Err(BackupError::BadArgument(format!(
-                "WAL segment {} (needed from the backup's start to its end, {}) did not reach \
-                 {} within {} s: archiving is failing or lagging (see pg_stat_archiver on the \
-                 server), or archive_command writes to another storage; the backup was not \
-                 recorded",
-                WalFileName::Segment(seg),
-                WalFileName::Segment(last),
-                ctx.storage.location(),
-                timeout.as_secs()
-            )));
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
 }
 
 /// `16MB` (as SHOW prints it) → bytes.

@@ -8,8 +8,8 @@ use std::fs::File;
 use std::io::{self, Read, Write};
 use std::path::Path;
 
+use crate::archive::manifest::{FileEntry, Stored};
 use crate::backup::delta::{DeltaBase, FilePlan, PageSetReader};
-use crate::backup::manifest::{FileEntry, Stored};
 use crate::backup::rate::{Paced, Reads};
 use crate::codec::hex;
 use crate::pg::datadir::{Entry, EntryKind};

@@ -227,6 +227,12 @@ impl CodecError {
         }
     }
 
+    /// Whether this only says that the next stage of a pipeline stopped
+    /// reading: that stage's own error is the cause.
+    pub fn is_stage_stopped(&self) -> bool {
+        matches!(self, CodecError::Io(e) if e.kind() == std::io::ErrorKind::BrokenPipe)
+    }
+
     pub(crate) fn into_io(self) -> std::io::Error {
         match self {
             CodecError::Io(e) => e,

@@ -95,6 +95,88 @@ impl SegmentSize {
     }
 }
 
+/// Stored as its number of bytes.
+impl serde::Serialize for SegmentSize {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(self.bytes())
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for SegmentSize {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        SegmentSize::new(u64::deserialize(d)?).map_err(serde::de::Error::custom)
+    }
+}
+
+/// A cluster's system identifier (`pg_control`, every WAL segment's long
+/// header): printed and stored in decimal, as PostgreSQL prints it, and as a
+/// string in JSON, whose readers may round a u64.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct SystemId(pub u64);
+
+impl fmt::Display for SystemId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+impl FromStr for SystemId {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        s.parse()
+            .map(SystemId)
+            .map_err(|_| format!("{s:?} is not a system identifier (a decimal number)"))
+    }
+}
+
+impl serde::Serialize for SystemId {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for SystemId {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d)?
+            .parse()
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+/// A segment's place in the WAL stream: its name's two 32-bit fields. For one
+/// segment size they order like segment numbers, so positions compare
+/// without knowing the size; only counting or stepping needs it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct SegmentPos {
+    pub log: u32,
+    pub seg: u32,
+}
+
+impl SegmentPos {
+    /// PostgreSQL's XLogSegNo at this size.
+    pub fn number(self, size: SegmentSize) -> u64 {
+        u64::from(self.log) * size.per_xlogid() + u64::from(self.seg)
+    }
+
+    pub fn from_number(n: u64, size: SegmentSize) -> SegmentPos {
+        SegmentPos {
+            log: (n / size.per_xlogid()) as u32,
+            seg: (n % size.per_xlogid()) as u32,
+        }
+    }
+
+    /// Whether this position exists at `size` (its segment field is small enough).
+    pub fn fits(self, size: SegmentSize) -> bool {
+        u64::from(self.seg) < size.per_xlogid()
+    }
+
+    /// Whether this is certainly the position right after `prev`, whatever
+    /// the segment size (across a 4 GiB unit only the size could tell).
+    pub fn directly_follows(self, prev: SegmentPos) -> bool {
+        self.log == prev.log && prev.seg.checked_add(1) == Some(self.seg)
+    }
+}
+
 /// A WAL segment: timeline plus the two 32-bit halves of its name. Keeping the
 /// name's own fields (rather than a segment number) means a name can be handled
 /// without knowing the segment size; only stepping to the next one needs it.
@@ -114,20 +196,67 @@ impl Segment {
 
     /// PostgreSQL's XLogSegNo.
     pub fn number(self, size: SegmentSize) -> u64 {
-        u64::from(self.log) * size.per_xlogid() + u64::from(self.seg)
+        self.pos().number(size)
     }
 
     pub fn from_number(timeline: TimelineId, n: u64, size: SegmentSize) -> Segment {
-        Segment {
-            timeline,
-            log: (n / size.per_xlogid()) as u32,
-            seg: (n % size.per_xlogid()) as u32,
-        }
+        Segment::at(timeline, SegmentPos::from_number(n, size))
     }
 
     /// The segment holding `lsn`.
     pub fn containing(timeline: TimelineId, lsn: Lsn, size: SegmentSize) -> Segment {
         Segment::from_number(timeline, lsn.0 / size.bytes(), size)
+    }
+
+    /// Its place in the WAL stream.
+    pub fn pos(self) -> SegmentPos {
+        SegmentPos {
+            log: self.log,
+            seg: self.seg,
+        }
+    }
+
+    /// The segment of `timeline` at `pos`.
+    pub fn at(timeline: TimelineId, pos: SegmentPos) -> Segment {
+        Segment {
+            timeline,
+            log: pos.log,
+            seg: pos.seg,
+        }
+    }
+
+    /// The LSN where this segment begins.
+    pub fn start_lsn(self, size: SegmentSize) -> Lsn {
+        Lsn(self.number(size) * size.bytes())
+    }
+}
+
+/// Stored as its file name (`000000010000000000000002`).
+impl serde::Serialize for Segment {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Segment {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        match s.parse::<WalFileName>() {
+            Ok(WalFileName::Segment(seg)) => Ok(seg),
+            _ => Err(serde::de::Error::custom(format!(
+                "{s:?} is not a WAL segment name"
+            ))),
+        }
+    }
+}
+
+impl FromStr for Segment {
+    type Err = WalNameError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.parse::<WalFileName>()? {
+            WalFileName::Segment(seg) => Ok(seg),
+            _ => Err(WalNameError::NotAWalName(s.to_string())),
+        }
     }
 }
 

@@ -68,6 +68,11 @@
 //! - as a guard, when a cluster has a backup kept by the policy, no segment at
 //!   or after the start of that cluster's newest backup is deleted, on any
 //!   timeline;
+//! - a running backup (one whose marker its writer still refreshes, see
+//!   `archive::running`) needs every segment from its start on, on any
+//!   timeline, and keeps its parent's chain as a base; `Target` refuses to
+//!   delete what a running backup is built on, and no policy deletes a running
+//!   backup's objects;
 //! - an unfinished backup that is not being deleted and is newer than every
 //!   complete backup of its cluster (or any one, under `Garbage`) may be in
 //!   progress: segments from its start (read from its `base_<WAL file>` name) on
@@ -99,14 +104,19 @@
 //! interrupted run never leaves a delta without its parent), oldest chain
 //! first, and within a backup its manifest first (that makes the backup
 //! invisible before its parts go); then unfinished backups' objects; then WAL,
-//! oldest first (an interrupted run leaves no hole in the middle).
+//! oldest first. Before any WAL file goes, the runs of segments the plan
+//! removes are written to the record of intentional holes (`archive::holes`):
+//! whatever prefix of the removal an interruption leaves done, and in
+//! whatever order a storage carries out one batch, every segment missing from
+//! the archive is then either recorded as removed on purpose or a real gap,
+//! so `wal-fetch` and `wal-verify` never take one for the other.
 
 pub mod apply;
 pub mod plan;
 
 pub use plan::{
-    BackupInfo, BeforeTarget, Catalog, Deleted, Deletion, KeptBackup, Plan, PlanError, PlanSummary,
-    Policy, Retain, UnfinishedBackup, WalObject, plan,
+    BeforeTarget, Deleted, Deletion, KeptBackup, Plan, PlanError, PlanSummary, Policy, Retain,
+    Step, plan,
 };
 
 use time::{Duration, OffsetDateTime};

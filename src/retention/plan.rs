@@ -13,54 +13,13 @@ use std::fmt;
 use time::format_description::well_known::Rfc3339;
 use time::{Date, Duration, OffsetDateTime, UtcOffset};
 
+use crate::archive::catalog::order_key;
+use crate::archive::clusters::Clusters;
+use crate::archive::holes::Hole;
+use crate::archive::{BackupInfo, Catalog, UnfinishedBackup};
 use crate::pg::timeline::TimelineHistory;
-use crate::pg::wal::{Lsn, Segment, SegmentSize, TimelineId, WalFileName};
+use crate::pg::wal::{Segment, SegmentPos, TimelineId, WalFileName};
 use crate::storage::ObjectKey;
-
-/// One complete backup, as its manifest describes it.
-#[derive(Clone, Debug)]
-pub struct BackupInfo {
-    pub name: String,
-    pub system_identifier: String,
-    pub timeline: TimelineId,
-    pub start_lsn: Lsn,
-    pub stop_lsn: Lsn,
-    pub start_time: OffsetDateTime,
-    pub finish_time: OffsetDateTime,
-    /// The backup a delta is built on; `None` for a full backup.
-    pub parent: Option<String>,
-    pub permanent: bool,
-    pub wal_segment_size: SegmentSize,
-    /// Every object of the backup, its manifest included. The plan deletes the
-    /// manifest (`…/manifest.json`, else the first object listed) first.
-    pub objects: Vec<ObjectKey>,
-}
-
-/// A `basebackups/<name>/` directory without a manifest: a failed backup, or
-/// one in progress.
-#[derive(Clone, Debug)]
-pub struct UnfinishedBackup {
-    pub name: String,
-    pub objects: Vec<ObjectKey>,
-    pub newest_modified: Option<OffsetDateTime>,
-}
-
-/// One object under `wal/`.
-#[derive(Clone, Debug)]
-pub struct WalObject {
-    pub name: WalFileName,
-    pub key: ObjectKey,
-}
-
-/// Everything retention looks at: the archive as listed, no data.
-#[derive(Clone, Debug, Default)]
-pub struct Catalog {
-    pub backups: Vec<BackupInfo>,
-    pub unfinished: Vec<UnfinishedBackup>,
-    pub wal: Vec<WalObject>,
-    /// The parsed `.history` files, by timeline.
-    pub histories: BTreeMap<TimelineId, TimelineHistory>,
-}
 
 /// What to keep (`Retain`) or what to delete (the others).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -95,6 +54,9 @@ pub struct Plan {
     pub deletions: Vec<Deletion>,
     /// In backup order, oldest first.
     pub kept: Vec<KeptBackup>,
+    /// The runs of WAL segments the plan removes, to record as intentional
+    /// holes before removing them.
+    pub holes: Vec<Hole>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -108,6 +70,23 @@ pub struct Deletion {
     pub key: ObjectKey,
     pub what: Deleted,
     pub reason: String,
+    /// When apply may delete it.
+    pub step: Step,
+}
+
+/// The stages of applying a plan, in order; an interruption between any two
+/// deletions leaves no visible backup without its parts or its parent.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Step {
+    /// A doomed backup's manifest, deepest deltas first (`Reverse(depth)`):
+    /// deleting it makes the backup invisible.
+    Manifest(Reverse<usize>),
+    /// The rest of a doomed backup, once no manifest names it.
+    BackupObject,
+    /// An unfinished backup's objects.
+    Unfinished,
+    /// A WAL file, oldest first, after the plan's holes are recorded.
+    Wal,
 }
 
 /// What a deleted object belongs to.
@@ -159,6 +138,15 @@ pub enum PlanError {
         target: String,
         permanent: Vec<String>,
     },
+    #[error(
+        "refusing to delete {target}: a running backup is being built on it: {} (wait until it \
+         finishes, then delete both)",
+        .running.join(", ")
+    )]
+    TargetRunning {
+        target: String,
+        running: Vec<String>,
+    },
     #[error("two backups in the archive are named {name}")]
     DuplicateBackup { name: String },
     #[error("backup {name} is built on {parent}, which {problem}")]
@@ -173,8 +161,14 @@ pub enum PlanError {
 pub fn plan(catalog: &Catalog, policy: &Policy, now: OffsetDateTime) -> Result<Plan, PlanError> {
     check_policy(policy)?;
     let (g, broken) = Graph::build(&catalog.backups)?;
+    // Backups being taken now: what they build on must outlive them.
+    let running: Vec<&UnfinishedBackup> = catalog
+        .unfinished
+        .iter()
+        .filter(|u| u.running.is_some())
+        .collect();
     if let Policy::Target(name) = policy {
-        return target(&g, name);
+        return target(&g, name, &running);
     }
     // A delta without its chain cannot be restored, and a plan that counted it as
     // a kept backup would keep less than the policy promises: refuse, loudly.
@@ -182,7 +176,7 @@ pub fn plan(catalog: &Catalog, policy: &Policy, now: OffsetDateTime) -> Result<P
     if let (Some(e), Policy::Retain(_) | Policy::Before(_)) = (broken, policy) {
         return Err(e);
     }
-    let clusters = Clusters::build(&g);
+    let clusters = Clusters::of(&g.b);
     let mut keep = Keep::new(g.len());
     let reason_for_deletion: String = match policy {
         Policy::Retain(r) => retain(&g, &clusters, catalog, r, now, &mut keep),
@@ -205,6 +199,11 @@ pub fn plan(catalog: &Catalog, policy: &Policy, now: OffsetDateTime) -> Result<P
             keep.add(i, false, "permanent");
         }
     }
+    for u in &running {
+        if let Some(&p) = running_parent(u).and_then(|p| g.by_name.get(p)) {
+            keep.add(p, false, format!("base of {}, which is running", u.name));
+        }
+    }
     keep.close_over_ancestors(&g);
 
     let mut out = Plan::default();
@@ -219,7 +218,7 @@ pub fn plan(catalog: &Catalog, policy: &Policy, now: OffsetDateTime) -> Result<P
     unfinished.sort_by(|a, b| a.name.cmp(&b.name));
     for u in unfinished {
         let old = grace.map(|grace| u.newest_modified.is_none_or(|m| m < now - grace));
-        if old != Some(true) {
+        if old != Some(true) || u.running.is_some() {
             surviving_unfinished.push(u);
             continue;
         }
@@ -232,6 +231,7 @@ pub fn plan(catalog: &Catalog, policy: &Policy, now: OffsetDateTime) -> Result<P
                 key: key.clone(),
                 what: Deleted::Unfinished(u.name.clone()),
                 reason: reason.clone(),
+                step: Step::Unfinished,
             });
         }
     }
@@ -252,6 +252,11 @@ pub fn plan(catalog: &Catalog, policy: &Policy, now: OffsetDateTime) -> Result<P
 
     out.kept = kept_list(&g, &keep);
     Ok(out)
+}
+
+/// The backup a running delta is being built on.
+fn running_parent(u: &UnfinishedBackup) -> Option<&str> {
+    u.running.as_ref()?.parent.as_deref()
 }
 
 fn check_policy(policy: &Policy) -> Result<(), PlanError> {
@@ -295,7 +300,11 @@ impl<'a> Graph<'a> {
     fn build(backups: &'a [BackupInfo]) -> Result<(Graph<'a>, Option<PlanError>), PlanError> {
         let mut b: Vec<&BackupInfo> = backups.iter().collect();
         b.sort_by(|x, y| {
-            (x.start_time, x.start_lsn, &x.name).cmp(&(y.start_time, y.start_lsn, &y.name))
+            order_key(x.start_time, x.start_lsn, &x.name).cmp(&order_key(
+                y.start_time,
+                y.start_lsn,
+                &y.name,
+            ))
         });
         let n = b.len();
         let mut by_name = HashMap::with_capacity(n);
@@ -390,91 +399,14 @@ impl<'a> Graph<'a> {
     }
 }
 
-/// Position of a segment in the WAL stream, comparable without knowing the
-/// segment size (for one size, the name's fields order like segment numbers).
-fn pos(s: Segment) -> u64 {
-    (u64::from(s.log) << 32) | u64::from(s.seg)
+fn start_pos(b: &BackupInfo) -> SegmentPos {
+    b.start_segment().pos()
 }
 
-fn start_pos(b: &BackupInfo) -> u64 {
-    pos(Segment::containing(
-        b.timeline,
-        b.start_lsn,
-        b.wal_segment_size,
-    ))
-}
-
-fn stop_pos(b: &BackupInfo) -> u64 {
-    pos(Segment::containing(
-        b.timeline,
-        b.stop_lsn,
-        b.wal_segment_size,
-    ))
-}
-
-struct Cluster<'a> {
-    system_identifier: &'a str,
-    /// Backup indexes, in order.
-    members: Vec<usize>,
-    /// Start position of the earliest backup.
-    boundary: u64,
-}
-
-impl Cluster<'_> {
-    fn newest(&self) -> usize {
-        *self.members.last().expect("a cluster has a backup")
-    }
-}
-
-struct Clusters<'a> {
-    /// By start of their earliest backup.
-    list: Vec<Cluster<'a>>,
-    /// Whether WAL can be attributed by position (see the module doc).
-    ordered: bool,
-}
-
-impl<'a> Clusters<'a> {
-    fn build(g: &Graph<'a>) -> Clusters<'a> {
-        let mut list: Vec<Cluster<'a>> = Vec::new();
-        let mut index: HashMap<&str, usize> = HashMap::new();
-        for (i, b) in g.b.iter().enumerate() {
-            let c = *index.entry(&b.system_identifier).or_insert_with(|| {
-                list.push(Cluster {
-                    system_identifier: &b.system_identifier,
-                    members: Vec::new(),
-                    boundary: start_pos(b),
-                });
-                list.len() - 1
-            });
-            list[c].members.push(i);
-        }
-        let ordered = list.windows(2).all(|w| {
-            let (old, new) = (&w[0], &w[1]);
-            old.boundary < new.boundary
-                && old
-                    .members
-                    .iter()
-                    .all(|&i| start_pos(g.b[i]) < new.boundary)
-                && g.b[old.newest()].start_time <= g.b[new.members[0]].start_time
-        });
-        Clusters { list, ordered }
-    }
-
-    /// The cluster a WAL position belongs to: the one with the greatest
-    /// boundary at or below it, else the first.
-    fn attribute(&self, p: u64) -> usize {
-        if self.ordered {
-            return self
-                .list
-                .partition_point(|c| c.boundary <= p)
-                .saturating_sub(1);
-        }
-        // Boundaries out of order: few clusters, look at each.
-        (0..self.list.len())
-            .filter(|&c| self.list[c].boundary <= p)
-            .max_by_key(|&c| self.list[c].boundary)
-            .unwrap_or(0)
-    }
+/// The segment holding the stop LSN itself (one more than a restore needs
+/// when the stop LSN begins a segment: retention keeps the wider range).
+fn stop_pos(b: &BackupInfo) -> SegmentPos {
+    Segment::containing(b.timeline, b.stop_lsn, b.wal_segment_size).pos()
 }
 
 /// Which backups are kept, why, and whether by the policy itself.
@@ -793,7 +725,7 @@ fn before(g: &Graph, t: &BeforeTarget, keep: &mut Keep) -> Result<String, PlanEr
 }
 
 /// `Target`: the backup and its dependents, nothing else.
-fn target(g: &Graph, name: &str) -> Result<Plan, PlanError> {
+fn target(g: &Graph, name: &str, running: &[&UnfinishedBackup]) -> Result<Plan, PlanError> {
     let &t = g.by_name.get(name).ok_or_else(|| PlanError::NoSuchBackup {
         name: name.to_string(),
     })?;
@@ -810,6 +742,21 @@ fn target(g: &Graph, name: &str) -> Result<Plan, PlanError> {
             permanent,
         });
     }
+    let building: Vec<String> = running
+        .iter()
+        .filter(|u| {
+            running_parent(u)
+                .and_then(|p| g.by_name.get(p))
+                .is_some_and(|p| doomed.binary_search(p).is_ok())
+        })
+        .map(|u| u.name.clone())
+        .collect();
+    if !building.is_empty() {
+        return Err(PlanError::TargetRunning {
+            target: name.to_string(),
+            running: building,
+        });
+    }
     let mut keep = Keep::new(g.len());
     for i in 0..g.len() {
         if doomed.binary_search(&i).is_err() {
@@ -822,8 +769,6 @@ fn target(g: &Graph, name: &str) -> Result<Plan, PlanError> {
     Ok(out)
 }
 
-/// The deleted backups' objects: oldest chain first, within a chain dependents
-/// before their parents, within a backup the manifest first.
 /// The kept backups, oldest first, with why each is kept.
 fn kept_list(g: &Graph, keep: &Keep) -> Vec<KeptBackup> {
     (0..g.len())
@@ -835,6 +780,8 @@ fn kept_list(g: &Graph, keep: &Keep) -> Vec<KeptBackup> {
         .collect()
 }
 
+/// The deleted backups' objects: oldest chain first, within a chain dependents
+/// before their parents, within a backup the manifest first.
 fn backup_deletions(g: &Graph, keep: &Keep, policy_reason: &str, out: &mut Plan) {
     let mut doomed: Vec<usize> = (0..g.len()).filter(|&i| !keep.kept(i)).collect();
     doomed.sort_by_key(|&i| (g.root[i], Reverse(g.depth[i]), Reverse(i)));
@@ -844,11 +791,14 @@ fn backup_deletions(g: &Graph, keep: &Keep, policy_reason: &str, out: &mut Plan)
             Some(p) if !keep.kept(p) => format!("depends on deleted {}", g.b[p].name),
             _ => policy_reason.to_string(),
         };
-        let manifest = b
-            .objects
-            .iter()
-            .position(|k| k.as_str().ends_with("/manifest.json"))
-            .unwrap_or(0);
+        let is_manifest = |k: &ObjectKey| {
+            matches!(crate::archive::keys::classify(k),
+                crate::archive::keys::Listed::BackupObject { file, .. }
+                    if file == crate::archive::keys::MANIFEST_FILE)
+        };
+        // A backup listed without its manifest's key (tests, races): its
+        // first object stands in, so that something hides it first.
+        let manifest = b.objects.iter().position(is_manifest).unwrap_or(0);
         let ordered = b.objects.get(manifest).into_iter().chain(
             b.objects
                 .iter()
@@ -856,11 +806,16 @@ fn backup_deletions(g: &Graph, keep: &Keep, policy_reason: &str, out: &mut Plan)
                 .filter(|(k, _)| *k != manifest)
                 .map(|(_, o)| o),
         );
-        for key in ordered {
+        for (k, key) in ordered.enumerate() {
             out.deletions.push(Deletion {
                 key: key.clone(),
                 what: Deleted::Backup(b.name.clone()),
                 reason: reason.clone(),
+                step: if k == 0 {
+                    Step::Manifest(Reverse(g.depth[i]))
+                } else {
+                    Step::BackupObject
+                },
             });
         }
     }
@@ -870,18 +825,18 @@ fn backup_deletions(g: &Graph, keep: &Keep, policy_reason: &str, out: &mut Plan)
 #[derive(Default)]
 struct Needs {
     /// Every segment of the timeline from this position on.
-    onward: HashMap<TimelineId, u64>,
+    onward: HashMap<TimelineId, SegmentPos>,
     /// These inclusive position ranges of the timeline (sorted, merged).
-    ranges: HashMap<TimelineId, Vec<(u64, u64)>>,
+    ranges: HashMap<TimelineId, Vec<(SegmentPos, SegmentPos)>>,
     /// Every segment of any timeline from this position on.
-    from_any: Option<u64>,
+    from_any: Option<SegmentPos>,
     /// The lowest position anything above needs.
-    oldest: Option<u64>,
+    oldest: Option<SegmentPos>,
     any_kept: bool,
 }
 
 impl Needs {
-    fn needs(&self, tl: TimelineId, p: u64) -> bool {
+    fn needs(&self, tl: TimelineId, p: SegmentPos) -> bool {
         self.from_any.is_some_and(|f| p >= f)
             || self.onward.get(&tl).is_some_and(|&m| p >= m)
             || self.ranges.get(&tl).is_some_and(|r| {
@@ -890,11 +845,11 @@ impl Needs {
             })
     }
 
-    fn need_from_any(&mut self, p: u64) {
+    fn need_from_any(&mut self, p: SegmentPos) {
         self.from_any = Some(self.from_any.map_or(p, |f| f.min(p)));
     }
 
-    fn need_onward(&mut self, tl: TimelineId, p: u64) {
+    fn need_onward(&mut self, tl: TimelineId, p: SegmentPos) {
         let m = self.onward.entry(tl).or_insert(p);
         *m = (*m).min(p);
     }
@@ -902,10 +857,12 @@ impl Needs {
     fn finish(&mut self) {
         for r in self.ranges.values_mut() {
             r.sort_unstable();
-            let mut merged: Vec<(u64, u64)> = Vec::with_capacity(r.len());
+            let mut merged: Vec<(SegmentPos, SegmentPos)> = Vec::with_capacity(r.len());
             for &(s, e) in r.iter() {
                 match merged.last_mut() {
-                    Some(last) if s <= last.1.saturating_add(1) => last.1 = last.1.max(e),
+                    Some(last) if s <= last.1 || s.directly_follows(last.1) => {
+                        last.1 = last.1.max(e)
+                    }
                     _ => merged.push((s, e)),
                 }
             }
@@ -922,7 +879,7 @@ impl Needs {
 }
 
 struct WalNeeds<'a> {
-    clusters: &'a Clusters<'a>,
+    clusters: &'a Clusters,
     /// Parallel to `clusters.list`.
     per_cluster: Vec<Needs>,
     /// When there are no complete backups at all.
@@ -932,7 +889,7 @@ struct WalNeeds<'a> {
 impl<'a> WalNeeds<'a> {
     fn build(
         g: &Graph,
-        clusters: &'a Clusters<'a>,
+        clusters: &'a Clusters,
         keep: &Keep,
         catalog: &Catalog,
         surviving_unfinished: &[&UnfinishedBackup],
@@ -978,15 +935,26 @@ impl<'a> WalNeeds<'a> {
         }
         let mut without_cluster = Needs::default();
         for u in surviving_unfinished {
-            let Some(p) = unfinished_start(&u.name) else {
+            let start = match &u.running {
+                Some(m) => Some(m.start_wal_file.pos()),
+                None => unfinished_start(&u.name),
+            };
+            let Some(p) = start else {
                 continue;
             };
             if clusters.list.is_empty() {
                 without_cluster.need_from_any(p);
                 continue;
             }
-            let ci = clusters.attribute(p);
-            if garbage || p > start_pos(g.b[clusters.list[ci].newest()]) {
+            let ci = match &u.running {
+                Some(m) => clusters
+                    .find(m.system_identifier)
+                    .unwrap_or_else(|| clusters.attribute(p)),
+                None => clusters.attribute(p),
+            };
+            // A running backup needs its WAL whatever else: it will publish
+            // a manifest that says so.
+            if u.running.is_some() || garbage || p > start_pos(g.b[clusters.list[ci].newest()]) {
                 per_cluster[ci].need_from_any(p);
             }
         }
@@ -1002,7 +970,7 @@ impl<'a> WalNeeds<'a> {
     }
 
     /// Why the WAL file at `p` on `tl` may go, or `None` when it is needed.
-    fn deletion_reason(&self, tl: TimelineId, p: u64) -> Option<String> {
+    fn deletion_reason(&self, tl: TimelineId, p: SegmentPos) -> Option<String> {
         if self.per_cluster.is_empty() {
             return (!self.without_cluster.needs(tl, p)).then(|| "no backup is kept".to_string());
         }
@@ -1036,12 +1004,18 @@ impl<'a> WalNeeds<'a> {
             _ => format!("not needed by any kept backup{of_cluster}"),
         })
     }
+
+    /// The cluster a WAL position belongs to, when that can be told.
+    fn owner(&self, p: SegmentPos) -> Option<crate::pg::wal::SystemId> {
+        (self.clusters.ordered && !self.clusters.list.is_empty())
+            .then(|| self.clusters.list[self.clusters.attribute(p)].system_identifier)
+    }
 }
 
 /// The start position of an unfinished backup, from its `base_<WAL file>` name.
-fn unfinished_start(name: &str) -> Option<u64> {
+fn unfinished_start(name: &str) -> Option<SegmentPos> {
     let seg = name.strip_prefix("base_")?.get(..24)?;
-    seg.parse::<WalFileName>().ok()?.segment().map(pos)
+    seg.parse::<WalFileName>().ok()?.segment().map(Segment::pos)
 }
 
 /// The WAL segment a WAL file is judged by; `None` for `.history` files.
@@ -1054,26 +1028,60 @@ fn judged_segment(name: &WalFileName) -> Option<(Segment, u8, u32)> {
     }
 }
 
+/// The WAL deletions, oldest first, and the holes they make: per timeline,
+/// each run of deleted segments with no kept segment between them.
 fn wal_deletions(catalog: &Catalog, needs: &WalNeeds, out: &mut Plan) {
-    let mut doomed: Vec<((u64, u32, u8, u32), Deletion)> = Vec::new();
+    type Order = (SegmentPos, u32, u8, u32);
+    let mut doomed: Vec<(Order, Deletion)> = Vec::new();
+    // Whole segments by timeline and position: whether each goes.
+    let mut segments: BTreeMap<(TimelineId, SegmentPos), bool> = BTreeMap::new();
     for w in &catalog.wal {
         let Some((s, rank, off)) = judged_segment(&w.name) else {
             continue;
         };
-        let p = pos(s);
-        if let Some(reason) = needs.deletion_reason(s.timeline, p) {
+        let p = s.pos();
+        let reason = needs.deletion_reason(s.timeline, p);
+        if rank == 0 {
+            segments.insert((s.timeline, p), reason.is_some());
+        }
+        if let Some(reason) = reason {
             doomed.push((
                 (p, s.timeline.0, rank, off),
                 Deletion {
                     key: w.key.clone(),
                     what: Deleted::Wal(w.name),
                     reason,
+                    step: Step::Wal,
                 },
             ));
         }
     }
     doomed.sort_unstable_by_key(|(k, _)| *k);
     out.deletions.extend(doomed.into_iter().map(|(_, d)| d));
+
+    let mut open: Option<Hole> = None;
+    for (&(tl, p), &goes) in &segments {
+        let owner = needs.owner(p);
+        let continues = open.is_some_and(|h| h.timeline == tl && h.system_identifier == owner);
+        if !goes || !continues {
+            out.holes.extend(open.take());
+        }
+        if goes {
+            let here = Segment::at(tl, p);
+            match &mut open {
+                Some(h) => h.last = here,
+                None => {
+                    open = Some(Hole {
+                        system_identifier: owner,
+                        timeline: tl,
+                        first: here,
+                        last: here,
+                    })
+                }
+            }
+        }
+    }
+    out.holes.extend(open);
 }
 
 impl Plan {
@@ -1128,7 +1136,7 @@ struct Line<'a> {
     count: usize,
     reason: &'a str,
     /// For WAL runs: position of the last file.
-    pos: u64,
+    pos: SegmentPos,
 }
 
 impl Plan {
@@ -1141,13 +1149,15 @@ impl Plan {
                 let Some((s, ..)) = judged_segment(name) else {
                     continue;
                 };
-                let p = pos(s);
+                let p = s.pos();
                 let key = (s.timeline, d.reason.as_str());
                 if let Some(&k) = open.get(&key) {
                     let run = &mut lines[k];
+                    // Across a 4 GiB unit only the segment size could tell;
+                    // its first segment is taken to follow.
                     let follows = p == run.pos
-                        || p == run.pos + 1
-                        || (p >> 32 == (run.pos >> 32) + 1 && p & 0xFFFF_FFFF == 0);
+                        || p.directly_follows(run.pos)
+                        || (p.seg == 0 && run.pos.log.checked_add(1) == Some(p.log));
                     if follows {
                         run.last = &d.what;
                         run.count += 1;
@@ -1172,7 +1182,7 @@ impl Plan {
                     last: &d.what,
                     count: 1,
                     reason: &d.reason,
-                    pos: 0,
+                    pos: SegmentPos { log: 0, seg: 0 },
                 }),
             }
         }

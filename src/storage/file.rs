@@ -5,16 +5,13 @@
 
 use std::io::{ErrorKind, Write};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use async_trait::async_trait;
 use futures::TryStreamExt;
 
 use super::{ByteStream, ObjectKey, ObjectMeta, PutBody, PutMode, Storage, StorageError};
 
-/// Temporary files carry this marker so listings skip them and `delete garbage`
-/// can recognise leftovers of a crash.
-const TMP_MARK: &str = ".cairn-tmp.";
+use crate::durable::{TMP_MARK, tmp_path};
 
 #[derive(Debug)]
 pub struct FileStorage {
@@ -70,17 +67,6 @@ impl FileStorage {
             }),
         }
     }
-}
-
-static TMP_COUNTER: AtomicU64 = AtomicU64::new(0);
-
-fn tmp_path(dest: &Path) -> PathBuf {
-    let name = dest
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let n = TMP_COUNTER.fetch_add(1, Ordering::Relaxed);
-    dest.with_file_name(format!(".{name}{TMP_MARK}{}.{n}", std::process::id()))
 }
 
 fn fsync_dir(dir: &Path) -> std::io::Result<()> {
@@ -246,10 +232,10 @@ fn remove_stale_temps(dir: &Path) {
     };
     for e in entries.flatten() {
         let name = e.file_name().to_string_lossy().into_owned();
-        let Some((_, rest)) = name.split_once(TMP_MARK) else {
+        if !name.contains(TMP_MARK) {
             continue;
-        };
-        let pid = rest.split('.').next().and_then(|p| p.parse::<i32>().ok());
+        }
+        let pid = crate::durable::tmp_owner(&name);
         // SAFETY: kill with signal 0 only checks whether the process exists
         // (EPERM: it does, as another user).
         let alive = pid.is_some_and(|p| {

@@ -50,9 +50,7 @@ impl GcsStorage {
         location: String,
         opts: &StorageOptions,
     ) -> Result<Self, StorageError> {
-        let fail = |message: String| StorageError::Permanent {
-            op: "connect to",
-            key: String::new(),
+        let fail = |message: String| StorageError::Setup {
             location: location.clone(),
             message,
         };

@@ -87,6 +87,9 @@ pub enum StorageError {
     AlreadyExists { key: String, location: String },
     #[error("{key:?} is not a valid object key")]
     InvalidKey { key: String },
+    /// The storage cannot be used at all (no credentials, a bad endpoint).
+    #[error("cannot use {location}: {message}")]
+    Setup { location: String, message: String },
     /// Worth retrying (connection refused, timeout, 5xx, throttling); after the
     /// retry deadline it is reported as is.
     #[error("{op} {key} in {location} failed: {message}")]

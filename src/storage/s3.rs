@@ -3,14 +3,13 @@
 //! `If-None-Match: *`, which AWS and current S3-compatible servers enforce atomically.
 //! The SDK's own retries are off: every request goes through [`RetryPolicy`].
 
-use std::error::Error as _;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use aws_config::BehaviorVersion;
 use aws_sdk_s3::Client;
 use aws_sdk_s3::config::{ProvideCredentials, Region};
-use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::ByteStream as SdkBody;
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart, Delete, ObjectIdentifier};
 use bytes::Bytes;
@@ -28,6 +27,8 @@ pub struct S3Storage {
     location: String,
     retry: RetryPolicy,
     part_size: usize,
+    /// The endpoint requests go to, for messages about reaching it.
+    endpoint: String,
 }
 
 /// How long resolving credentials may take before cairn says there are none; the
@@ -41,9 +42,7 @@ impl S3Storage {
         location: String,
         opts: &StorageOptions,
     ) -> Result<Self, StorageError> {
-        let fail = |message: String| StorageError::Permanent {
-            op: "connect to",
-            key: String::new(),
+        let fail = |message: String| StorageError::Setup {
             location: location.clone(),
             message,
         };
@@ -79,10 +78,12 @@ impl S3Storage {
         match tokio::time::timeout(CREDENTIALS_TIMEOUT, credentials.provide_credentials()).await {
             Ok(Ok(_)) => {}
             Ok(Err(e)) => {
+                // The error's own text, not its sources: those embed debug dumps.
+                let why = format!(" ({})", first_line(&e.to_string()));
                 return Err(fail(format!(
-                    "no AWS credentials found ({}); set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, \
-                     AWS_PROFILE, or run with an instance or web-identity role",
-                    DisplayErrorContext(&e)
+                    "no AWS credentials found{why}; set AWS_ACCESS_KEY_ID and \
+                     AWS_SECRET_ACCESS_KEY, AWS_PROFILE, or run with an instance or web-identity \
+                     role"
                 )));
             }
             Err(_) => return Err(fail("timed out looking for AWS credentials".into())),
@@ -110,6 +111,10 @@ impl S3Storage {
             location,
             retry: opts.retry,
             part_size: opts.part_size.max(5 << 20),
+            endpoint: opts
+                .s3_endpoint
+                .clone()
+                .unwrap_or_else(|| "the S3 endpoint of the region".into()),
         })
     }
 
@@ -139,9 +144,17 @@ impl S3Storage {
         let message = match (&code, e.message()) {
             (Some(c), Some(m)) => format!("{c}: {m}"),
             (Some(c), None) => c.clone(),
-            _ => match (status, e.source()) {
-                (Some(s), _) => format!("HTTP {s}"),
-                (None, _) => DisplayErrorContext(&e).to_string(),
+            _ => match status {
+                // Bodiless answers (HEAD requests) carry no reason of their own.
+                Some(403) => "access denied (HTTP 403): wrong credentials, a request signed \
+                              with the wrong key or region, or a missing permission"
+                    .to_string(),
+                Some(301) => "the bucket is in another region (HTTP 301): set s3_region".into(),
+                Some(s) => format!("HTTP {s}"),
+                None if matches!(e, SdkError::DispatchFailure(_) | SdkError::TimeoutError(_)) => {
+                    format!("cannot reach {}: {}", self.endpoint, crate::error_chain(&e))
+                }
+                None => crate::error_chain(&e),
             },
         };
         match (code.as_deref(), status) {
@@ -318,6 +331,16 @@ impl S3Storage {
                 .await;
         }
         result
+    }
+}
+
+/// The first line of an SDK message, at most 200 characters: some embed
+/// whole debug dumps.
+fn first_line(s: &str) -> String {
+    let line = s.lines().next().unwrap_or_default();
+    match line.char_indices().nth(200) {
+        Some((i, _)) => format!("{}…", &line[..i]),
+        None => line.to_string(),
     }
 }
 

@@ -1,29 +1,35 @@
 //! `cairn wal-fetch <name> <dest>` (PostgreSQL's `restore_command`) and the
 //! prefetch worker it starts.
 //!
-//! `dest` is written through a temporary file and renamed only after the object's
-//! checksum verified, so PostgreSQL never sees a partial file. A missing segment
-//! while later segments of its timeline are archived is a gap, reported as an
-//! error rather than "not found", so recovery cannot silently end early.
+//! `dest` is written through a temporary file and renamed only after the
+//! object's checksum verified and the segment proved to be the one asked for,
+//! of this cluster ([`super::check`]), so PostgreSQL never sees a partial or
+//! a wrong file. A missing WAL file is explained by `archive::missing`: the
+//! end of the archive and a hole retention made on purpose are "not found";
+//! a gap is an error, so recovery cannot silently end early.
 //!
-//! Prefetch: after a segment is fetched, a detached `cairn wal-prefetch` process
-//! downloads the next M segments of the timeline concurrently into
-//! `pg_wal/.cairn/prefetch/`. Each download writes `<name>.part` under an exclusive
-//! lock and renames it to `<name>` when verified; a fetch that finds `<name>`
-//! renames it into place, one that finds a locked `.part` waits for the lock.
+//! Prefetch: after a segment is fetched, a detached `cairn wal-prefetch`
+//! process downloads the next M segments of the timeline concurrently into
+//! the spool ([`super::spool`], outside the data directory). A fetch that
+//! finds its segment there checks it the same way and moves it into place;
+//! one that finds it still downloading waits for it.
 
 use std::fs::{File, TryLockError};
-use std::io::{BufWriter, Write};
+use std::io::{BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 
-use super::{WalError, state_dir, tmp_name, wal_key};
+use super::spool::Spool;
+use super::{WalError, check};
 use crate::Context;
-use crate::codec::{CodecError, Decoder};
-use crate::pg::wal::{LONG_PAGE_HEADER_LEN, LongPageHeader, Segment, WalFileName};
-use crate::storage::{ObjectKey, StorageError};
+use crate::archive::keys;
+use crate::archive::missing::{self, Absence};
+use crate::codec::{CodecError, Decoder, Keyring};
+use crate::durable::{Durability, TempFile};
+use crate::pg::wal::{LONG_PAGE_HEADER_LEN, SegmentSize, SystemId, WalFileName};
+use crate::storage::{ByteStream, StorageError};
 
 /// Where the file came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -32,84 +38,112 @@ pub enum Source {
     Prefetched,
 }
 
-/// Fetches `name` into `dest`; returns the next segments to prefetch, if any.
+/// What a fetch did, and what to prefetch next.
+#[derive(Debug)]
+pub struct Fetched {
+    pub source: Source,
+    /// The next segments to download ahead, into `spool`.
+    pub next: Vec<WalFileName>,
+    pub spool: Option<Spool>,
+}
+
+/// Fetches `name` into `dest`.
 pub async fn fetch(
     ctx: &Context,
     name: &str,
     dest: &Path,
     prefetch: usize,
-) -> Result<(Source, Vec<WalFileName>), WalError> {
+) -> Result<Fetched, WalError> {
     let name: WalFileName = name.parse()?;
     let pg_wal = match dest.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
     };
-    let prefetch_dir = state_dir(&pg_wal).join("prefetch");
+    let configured = ctx.config.wal_fetch_spool.clone();
+    let dest_buf = dest.to_path_buf();
+    let wants_spool = name.segment().is_some();
+    let (system, spool) = crate::blocking(move || {
+        let system = check::data_directory_system(&dest_buf);
+        let spool = if wants_spool {
+            match Spool::open(&pg_wal, configured.as_deref()) {
+                Ok(s) => Some(s),
+                Err(e) => {
+                    tracing::warn!(error = %e, "no prefetch spool; fetching without prefetch");
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        Ok::<_, WalError>((system, spool))
+    })
+    .await?;
+
     let mut source = Source::Archive;
-    let taken = match name.segment() {
-        Some(_) => take_prefetched(&prefetch_dir, &name, dest, ctx.config.storage_timeout).await?,
-        None => false,
-    };
-    if taken {
-        source = Source::Prefetched;
-    } else {
-        match download(ctx, &name, dest).await {
-            Ok(()) => {}
+    let mut size = None;
+    if let Some(spool) = &spool {
+        let (spool, dest) = (spool.clone(), dest.to_path_buf());
+        let wait = ctx.config.storage_timeout;
+        size = crate::blocking(move || take_prefetched(&spool, &name, &dest, wait, system)).await?;
+        if size.is_some() {
+            source = Source::Prefetched;
+        }
+    }
+    if size.is_none() {
+        size = match download(ctx, &name, dest, system).await {
+            Ok(size) => size,
             Err(WalError::Storage(StorageError::NotFound { .. })) => {
-                return Err(missing(ctx, &name).await);
+                return Err(missing(ctx, &name, system).await);
             }
             Err(e) => return Err(e),
-        }
+        };
     }
-    let Some(segment) = name.segment() else {
-        return Ok((source, Vec::new()));
+    let (Some(segment), Some(spool)) = (name.segment(), spool) else {
+        return Ok(Fetched {
+            source,
+            next: Vec::new(),
+            spool: None,
+        });
     };
-    discard_stale(&prefetch_dir, segment);
-    if prefetch == 0 {
-        return Ok((source, Vec::new()));
-    }
-    // The segment size is read from the file itself, never assumed.
-    let size = match read_header(dest) {
-        Ok(h) => h.segment_size,
-        Err(e) => {
-            tracing::warn!(file = %dest.display(), error = %e, "cannot read WAL header; not prefetching");
-            return Ok((source, Vec::new()));
+    let size = size.unwrap_or(SegmentSize::DEFAULT);
+    let (stale, spool2) = (segment, spool.clone());
+    let next = crate::blocking(move || {
+        spool2.discard_stale(stale);
+        // The segment size is the restored file's own, never assumed.
+        let mut next = Vec::with_capacity(prefetch);
+        let mut s = segment;
+        for _ in 0..prefetch {
+            s = s.next(size);
+            let n = WalFileName::Segment(s);
+            if !spool2.has(&n) {
+                next.push(n);
+            }
         }
-    };
-    let mut next = Vec::with_capacity(prefetch);
-    let mut s = segment;
-    for _ in 0..prefetch {
-        s = s.next(size);
-        let n = WalFileName::Segment(s);
-        let f = prefetch_dir.join(n.to_string());
-        if !f.exists() && !in_flight(&part_path(&f)) {
-            next.push(n);
-        }
-    }
-    Ok((source, next))
+        Ok::<_, WalError>(next)
+    })
+    .await?;
+    Ok(Fetched {
+        source,
+        next,
+        spool: Some(spool),
+    })
 }
 
-/// Starts the detached prefetch worker for `names`. `global_args` are the options
-/// this process got, so the worker reads the same configuration.
+/// Starts the detached prefetch worker for `names`. `global_args` are the
+/// options this process got, so the worker reads the same configuration.
 pub fn spawn_prefetcher(
-    dest: &Path,
+    spool: &Spool,
     names: &[WalFileName],
     global_args: &[std::ffi::OsString],
 ) -> std::io::Result<()> {
     use std::os::unix::process::CommandExt;
-    let pg_wal = match dest.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    let dir = state_dir(&pg_wal).join("prefetch");
-    std::fs::create_dir_all(&dir)?;
     // current_exe resolves a relative or PATH invocation to the real binary.
     let exe = std::env::current_exe()?;
     std::process::Command::new(exe)
         .args(global_args)
         .arg("wal-prefetch")
         .arg("--dir")
-        .arg(&dir)
+        .arg(&spool.dir)
         .args(names.iter().map(|n| n.to_string()))
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
@@ -120,230 +154,237 @@ pub fn spawn_prefetcher(
         .map(|_| ())
 }
 
-/// The worker: downloads each segment into `dir` unless present or in flight.
+/// The worker: downloads each segment into the spool unless present or in flight.
 pub async fn prefetch_worker(ctx: &Context, dir: &Path, names: &[WalFileName]) {
+    let spool = Spool {
+        dir: dir.to_path_buf(),
+    };
     futures::stream::iter(names)
-        .for_each_concurrent(names.len().max(1), |name| async move {
-            if let Err(e) = prefetch_one(ctx, dir, name).await {
-                tracing::warn!(segment = %name, error = %e, "prefetch failed; PostgreSQL's own request will fetch it");
+        .for_each_concurrent(names.len().max(1), |name| {
+            let spool = &spool;
+            async move {
+                if let Err(e) = prefetch_one(ctx, spool, name).await {
+                    tracing::warn!(segment = %name, error = %e, "prefetch failed; PostgreSQL's own request will fetch it");
+                }
             }
         })
         .await;
 }
 
-async fn prefetch_one(ctx: &Context, dir: &Path, name: &WalFileName) -> Result<(), WalError> {
-    let done = dir.join(name.to_string());
-    let part = part_path(&done);
-    let file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(&part)
-        .map_err(WalError::file(&part))?;
-    match file.try_lock() {
-        Ok(()) => {}
-        Err(TryLockError::WouldBlock) => return Ok(()),
-        Err(TryLockError::Error(e)) => {
-            return Err(WalError::File {
-                path: part,
-                source: e,
-            });
-        }
-    }
-    // Another worker may have finished it between our checks.
-    if done.exists() {
-        let _ = std::fs::remove_file(&part);
-        return Ok(());
-    }
-    file.set_len(0).map_err(WalError::file(&part))?;
-    match decode_into(
-        ctx,
-        &wal_key(name),
-        file.try_clone().map_err(WalError::file(&part))?,
-    )
-    .await
-    {
-        Ok(()) => std::fs::rename(&part, &done).map_err(WalError::file(&done)),
-        Err(e) => {
-            let _ = std::fs::remove_file(&part);
-            match e {
-                WalError::Storage(StorageError::NotFound { .. }) => Ok(()),
-                e => Err(e),
+async fn prefetch_one(ctx: &Context, spool: &Spool, name: &WalFileName) -> Result<(), WalError> {
+    let (done, part) = (spool.done(name), spool.part(name));
+    let locked = {
+        let (done, part) = (done.clone(), part.clone());
+        crate::blocking(move || {
+            let file = std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .open(&part)
+                .map_err(WalError::file(&part))?;
+            match file.try_lock() {
+                Ok(()) => {}
+                Err(TryLockError::WouldBlock) => return Ok(None),
+                Err(TryLockError::Error(e)) => return Err(WalError::file(&part)(e)),
             }
+            // Another worker may have finished it between our checks.
+            if done.exists() {
+                let _ = std::fs::remove_file(&part);
+                return Ok(None);
+            }
+            file.set_len(0).map_err(WalError::file(&part))?;
+            Ok(Some(file))
+        })
+        .await?
+    };
+    let Some(file) = locked else {
+        return Ok(());
+    };
+    let out = file.try_clone().map_err(WalError::file(&part))?;
+    let result = decode_into(ctx, name, out).await;
+    crate::blocking(move || {
+        let finished = match result {
+            // Durable before it is named done: an OS crash must not leave a
+            // torn segment for a later fetch to hand out.
+            Ok(_) => file
+                .sync_all()
+                .and_then(|()| std::fs::rename(&part, &done))
+                .and_then(|()| crate::durable::sync_dir(&done))
+                .map_err(WalError::file(&done)),
+            Err(WalError::Storage(StorageError::NotFound { .. })) => Ok(()),
+            Err(e) => Err(e),
+        };
+        if finished.is_err() || !done.exists() {
+            let _ = std::fs::remove_file(&part);
         }
-    }
-    // `file` drops here, releasing the lock after the rename.
+        // `file` drops here, releasing the lock after the rename.
+        drop(file);
+        finished
+    })
+    .await
 }
 
-fn part_path(done: &Path) -> PathBuf {
-    let mut p = done.as_os_str().to_owned();
-    p.push(".part");
-    PathBuf::from(p)
-}
-
-fn in_flight(part: &Path) -> bool {
-    File::open(part).is_ok_and(|f| matches!(f.try_lock_shared(), Err(TryLockError::WouldBlock)))
-}
-
-/// Moves a prefetched copy into `dest`, waiting for one still being downloaded.
-async fn take_prefetched(
-    dir: &Path,
+/// Moves a prefetched copy of `name` into `dest`, waiting up to `wait` for one
+/// still being downloaded; checks it first. Returns its segment size, or
+/// `None` when there is no usable copy (then the caller downloads).
+fn take_prefetched(
+    spool: &Spool,
     name: &WalFileName,
     dest: &Path,
     wait: Duration,
-) -> Result<bool, WalError> {
-    let done = dir.join(name.to_string());
+    system: Option<SystemId>,
+) -> Result<Option<SegmentSize>, WalError> {
+    let done = spool.done(name);
     if !done.exists() {
-        let part = part_path(&done);
-        let Ok(f) = File::open(&part) else {
-            return Ok(false);
+        let Ok(f) = File::open(spool.part(name)) else {
+            return Ok(None);
         };
         let deadline = Instant::now() + wait;
         loop {
             match f.try_lock_shared() {
                 Ok(()) => break,
                 Err(TryLockError::WouldBlock) if Instant::now() < deadline => {
-                    tokio::time::sleep(Duration::from_millis(2)).await
+                    std::thread::sleep(Duration::from_millis(2))
                 }
                 // A stuck worker: fetch directly rather than wait forever.
-                Err(_) => return Ok(false),
+                Err(_) => return Ok(None),
             }
         }
     }
-    match std::fs::rename(&done, dest) {
-        Ok(()) => Ok(true),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
-        Err(e) => Err(WalError::File {
-            path: done,
-            source: e,
-        }),
-    }
-}
-
-/// Removes prefetched segments that recovery has passed or that belong to another
-/// timeline than the one it is now reading.
-fn discard_stale(dir: &Path, current: Segment) {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return;
+    let mut file = match File::open(&done) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(WalError::file(&done)(e)),
     };
-    for e in entries.filter_map(|e| e.ok()) {
-        let name = e.file_name();
-        let Some(name) = name.to_str() else { continue };
-        let stale = match name
-            .strip_suffix(".part")
-            .unwrap_or(name)
-            .parse::<WalFileName>()
-        {
-            Ok(WalFileName::Segment(s)) => s.timeline != current.timeline || s <= current,
-            _ => true,
-        };
-        if stale && (!name.ends_with(".part") || !in_flight(&e.path())) {
-            let _ = std::fs::remove_file(e.path());
+    let len = file.metadata().map_err(WalError::file(&done))?.len();
+    let mut first = Vec::with_capacity(LONG_PAGE_HEADER_LEN);
+    (&mut file)
+        .take(LONG_PAGE_HEADER_LEN as u64)
+        .read_to_end(&mut first)
+        .map_err(WalError::file(&done))?;
+    let header = match check::check(name, &first, len, system) {
+        Ok(h) => h,
+        Err(reason) => {
+            tracing::warn!(file = %done.display(), %reason, "discarding a prefetched segment that is not the one asked for");
+            let _ = std::fs::remove_file(&done);
+            return Ok(None);
         }
-    }
-}
-
-fn read_header(path: &Path) -> Result<LongPageHeader, WalError> {
-    use std::io::Read;
-    let mut b = [0u8; LONG_PAGE_HEADER_LEN];
-    File::open(path)
-        .and_then(|mut f| f.read_exact(&mut b))
-        .map_err(WalError::file(path))?;
-    Ok(LongPageHeader::parse(&b)?)
-}
-
-/// Downloads and verifies `name` into `dest` via a temporary file.
-async fn download(ctx: &Context, name: &WalFileName, dest: &Path) -> Result<(), WalError> {
-    let tmp = tmp_name(dest);
-    let file = File::create(&tmp).map_err(WalError::file(&tmp))?;
-    match decode_into(ctx, &wal_key(name), file).await {
-        Ok(()) => std::fs::rename(&tmp, dest).map_err(|e| {
-            let _ = std::fs::remove_file(&tmp);
-            WalError::File {
-                path: dest.to_path_buf(),
-                source: e,
-            }
-        }),
-        Err(e) => {
-            let _ = std::fs::remove_file(&tmp);
-            Err(e)
+    };
+    match std::fs::rename(&done, dest) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        // Another filesystem (the default spool lies in the temporary
+        // directory): copy.
+        Err(e) if e.raw_os_error() == Some(libc::EXDEV) => {
+            let mut out = TempFile::create(dest).map_err(WalError::file(dest))?;
+            std::io::Seek::rewind(&mut file).map_err(WalError::file(&done))?;
+            std::io::copy(&mut file, &mut out).map_err(WalError::file(dest))?;
+            out.commit(Durability::Atomic)
+                .map_err(WalError::file(dest))?;
+            let _ = std::fs::remove_file(&done);
         }
+        Err(e) => return Err(WalError::file(&done)(e)),
     }
+    Ok(Some(
+        header.map_or(SegmentSize::DEFAULT, |h| h.segment_size),
+    ))
 }
 
-/// Streams an object through the decoder into `file`. Returns only once the
-/// checksum verified; on error the file holds garbage and must be discarded.
-async fn decode_into(ctx: &Context, key: &ObjectKey, file: File) -> Result<(), WalError> {
+/// Downloads, verifies and checks `name` into `dest` via a temporary file;
+/// returns the segment's size (`None` for other WAL files).
+async fn download(
+    ctx: &Context,
+    name: &WalFileName,
+    dest: &Path,
+    system: Option<SystemId>,
+) -> Result<Option<SegmentSize>, WalError> {
+    let out = {
+        let dest = dest.to_path_buf();
+        crate::blocking(move || TempFile::create(&dest).map_err(WalError::file(&dest))).await?
+    };
+    let (first, len, mut out) = decode_into(ctx, name, out).await?;
+    let object = keys::object_name(ctx.storage.location(), &keys::wal(name));
+    let header =
+        check::check(name, &first, len, system).map_err(|reason| WalError::NotThisFile {
+            name: name.to_string(),
+            object,
+            reason,
+        })?;
+    // PostgreSQL reads the file at once and fsyncs what it keeps.
+    crate::blocking(move || {
+        out.flush()
+            .map_err(|e| WalError::Codec(CodecError::Io(e)))?;
+        out.commit(Durability::Atomic)
+            .map_err(|e| WalError::Codec(CodecError::Io(e)))
+    })
+    .await?;
+    Ok(header.map(|h| h.segment_size))
+}
+
+/// Streams WAL file `name` from storage through the decoder into `out`.
+/// Returns only once the checksum verified, with the first bytes (for the
+/// header check) and the length; on error `out` holds garbage.
+async fn decode_into<W: Write + Send + 'static>(
+    ctx: &Context,
+    name: &WalFileName,
+    out: W,
+) -> Result<(Vec<u8>, u64, W), WalError> {
+    let key = keys::wal(name);
     let keyring = ctx.keyring()?;
-    let stream = ctx.storage.get(key).await?;
+    let stream = ctx.storage.get(&key).await?;
+    let object = keys::object_name(ctx.storage.location(), &key);
+    decode_stream(stream, keyring, object, out).await
+}
+
+async fn decode_stream<W: Write + Send + 'static>(
+    stream: ByteStream,
+    keyring: Option<Keyring>,
+    object: String,
+    out: W,
+) -> Result<(Vec<u8>, u64, W), WalError> {
     let reader = tokio_util::io::SyncIoBridge::new(tokio_util::io::StreamReader::new(stream));
-    let object = format!("{}/{key}", ctx.storage.location().trim_end_matches('/'));
-    tokio::task::spawn_blocking(move || -> Result<(), WalError> {
+    crate::blocking(move || {
         let mut decoder = Decoder::new(reader, keyring.as_ref(), &object)?;
-        let mut out = BufWriter::with_capacity(1 << 20, file);
-        std::io::copy(&mut decoder, &mut out).map_err(CodecError::from_io)?;
-        out.flush().map_err(CodecError::Io)?;
-        Ok(())
+        let mut out = BufWriter::with_capacity(1 << 20, out);
+        let mut first = Vec::with_capacity(LONG_PAGE_HEADER_LEN);
+        let mut len = 0u64;
+        while let Some(chunk) = decoder.next_chunk().map_err(crate::wal::read_error)? {
+            if first.len() < LONG_PAGE_HEADER_LEN {
+                let n = (LONG_PAGE_HEADER_LEN - first.len()).min(chunk.len());
+                first.extend_from_slice(&chunk[..n]);
+            }
+            len += chunk.len() as u64;
+            out.write_all(&chunk).map_err(CodecError::Io)?;
+        }
+        let out = out
+            .into_inner()
+            .map_err(|e| WalError::Codec(CodecError::Io(e.into_error())))?;
+        Ok((first, len, out))
     })
     .await
-    .map_err(|e| WalError::Codec(CodecError::Io(std::io::Error::other(e))))?
 }
 
-/// Tells "the archive ends here" from "the archive has a hole here".
-async fn missing(ctx: &Context, name: &WalFileName) -> WalError {
+/// Tells "the archive ends here" (or retention removed it on purpose) from
+/// "the archive has a hole here".
+async fn missing(ctx: &Context, name: &WalFileName, system: Option<SystemId>) -> WalError {
     let location = ctx.storage.location().to_string();
-    let Some(segment) = name.segment() else {
-        return WalError::NotInArchive {
+    match missing::explain(ctx, name, system).await {
+        Ok(Absence::End) => WalError::NotInArchive {
             name: name.to_string(),
             location,
-        };
-    };
-    let prefix = format!("wal/{}", segment.timeline);
-    let after = wal_key(name);
-    let first_segment = |objs: Vec<crate::storage::ObjectMeta>, pred: &dyn Fn(Segment) -> bool| {
-        objs.iter()
-            .filter_map(|o| {
-                o.key
-                    .as_str()
-                    .strip_prefix("wal/")?
-                    .parse::<WalFileName>()
-                    .ok()?
-                    .segment()
-            })
-            .find(|s| pred(*s))
-    };
-    // Listing also proves the bucket or directory exists: "not found" must mean the
-    // object, never a misconfigured archive.
-    let later = match ctx
-        .storage
-        .list(&prefix, Some(after.as_str()), Some(64))
-        .await
-    {
-        Ok(objs) => first_segment(objs, &|s| s > segment),
-        Err(e) => return e.into(),
-    };
-    let Some(later) = later else {
-        return WalError::NotInArchive {
-            name: name.to_string(),
-            location,
-        };
-    };
-    // A timeline begins part-way through the WAL; segments before its first
-    // archived one are not a gap.
-    let earlier = match ctx.storage.list(&prefix, None, Some(64)).await {
-        Ok(objs) => first_segment(objs, &|s| s < segment),
-        Err(e) => return e.into(),
-    };
-    if earlier.is_some() {
-        WalError::Gap {
-            name: name.to_string(),
-            later: later.to_string(),
-            location,
+        },
+        Ok(Absence::Removed) => {
+            tracing::info!(file = %name, "retention removed this segment on purpose: the archive ends here for this restore");
+            WalError::NotInArchive {
+                name: name.to_string(),
+                location,
+            }
         }
-    } else {
-        WalError::NotInArchive {
+        Ok(Absence::Gap { later }) => WalError::Gap {
             name: name.to_string(),
+            later,
             location,
-        }
+        },
+        Err(e) => e.into(),
     }
 }

@@ -3,44 +3,20 @@
 //! `docs/FORMAT.md`. cairn's own state in the data directory lives under
 //! `pg_wal/.cairn/`, which PostgreSQL ignores.
 
+pub mod check;
 pub mod fetch;
 pub mod push;
+pub mod spool;
 pub mod verify;
 
 use std::io;
 use std::path::{Path, PathBuf};
 
-use crate::Context;
-use crate::codec::{CodecError, decode_to_vec};
-use crate::pg::timeline::{TimelineError, TimelineHistory};
-use crate::pg::wal::{TimelineId, WalFileName, WalNameError};
-use crate::storage::{ObjectKey, StorageError, get_bytes};
-
-/// The object key of a WAL file.
-pub fn wal_key(name: &WalFileName) -> ObjectKey {
-    // A parsed WAL name is always a valid key segment.
-    ObjectKey::new(format!("wal/{name}")).expect("WAL names are valid keys")
-}
-
-/// The archived history of timeline `tli`, parsed; `None` when the archive
-/// does not have it. Encrypted archives need the identity.
-pub async fn read_history(
-    ctx: &Context,
-    tli: TimelineId,
-) -> Result<Option<TimelineHistory>, WalError> {
-    let key = wal_key(&WalFileName::History(tli));
-    let bytes = match get_bytes(ctx.storage.as_ref(), &key).await {
-        Ok(b) => b,
-        Err(StorageError::NotFound { .. }) => return Ok(None),
-        Err(e) => return Err(e.into()),
-    };
-    let object = format!("{}/{key}", ctx.storage.location().trim_end_matches('/'));
-    let text = decode_to_vec(&bytes, ctx.keyring()?.as_ref(), &object)?;
-    Ok(Some(TimelineHistory::parse(
-        tli,
-        &String::from_utf8_lossy(&text),
-    )?))
-}
+use crate::archive::ArchiveError;
+use crate::codec::CodecError;
+use crate::pg::timeline::TimelineError;
+use crate::pg::wal::WalNameError;
+use crate::storage::StorageError;
 
 /// `pg_wal/.cairn`: markers of segments pushed ahead, and prefetched segments.
 pub(crate) fn state_dir(pg_wal: &Path) -> PathBuf {
@@ -67,12 +43,21 @@ pub enum WalError {
         archived: String,
         local: String,
     },
+    #[error(
+        "{object} is not WAL file {name} of this cluster: {reason}; refusing to restore it \
+         (another file's object may have been copied under this name)"
+    )]
+    NotThisFile {
+        name: String,
+        object: String,
+        reason: String,
+    },
     #[error("{name} is not in the archive at {location}")]
     NotInArchive { name: String, location: String },
     #[error(
-        "{name} is missing from the archive at {location}, but later segment {later} of the same \
-         timeline is there: the archive has a gap, so recovery must not stop here. Restore the \
-         missing segment or recover to a target before it"
+        "{name} is missing from the archive at {location}, but later WAL ({later}) is there: \
+         the archive has a gap, so recovery must not stop here. Restore the missing segment or \
+         recover to a target before it"
     )]
     Gap {
         name: String,
@@ -85,6 +70,10 @@ pub enum WalError {
     Codec(#[from] CodecError),
     #[error(transparent)]
     Timeline(#[from] TimelineError),
+    #[error(transparent)]
+    Archive(#[from] ArchiveError),
+    #[error("a worker thread failed: {0}")]
+    Worker(#[from] tokio::task::JoinError),
 }
 
 impl WalError {
@@ -96,20 +85,8 @@ impl WalError {
     }
 }
 
-/// Writes `bytes` to `path` through a temporary name in the same directory, so
-/// readers see the whole file or nothing.
-pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    let tmp = tmp_name(path);
-    std::fs::write(&tmp, bytes)?;
-    std::fs::rename(&tmp, path).inspect_err(|_| {
-        let _ = std::fs::remove_file(&tmp);
-    })
-}
-
-pub(crate) fn tmp_name(path: &Path) -> PathBuf {
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    path.with_file_name(format!(".{name}.cairn-tmp.{}", std::process::id()))
+/// A failed read of a decoded stream: the codec's own errors (damage, keys)
+/// as themselves, anything else as the I/O error it is.
+pub(crate) fn read_error(e: io::Error) -> WalError {
+    WalError::Codec(CodecError::from_io(e))
 }

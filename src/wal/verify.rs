@@ -60,10 +60,12 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
 
+use crate::archive::catalog::order_key;
+use crate::archive::clusters::Clusters;
+use crate::archive::holes::Holes;
+use crate::archive::{ArchiveError, BackupInfo, Catalog};
 use crate::pg::timeline::TimelineHistory;
-use crate::pg::wal::{Lsn, Segment, SegmentSize, TimelineId, WalFileName};
-use crate::retention::apply::RetentionError;
-use crate::retention::plan::{BackupInfo, Catalog};
+use crate::pg::wal::{Lsn, Segment, SegmentPos, SegmentSize, TimelineId, WalFileName};
 
 /// The outcome of a verification: per backup, then the archive's problems.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
@@ -94,6 +96,14 @@ pub struct BackupCheck {
     pub status: Status,
     /// Segments from `first` to `newest` that the archive lacks.
     pub missing_segments: u64,
+    /// Where restores of this backup end because retention removed the WAL
+    /// after it on purpose (recorded as an intentional hole): the first
+    /// removed segment.
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "opt_as_text"
+    )]
+    pub removed_from: Option<Segment>,
     /// Timelines whose `.history` file this backup needs and the archive lacks.
     pub missing_histories: Vec<TimelineId>,
 }
@@ -134,20 +144,33 @@ fn as_text<T: fmt::Display, S: serde::Serializer>(v: &T, s: S) -> Result<S::Ok, 
     s.collect_str(v)
 }
 
-/// Lists the archive (manifests, WAL, histories) and checks it.
-pub async fn verify(ctx: &crate::Context) -> Result<Report, RetentionError> {
-    let loaded = crate::retention::apply::load(ctx).await?;
-    Ok(check(&loaded.catalog))
+fn opt_as_text<T: fmt::Display, S: serde::Serializer>(
+    v: &Option<T>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    match v {
+        Some(v) => s.collect_str(v),
+        None => s.serialize_none(),
+    }
+}
+
+/// Lists the archive (manifests, WAL, histories, hole records) and checks it.
+pub async fn verify(ctx: &crate::Context) -> Result<Report, ArchiveError> {
+    Ok(check(&Catalog::load(ctx).await?))
 }
 
 /// Checks `catalog` (see the module documentation). Pure.
 pub fn check(catalog: &Catalog) -> Report {
     let mut order: Vec<&BackupInfo> = catalog.backups.iter().collect();
     order.sort_by(|x, y| {
-        (x.start_time, x.start_lsn, &x.name).cmp(&(y.start_time, y.start_lsn, &y.name))
+        order_key(x.start_time, x.start_lsn, &x.name).cmp(&order_key(
+            y.start_time,
+            y.start_lsn,
+            &y.name,
+        ))
     });
     let archive = Archive::index(catalog);
-    let boundaries = cluster_boundaries(&order);
+    let clusters = Clusters::of(&order);
     let mut runs_by_size: HashMap<u64, Runs> = HashMap::new();
 
     let mut backups = Vec::with_capacity(order.len());
@@ -159,10 +182,8 @@ pub fn check(catalog: &Catalog) -> Report {
         let runs = runs_by_size
             .entry(size.bytes())
             .or_insert_with(|| archive.runs(size));
-        let start = pos(Segment::containing(b.timeline, b.start_lsn, size));
-        let limit = boundaries
-            .get(boundaries.partition_point(|&p| p <= start))
-            .map(|&p| number_of(p, size));
+        let start = b.start_segment().pos();
+        let limit = clusters.boundary_above(start).map(|p| p.number(size));
         // Retention keeps a permanent backup's WAL from its start to its stop
         // only, once a newer backup of its cluster exists; so does this check.
         let newer = order[i + 1..]
@@ -173,7 +194,7 @@ pub fn check(catalog: &Catalog) -> Report {
         } else {
             limit
         };
-        let one = check_backup(b, &catalog.histories, runs, limit);
+        let one = check_backup(b, &catalog.histories, runs, limit, &catalog.holes);
         for &(tl, lo, hi) in &one.holes {
             holes.push((size.bytes(), tl, lo, hi, i));
         }
@@ -215,51 +236,18 @@ pub fn check(catalog: &Catalog) -> Report {
     }
 }
 
-/// Position of a segment in the WAL stream, comparable without knowing the
-/// segment size (for one size, the name's fields order like segment numbers).
-fn pos(s: Segment) -> u64 {
-    (u64::from(s.log) << 32) | u64::from(s.seg)
-}
-
-fn number_of(p: u64, size: SegmentSize) -> u64 {
-    Segment {
-        timeline: TimelineId(1),
-        log: (p >> 32) as u32,
-        seg: p as u32,
-    }
-    .number(size)
-}
-
-/// Where each cluster's WAL begins: the start of its earliest backup, sorted.
-/// A backup's WAL ends below the first boundary above its own start.
-fn cluster_boundaries(backups: &[&BackupInfo]) -> Vec<u64> {
-    let mut first: HashMap<&str, u64> = HashMap::new();
-    for b in backups {
-        let p = pos(Segment::containing(
-            b.timeline,
-            b.start_lsn,
-            b.wal_segment_size,
-        ));
-        let e = first.entry(b.system_identifier.as_str()).or_insert(p);
-        *e = (*e).min(p);
-    }
-    let mut v: Vec<u64> = first.into_values().collect();
-    v.sort_unstable();
-    v
-}
-
 /// The whole segments of the archive (not `.partial`s), per timeline, as
 /// sorted positions.
 struct Archive {
-    by_timeline: BTreeMap<TimelineId, Vec<u64>>,
+    by_timeline: BTreeMap<TimelineId, Vec<SegmentPos>>,
 }
 
 impl Archive {
     fn index(catalog: &Catalog) -> Archive {
-        let mut by_timeline: BTreeMap<TimelineId, Vec<u64>> = BTreeMap::new();
+        let mut by_timeline: BTreeMap<TimelineId, Vec<SegmentPos>> = BTreeMap::new();
         for w in &catalog.wal {
             if let WalFileName::Segment(s) = w.name {
-                by_timeline.entry(s.timeline).or_default().push(pos(s));
+                by_timeline.entry(s.timeline).or_default().push(s.pos());
             }
         }
         for v in by_timeline.values_mut() {
@@ -272,17 +260,13 @@ impl Archive {
     /// The runs of present segment numbers for one segment size. Names that
     /// cannot exist at this size (segment field too large) are left out.
     fn runs(&self, size: SegmentSize) -> Runs {
-        let per_xlogid = 0x1_0000_0000 / size.bytes();
         let by_timeline = self
             .by_timeline
             .iter()
             .map(|(&tl, positions)| {
                 let mut runs: Vec<(u64, u64)> = Vec::new();
-                for &p in positions {
-                    if p & 0xFFFF_FFFF >= per_xlogid {
-                        continue;
-                    }
-                    let n = number_of(p, size);
+                for &p in positions.iter().filter(|p| p.fits(size)) {
+                    let n = p.number(size);
                     match runs.last_mut() {
                         Some(r) if r.1 + 1 == n => r.1 = n,
                         _ => runs.push((n, n)),
@@ -351,6 +335,7 @@ fn check_backup(
     histories: &BTreeMap<TimelineId, TimelineHistory>,
     runs: &Runs,
     limit: Option<u64>,
+    recorded: &Holes,
 ) -> BackupOutcome {
     let size = b.wal_segment_size;
     let number = |lsn: Lsn| Segment::containing(b.timeline, lsn, size).number(size);
@@ -434,6 +419,24 @@ fn check_backup(
             runs.holes_in(tl, lo, hi, &mut holes);
         }
     }
+    // A restore stops at the first missing segment. After the stop LSN, one
+    // that retention recorded as removed on purpose is where this backup's
+    // restores end, not a gap (a permanent backup kept with its own WAL
+    // only); before it, nothing excuses a missing segment.
+    let mut end = end;
+    let mut removed_from = None;
+    if let Some(k) = holes.iter().position(|&(tl, lo, _)| {
+        lo > stop
+            && recorded.covers(
+                Segment::from_number(tl, lo, size),
+                Some(b.system_identifier),
+            )
+    }) {
+        let (tl, lo, _) = holes[k];
+        removed_from = Some(Segment::from_number(tl, lo, size));
+        end = lo - 1;
+        holes.truncate(k);
+    }
     let missing_segments = holes.iter().map(|&(_, lo, hi)| hi - lo + 1).sum();
 
     // The backup's own history is not needed: without it PostgreSQL assumes
@@ -487,6 +490,7 @@ fn check_backup(
             newest: at(end),
             status,
             missing_segments,
+            removed_from,
             missing_histories: missing_histories.into_iter().collect(),
         },
         holes,
@@ -511,7 +515,7 @@ fn merge(mut holes: Vec<(u64, TimelineId, u64, u64, usize)>) -> Vec<MergedGap> {
     }
     out.sort_by_key(|g| {
         let size = SegmentSize::new(g.0).expect("a size that was valid");
-        (pos(Segment::from_number(g.1, g.2, size)), g.1)
+        (Segment::from_number(g.1, g.2, size).pos(), g.1)
     });
     out
 }
@@ -625,6 +629,9 @@ impl fmt::Display for Report {
                 }
                 status.push_str(&format!("missing {}", WalFileName::History(*tl)));
             }
+            if let Some(r) = b.removed_from {
+                status.push_str(&format!(" (retention removed the WAL from {r} on)"));
+            }
             writeln!(
                 f,
                 "{} timeline {}: {} .. {} {status}",
@@ -677,7 +684,7 @@ mod tests {
     use super::*;
 
     // The planner's fixtures: the same synthetic archives.
-    use crate::retention::plan::tests::{catalog, full, seg, segs};
+    use crate::archive::fixtures::{catalog, full, seg, segs};
 
     /// A full backup starting in segment `n` and stopping in segment `n + 1`,
     /// `n` hours after a fixed time (so later segments mean later backups).
@@ -977,7 +984,7 @@ mod tests {
         // pg_upgrade: the new cluster continues the LSN sequence, after a hole.
         let old = backup(1, 3);
         let mut new = backup(1, 20);
-        new.system_identifier = "7400000000000000000".to_string();
+        new.system_identifier = crate::pg::wal::SystemId(7400000000000000000);
         let wal = [segs(1, 3..=10), segs(1, 20..=25)];
         let r = check(&catalog(&[&old, &new], &wal, &[]));
         assert!(r.is_ok(), "{r}");

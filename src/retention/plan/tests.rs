@@ -7,103 +7,13 @@ use std::collections::{HashMap, HashSet};
 use time::macros::datetime;
 
 use super::*;
+use crate::archive::fixtures::*;
 
 /// A Friday.
 const NOW: OffsetDateTime = datetime!(2024-05-10 12:00 UTC);
-pub(crate) const SYS: &str = "7350389358112474135";
-pub(crate) const SEG: u64 = 16 << 20;
-
-pub(crate) fn seg(tl: u32, n: u64) -> String {
-    Segment::from_number(TimelineId(tl), n, SegmentSize::DEFAULT).to_string()
-}
-
-fn key(s: &str) -> ObjectKey {
-    ObjectKey::new(s).unwrap()
-}
 
 fn days(n: i64) -> Duration {
     Duration::days(n)
-}
-
-/// Parts listed before the manifest, as a key-ordered listing might give them.
-fn objects(name: &str) -> Vec<ObjectKey> {
-    ["control.tar", "manifest.json", "part_00001.tar"]
-        .iter()
-        .map(|f| key(&format!("basebackups/{name}/{f}")))
-        .collect()
-}
-
-/// A full backup starting in segment `n` and stopping in segment `n + 1`.
-pub(crate) fn full(tl: u32, n: u64, start: OffsetDateTime) -> BackupInfo {
-    let name = format!("base_{}", seg(tl, n));
-    BackupInfo {
-        objects: objects(&name),
-        name,
-        system_identifier: SYS.to_string(),
-        timeline: TimelineId(tl),
-        start_lsn: Lsn(n * SEG + 0x28),
-        stop_lsn: Lsn((n + 1) * SEG + 0x100),
-        start_time: start,
-        finish_time: start + Duration::minutes(30),
-        parent: None,
-        permanent: false,
-        wal_segment_size: SegmentSize::DEFAULT,
-    }
-}
-
-fn delta(tl: u32, n: u64, start: OffsetDateTime, parent: &BackupInfo) -> BackupInfo {
-    let mut b = full(tl, n, start);
-    b.name = format!("base_{}_D_{}", seg(tl, n), &parent.name[5..29]);
-    b.objects = objects(&b.name);
-    b.parent = Some(parent.name.clone());
-    b
-}
-
-fn permanent(mut b: BackupInfo) -> BackupInfo {
-    b.permanent = true;
-    b
-}
-
-fn of_cluster(mut b: BackupInfo, sys: &str) -> BackupInfo {
-    b.system_identifier = sys.to_string();
-    b
-}
-
-pub(crate) fn segs(tl: u32, r: impl IntoIterator<Item = u64>) -> Vec<String> {
-    r.into_iter().map(|n| seg(tl, n)).collect()
-}
-
-pub(crate) fn catalog(
-    backups: &[&BackupInfo],
-    wal: &[Vec<String>],
-    histories: &[(u32, &str)],
-) -> Catalog {
-    let mut names: Vec<String> = wal.concat();
-    for (tl, _) in histories {
-        names.push(format!("{tl:08X}.history"));
-    }
-    // The planner must not rely on the order it is given things in.
-    names.reverse();
-    let mut backups: Vec<BackupInfo> = backups.iter().map(|b| (*b).clone()).collect();
-    backups.reverse();
-    Catalog {
-        backups,
-        unfinished: Vec::new(),
-        wal: names
-            .iter()
-            .map(|n| WalObject {
-                name: n.parse().unwrap(),
-                key: key(&format!("wal/{n}")),
-            })
-            .collect(),
-        histories: histories
-            .iter()
-            .map(|(tl, text)| {
-                let h = TimelineHistory::parse(TimelineId(*tl), text).unwrap();
-                (TimelineId(*tl), h)
-            })
-            .collect(),
-    }
 }
 
 fn retain(full: Option<usize>, within: Option<Duration>) -> Policy {
@@ -244,18 +154,40 @@ fn check(c: &Catalog, p: &Plan) {
             );
         }
     }
-    let wal: Vec<(u64, u32)> = p
+    let wal: Vec<(SegmentPos, u32)> = p
         .deletions
         .iter()
         .filter_map(|d| match &d.what {
             Deleted::Wal(w) => {
                 let (s, ..) = judged_segment(w).expect("no .history deleted");
-                Some((pos(s), s.timeline.0))
+                Some((s.pos(), s.timeline.0))
             }
             _ => None,
         })
         .collect();
     assert!(wal.is_sorted(), "WAL oldest first");
+    // The holes to record cover exactly the deleted segments among those listed.
+    let mut recorded = crate::archive::holes::Holes::default();
+    for h in &p.holes {
+        recorded.add(*h);
+    }
+    let deleted: HashSet<String> = p
+        .deletions
+        .iter()
+        .filter_map(|d| match &d.what {
+            Deleted::Wal(w @ WalFileName::Segment(_)) => Some(w.to_string()),
+            _ => None,
+        })
+        .collect();
+    for w in &c.wal {
+        if let WalFileName::Segment(s) = w.name {
+            assert_eq!(
+                recorded.covers(s, None),
+                deleted.contains(&w.name.to_string()),
+                "{s}: recorded as a hole exactly when deleted"
+            );
+        }
+    }
 }
 
 #[test]
@@ -589,11 +521,11 @@ fn window_keeps_full_backup_outside_it_for_a_delta_inside() {
 #[test]
 fn two_clusters_in_one_prefix_are_judged_separately() {
     // Cluster A, then pg_upgrade to cluster B, which continues the LSNs.
-    let fa1 = of_cluster(full(1, 2, datetime!(2024-04-28 10:00 UTC)), "A");
-    let fa2 = of_cluster(full(1, 0x10, datetime!(2024-05-01 10:00 UTC)), "A");
-    let fb1 = of_cluster(full(1, 0x20, datetime!(2024-05-02 01:00 UTC)), "B");
-    let fb2 = of_cluster(full(1, 0x24, datetime!(2024-05-02 02:00 UTC)), "B");
-    let fb3 = of_cluster(full(1, 0x30, datetime!(2024-05-09 10:00 UTC)), "B");
+    let fa1 = of_cluster(full(1, 2, datetime!(2024-04-28 10:00 UTC)), 1);
+    let fa2 = of_cluster(full(1, 0x10, datetime!(2024-05-01 10:00 UTC)), 1);
+    let fb1 = of_cluster(full(1, 0x20, datetime!(2024-05-02 01:00 UTC)), 2);
+    let fb2 = of_cluster(full(1, 0x24, datetime!(2024-05-02 02:00 UTC)), 2);
+    let fb3 = of_cluster(full(1, 0x30, datetime!(2024-05-09 10:00 UTC)), 2);
     let c = catalog(&[&fa1, &fa2, &fb1, &fb2, &fb3], &[segs(1, 1..=0x35)], &[]);
 
     // FA2 "needs all WAL after it", but 0x20.. belongs to B, which needs it
@@ -606,7 +538,7 @@ fn two_clusters_in_one_prefix_are_judged_separately() {
     assert_eq!(deleted_wal(&p), want);
     assert_eq!(
         reason(&p, &seg(1, 0x21)),
-        "older than every kept backup of its cluster (system identifier B)"
+        "older than every kept backup of its cluster (system identifier 2)"
     );
 
     // Counting full backups spans the prefix: cluster A ages out, WAL and all.
@@ -616,7 +548,7 @@ fn two_clusters_in_one_prefix_are_judged_separately() {
     assert_eq!(deleted_wal(&p), segs(1, 1..=0x23));
     assert_eq!(
         reason(&p, &seg(1, 0x1F)),
-        "no backup of its cluster (system identifier A) is kept"
+        "no backup of its cluster (system identifier 1) is kept"
     );
 }
 
@@ -624,10 +556,10 @@ fn two_clusters_in_one_prefix_are_judged_separately() {
 fn interleaved_clusters_delete_only_wal_no_cluster_needs() {
     // B started at 0x20 while A went on to 0x30: positions cannot tell them
     // apart. Attributing 0x30.. to B (which needs only 0x40..) would break FA2.
-    let fa1 = of_cluster(full(1, 2, NOW - days(10)), "A");
-    let fb1 = of_cluster(full(1, 0x20, NOW - days(8)), "B");
-    let fb2 = of_cluster(full(1, 0x40, NOW - days(5)), "B");
-    let fa2 = of_cluster(full(1, 0x30, NOW - days(2)), "A");
+    let fa1 = of_cluster(full(1, 2, NOW - days(10)), 1);
+    let fb1 = of_cluster(full(1, 0x20, NOW - days(8)), 2);
+    let fb2 = of_cluster(full(1, 0x40, NOW - days(5)), 2);
+    let fa2 = of_cluster(full(1, 0x30, NOW - days(2)), 1);
     let c = catalog(&[&fa1, &fb1, &fb2, &fa2], &[segs(1, 1..=0x45)], &[]);
     let p = run(&c, retain(Some(2), None));
     assert_eq!(deleted(&p), names(&[&fa1, &fb1]));
@@ -817,6 +749,7 @@ fn unfinished(name: &str, modified: Option<OffsetDateTime>, parts: usize) -> Unf
             .map(|i| key(&format!("basebackups/{name}/part_{i:05}.tar")))
             .collect(),
         newest_modified: modified,
+        running: None,
     }
 }
 
@@ -916,7 +849,7 @@ fn refuses_broken_catalogs() {
     let p = run(&c, Policy::Target(orphan.name.clone()));
     assert_eq!(deleted(&p), names(&[&orphan]));
 
-    let foreign = of_cluster(delta(1, 4, NOW - days(2), &f1), "other");
+    let foreign = of_cluster(delta(1, 4, NOW - days(2), &f1), 3);
     let c = catalog(&[&f1, &foreign], &[], &[]);
     let err = plan(&c, &retain(Some(1), None), NOW).unwrap_err();
     assert!(err.to_string().contains("another cluster"), "{err}");

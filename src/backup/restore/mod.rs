@@ -1,0 +1,143 @@
+//! `cairn backup-fetch <dest> <NAME|LATEST>`: restores a base backup (with
+//! its delta chain) into an empty directory. The pure [`plan`] says which
+//! parts to read and what to do with each file; [`extract`] downloads,
+//! decodes, verifies and extracts parts concurrently; [`dest`] owns the
+//! destination; [`recovery`] the settings it starts with. The control part
+//! (pg_control, backup_label) goes last, so a directory that misses anything
+//! cannot start; on any failure, what was extracted is removed again.
+
+pub mod dest;
+pub mod extract;
+pub mod plan;
+pub mod recovery;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use futures::StreamExt;
+
+use super::BackupError;
+use crate::Context;
+use crate::archive::catalog;
+use crate::archive::manifest::Manifest;
+use dest::Layout;
+use extract::{Job, extract_part};
+pub use recovery::RecoveryTarget;
+
+/// What a backup-fetch does.
+#[derive(Debug, Clone)]
+pub struct FetchOptions {
+    pub dest: PathBuf,
+    /// A backup name or `LATEST`.
+    pub name: String,
+    /// Tablespace OID → where to put it instead of its original location.
+    pub tablespace_map: Vec<(u32, PathBuf)>,
+    pub recovery_target: Option<RecoveryTarget>,
+    /// The shell command for `restore_command` (cairn itself with this
+    /// configuration, then `wal-fetch %f %p`).
+    pub restore_command: String,
+    /// Parts downloaded and extracted at once.
+    pub concurrency: usize,
+}
+
+/// Restores a backup; returns its manifest.
+pub async fn fetch(ctx: &Context, opts: &FetchOptions) -> Result<Manifest, BackupError> {
+    let manifest = catalog::resolve(ctx, &opts.name).await?;
+    let chain = catalog::chain(ctx, manifest).await?;
+    let planned = plan::plan(&chain)?;
+    let Some(manifest) = chain.last().cloned() else {
+        return Err(BackupError::BadArgument("empty backup chain".into()));
+    };
+    let layout = Layout::new(&manifest, &opts.dest, &opts.tablespace_map)?;
+    let created = {
+        let layout = layout.clone();
+        crate::blocking(move || layout.prepare()).await?
+    };
+    let result = restore(ctx, &chain, planned, &layout, opts).await;
+    if result.is_err() {
+        let _ = tokio::task::spawn_blocking(move || created.undo()).await;
+    }
+    result.map(|()| manifest)
+}
+
+async fn restore(
+    ctx: &Context,
+    chain: &[Manifest],
+    planned: plan::RestorePlan,
+    layout: &Layout,
+    opts: &FetchOptions,
+) -> Result<(), BackupError> {
+    let Some(last) = chain.last() else {
+        return Ok(());
+    };
+    let keyring = if chain.iter().any(|m| m.encrypted) {
+        ctx.keyring()?
+    } else {
+        None
+    };
+    {
+        let (layout, last) = (layout.clone(), last.clone());
+        crate::blocking(move || layout.make_dirs(&last)).await?;
+    }
+    let job = Arc::new(Job {
+        layout: layout.clone(),
+        keyring,
+        rewrite_tablespace_map: last
+            .tablespaces
+            .iter()
+            .any(|t| layout.tablespaces.get(&t.oid) != Some(&t.location)),
+        dirs: last
+            .files
+            .iter()
+            .filter(|f| f.dir)
+            .map(|f| f.path.clone())
+            .collect(),
+        // After a failure no new part starts and running ones stop at their
+        // next entry; all are waited for, so that nothing writes into the
+        // destination while a failed restore is being removed.
+        stop: AtomicBool::new(false),
+        progress: ctx.progress.clone(),
+    });
+    ctx.progress
+        .begin(planned.bytes, Some(planned.parts as u64));
+    for stage in planned.stages {
+        let results: Vec<Result<(), BackupError>> = futures::stream::iter(stage.data)
+            .map(|work| {
+                let job = &job;
+                let backup = chain[work.backup].name.as_str();
+                async move {
+                    if job.stop.load(Ordering::Relaxed) {
+                        return Ok(());
+                    }
+                    let r = extract_part(ctx, backup, work, job).await;
+                    if r.is_err() {
+                        job.stop.store(true, Ordering::Relaxed);
+                    }
+                    r
+                }
+            })
+            .buffer_unordered(opts.concurrency.max(1))
+            .collect()
+            .await;
+        // In completion order: the first error is the cause, later ones its echo.
+        if let Some(e) = results.into_iter().find_map(Result::err) {
+            return Err(e);
+        }
+        for work in stage.control {
+            let backup = chain[work.backup].name.as_str();
+            extract_part(ctx, backup, work, &job).await?;
+        }
+    }
+    ctx.progress.end();
+    let (layout, last) = (layout.clone(), last.clone());
+    let (target, command) = (opts.recovery_target.clone(), opts.restore_command.clone());
+    crate::blocking(move || {
+        layout.finish(&last)?;
+        if let Some(target) = &target {
+            recovery::write_recovery_settings(&layout.dest, target, &command, &last.name)?;
+        }
+        layout.sync()
+    })
+    .await
+}

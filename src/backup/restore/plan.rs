@@ -1,0 +1,235 @@
+//! The restore plan, pure: for a backup's chain (full backup first), which
+//! parts to read, in which order, and what to do with each file in them.
+//! For every file of the restored backup, the newest backup of the chain that
+//! holds it whole writes it, and each later one's page set patches it; parts
+//! holding nothing needed are not read; the restored backup's control part
+//! (pg_control) comes last.
+
+use std::collections::HashMap;
+
+use crate::archive::ArchiveError;
+use crate::archive::manifest::{FileEntry, Manifest, PartEntry, Stored};
+
+/// What a restore does with one file entry of one backup of the chain.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// A newer backup of the chain holds this file, or it is gone.
+    Skip,
+    /// Create the file from the entry's bytes.
+    Write { mode: u32 },
+    /// Apply the entry's page set to the file an older backup wrote.
+    Patch { mode: u32 },
+}
+
+/// One part to read, and what to do with each file entry in it.
+#[derive(Debug, Clone)]
+pub struct PartWork {
+    /// Index of its backup in the chain.
+    pub backup: usize,
+    pub part: PartEntry,
+    pub files: HashMap<String, (FileEntry, Action)>,
+}
+
+/// The parts of one backup of the chain: data parts in any order, then
+/// (for the restored backup) the control part.
+#[derive(Debug, Clone, Default)]
+pub struct Stage {
+    pub data: Vec<PartWork>,
+    pub control: Vec<PartWork>,
+}
+
+/// The whole restore, oldest backup first: a delta's page sets patch what
+/// its ancestors wrote.
+#[derive(Debug, Clone, Default)]
+pub struct RestorePlan {
+    pub stages: Vec<Stage>,
+    /// Tar bytes to read, for progress.
+    pub bytes: u64,
+    pub parts: usize,
+}
+
+/// Plans the restore of `chain` (full first, the restored backup last).
+pub fn plan(chain: &[Manifest]) -> Result<RestorePlan, ArchiveError> {
+    let sources = sources(chain)?;
+    let mut out = RestorePlan::default();
+    for (k, (manifest, actions)) in chain.iter().zip(&sources).enumerate() {
+        let is_last = k + 1 == chain.len();
+        let by_part = files_by_part(manifest);
+        let mut stage = Stage::default();
+        for p in &manifest.parts {
+            let Some(files) = by_part.get(&p.key) else {
+                continue;
+            };
+            if !files.iter().any(|f| actions.contains_key(&f.path)) {
+                continue;
+            }
+            let work = PartWork {
+                backup: k,
+                part: p.clone(),
+                files: files
+                    .iter()
+                    .filter(|f| !f.dir)
+                    .map(|f| {
+                        let action = actions.get(&f.path).copied().unwrap_or(Action::Skip);
+                        (f.path.clone(), ((*f).clone(), action))
+                    })
+                    .collect(),
+            };
+            out.bytes += p.raw_size;
+            out.parts += 1;
+            // pg_control last: until it exists, the directory cannot be started.
+            if p.control && is_last {
+                stage.control.push(work);
+            } else {
+                stage.data.push(work);
+            }
+        }
+        out.stages.push(stage);
+    }
+    Ok(out)
+}
+
+/// For each backup of `chain` (full first), the files to take from it: for
+/// every file of the last backup, the newest backup that holds it whole, then
+/// each later one's page set. Files of older backups that the last one does
+/// not list were removed, and are never written.
+fn sources(chain: &[Manifest]) -> Result<Vec<HashMap<String, Action>>, ArchiveError> {
+    let Some(last) = chain.last() else {
+        return Ok(Vec::new());
+    };
+    let maps: Vec<HashMap<&str, &FileEntry>> = chain
+        .iter()
+        .map(|m| {
+            m.files
+                .iter()
+                .filter(|f| !f.dir)
+                .map(|f| (f.path.as_str(), f))
+                .collect()
+        })
+        .collect();
+    let mut out = vec![HashMap::new(); chain.len()];
+    for f in last.files.iter().filter(|f| !f.dir) {
+        let mut k = chain.len() - 1;
+        loop {
+            let broken = |reason: String| ArchiveError::BrokenChain {
+                name: last.name.clone(),
+                reason,
+            };
+            let e = maps[k].get(f.path.as_str()).ok_or_else(|| {
+                broken(format!(
+                    "file {} is not in {}, on which the next backup of the chain builds",
+                    f.path, chain[k].name
+                ))
+            })?;
+            match e.stored {
+                Stored::Whole => {
+                    out[k].insert(f.path.clone(), Action::Write { mode: f.mode });
+                    break;
+                }
+                Stored::Pages { .. } => {
+                    out[k].insert(f.path.clone(), Action::Patch { mode: f.mode });
+                }
+                Stored::Unchanged => {}
+            }
+            if k == 0 {
+                return Err(broken(format!(
+                    "no backup of its chain holds file {} whole",
+                    f.path
+                )));
+            }
+            k -= 1;
+        }
+    }
+    Ok(out)
+}
+
+fn files_by_part(manifest: &Manifest) -> HashMap<String, Vec<&FileEntry>> {
+    let mut by_part: HashMap<String, Vec<&FileEntry>> = HashMap::new();
+    for f in &manifest.files {
+        if let Some(p) = f.part.and_then(|i| manifest.parts.get(i)) {
+            by_part.entry(p.key.clone()).or_default().push(f);
+        }
+    }
+    by_part
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::archive::manifest::Kind;
+
+    fn file(path: &str, part: usize, stored: Stored) -> FileEntry {
+        FileEntry {
+            path: path.into(),
+            dir: false,
+            size: 8192,
+            mode: 0o600,
+            blake3: "x".into(),
+            part: (stored != Stored::Unchanged).then_some(part),
+            stored,
+        }
+    }
+
+    fn part(key: &str, control: bool) -> PartEntry {
+        PartEntry {
+            key: key.into(),
+            raw_size: 10,
+            stored_size: 5,
+            blake3: "y".into(),
+            control,
+        }
+    }
+
+    #[test]
+    fn each_file_comes_from_its_newest_whole_copy_then_page_sets() {
+        let mut full = crate::archive::manifest::tests::sample();
+        full.parts = vec![part("part_00001.tar", false), part("part_00002.tar", true)];
+        full.files = vec![
+            file("base/1/10", 0, Stored::Whole),
+            file("base/1/11", 0, Stored::Whole),
+            file("base/1/gone", 0, Stored::Whole),
+            file("global/pg_control", 1, Stored::Whole),
+        ];
+        let mut delta = full.clone();
+        delta.name = "base_d".into();
+        delta.kind = Kind::Delta;
+        delta.parent = Some(full.name.clone());
+        delta.chain_depth = 1;
+        delta.files = vec![
+            file(
+                "base/1/10",
+                0,
+                Stored::Pages {
+                    bytes: 10,
+                    pages: 1,
+                },
+            ),
+            file("base/1/11", 0, Stored::Unchanged),
+            file("global/pg_control", 1, Stored::Whole),
+        ];
+        let p = plan(&[full, delta]).unwrap();
+        assert_eq!(p.stages.len(), 2);
+        // The full backup's control part holds only pg_control, which the
+        // delta has whole: not read.
+        assert_eq!(p.stages[0].data.len(), 1);
+        assert!(p.stages[0].control.is_empty());
+        let first = &p.stages[0].data[0].files;
+        assert_eq!(first["base/1/10"].1, Action::Write { mode: 0o600 });
+        assert_eq!(first["base/1/11"].1, Action::Write { mode: 0o600 });
+        assert_eq!(first["base/1/gone"].1, Action::Skip);
+        assert_eq!(
+            p.stages[1].data[0].files["base/1/10"].1,
+            Action::Patch { mode: 0o600 }
+        );
+        assert_eq!(p.stages[1].control.len(), 1);
+        assert_eq!(p.parts, 3);
+    }
+
+    #[test]
+    fn a_chain_without_a_whole_copy_is_refused() {
+        let mut lone = crate::archive::manifest::tests::sample();
+        lone.files = vec![file("base/1/10", 0, Stored::Unchanged)];
+        let e = plan(&[lone]).unwrap_err().to_string();
+        assert!(e.contains("holds file base/1/10 whole"), "{e}");
+    }
+}
