@@ -72,6 +72,9 @@ pub struct Config {
     pub log_level: tracing::Level,
     pub log_format: LogFormat,
     pub storage_timeout: Duration,
+    /// A storage request that sends or receives nothing for this long is
+    /// abandoned (and retried while `storage_timeout` allows).
+    pub storage_idle_timeout: Duration,
     pub upload_part_size: usize,
     pub wal_push_lookahead: usize,
     pub wal_fetch_prefetch: usize,
@@ -117,6 +120,7 @@ impl Default for Config {
             log_level: tracing::Level::INFO,
             log_format: LogFormat::Text,
             storage_timeout: Duration::from_secs(60),
+            storage_idle_timeout: Duration::from_secs(30),
             upload_part_size: 32 << 20,
             wal_push_lookahead: 8,
             wal_fetch_prefetch: 8,
@@ -215,10 +219,10 @@ impl Config {
             "age_identity_file" => {
                 self.age_identity_file = Some(PathBuf::from(string(v).map_err(bad)?))
             }
-            "s3_endpoint" => self.s3_endpoint = Some(string(v).map_err(bad)?),
+            "s3_endpoint" => self.s3_endpoint = Some(endpoint(v).map_err(bad)?),
             "s3_region" => self.s3_region = Some(string(v).map_err(bad)?),
             "s3_force_path_style" => self.s3_force_path_style = boolean(v).map_err(bad)?,
-            "gcs_endpoint" => self.gcs_endpoint = Some(string(v).map_err(bad)?),
+            "gcs_endpoint" => self.gcs_endpoint = Some(endpoint(v).map_err(bad)?),
             "log_level" => {
                 self.log_level = match string(v).map_err(bad)?.as_str() {
                     "error" => tracing::Level::ERROR,
@@ -244,6 +248,9 @@ impl Config {
             }
             "storage_timeout" => {
                 self.storage_timeout = Duration::from_secs(number(v, 1, 86_400).map_err(bad)?)
+            }
+            "storage_idle_timeout" => {
+                self.storage_idle_timeout = Duration::from_secs(number(v, 1, 3600).map_err(bad)?)
             }
             "upload_part_size" => {
                 self.upload_part_size = number(v, 5 << 20, 5 << 30).map_err(bad)? as usize
@@ -348,6 +355,7 @@ impl Config {
                 deadline: self.storage_timeout,
                 ..RetryPolicy::default()
             },
+            idle_timeout: self.storage_idle_timeout,
             s3_endpoint: self.s3_endpoint.clone(),
             s3_region: self.s3_region.clone(),
             s3_force_path_style: self.s3_force_path_style,
@@ -446,6 +454,19 @@ fn string(v: &Value) -> Result<String, String> {
         Value::Number(n) => Ok(n.to_string()),
         Value::Bool(b) => Ok(b.to_string()),
         _ => Err("expected a string".into()),
+    }
+}
+
+/// A service endpoint: an http:// or https:// URL with a host. Anything else
+/// would only fail later, request by request, looking like a network fault.
+fn endpoint(v: &Value) -> Result<String, String> {
+    let s = string(v)?;
+    match url::Url::parse(&s) {
+        Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => Ok(s),
+        _ => Err(format!(
+            "{s:?} is not an endpoint URL: write it with its scheme, like \
+             http://127.0.0.1:9000 or https://s3.example.com"
+        )),
     }
 }
 

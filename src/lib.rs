@@ -33,13 +33,35 @@ pub struct Context {
 
 impl Context {
     pub async fn open(config: Config) -> Result<Self, StorageError> {
-        let storage = storage::open(&config.storage, &config.storage_options()).await?;
+        Context::open_until(config, None).await
+    }
+
+    /// Opens the storage for a command that must be done with it by `until`
+    /// (wal-push and wal-fetch: PostgreSQL waits for them).
+    pub async fn open_until(
+        config: Config,
+        until: Option<std::time::Instant>,
+    ) -> Result<Self, StorageError> {
+        let mut options = config.storage_options();
+        options.retry.until = until;
+        let storage = storage::open(&config.storage, &options).await?;
         Ok(Context {
             config,
             storage,
             progress: Arc::new(progress::Silent),
             keyring: OnceLock::new(),
         })
+    }
+
+    /// A context on a storage of the caller's (the in-memory and
+    /// fault-injecting backends of tests).
+    pub fn with_storage(config: Config, storage: Arc<dyn Storage>) -> Self {
+        Context {
+            config,
+            storage,
+            progress: Arc::new(progress::Silent),
+            keyring: OnceLock::new(),
+        }
     }
 
     /// The identities for reading encrypted objects, loaded on first use so that
@@ -74,8 +96,12 @@ pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
     let mut out = e.to_string();
     let mut source = e.source();
     while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
+        // Many errors repeat their source in their own text: say it once.
+        let text = s.to_string();
+        if !text.is_empty() && !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
         source = s.source();
     }
     out

@@ -300,7 +300,14 @@ async fn execute(
     global_args: &[OsString],
     figures: &mut Figures,
 ) -> anyhow::Result<()> {
-    let mut ctx = Context::open(config).await?;
+    // PostgreSQL waits on wal-push and wal-fetch: storage_timeout bounds the
+    // whole call, however many requests it makes.
+    let until = matches!(
+        invocation,
+        Invocation::WalPush { .. } | Invocation::WalFetch { .. }
+    )
+    .then(|| std::time::Instant::now() + config.storage_timeout);
+    let mut ctx = Context::open_until(config, until).await?;
     if let Some(what) = invocation.progress() {
         let mode = display::Mode::choose(
             ctx.config.log_format == LogFormat::Json,
@@ -422,7 +429,18 @@ async fn delete(
         }
         return Ok(Vec::new());
     }
-    let deleted = retention::apply::apply(ctx, &plan, &catalog.holes).await?;
+    let mut deleted = retention::apply::apply(ctx, &plan, &catalog.holes).await?;
+    if let retention::Policy::Garbage { grace } = policy {
+        // What dead writers left that listings do not show (temporary files).
+        let grace = std::time::Duration::try_from(*grace).unwrap_or_default();
+        let leftovers = ctx.storage.remove_leftovers(grace).await?;
+        if leftovers > 0 {
+            out.line(&format!(
+                "Removed {leftovers} temporary object(s) left by writers that died."
+            ))?;
+        }
+        deleted += leftovers;
+    }
     tracing::info!(
         objects = deleted,
         backups = summary.backups_deleted,

@@ -11,7 +11,7 @@ use common::drill::{
     archiving_primary, destroy, fails, list, ok, push, restore_latest_and_compare, start_restored,
     stderr, wait_archived,
 };
-use common::{Archive, Backend, Cluster, TestDir};
+use common::{Archive, Backend, TestDir};
 
 /// backup-push --remote against `c` (no data directory anywhere in sight).
 fn push_remote(pg: &Archive, t: &TestDir) -> std::process::Output {
@@ -118,27 +118,13 @@ fn remote_and_local_backups_of_a_standby() {
     let a = Archive::new(Backend::File).with("CAIRN_BACKUP_PART_SIZE", "4194304");
     let (mut primary, pg) = archiving_primary(&t, &a);
     primary.pgbench(&["-i", "-s", "2", "-q"]);
-    let standby_dir = t.path().join("standby");
-    primary.basebackup(&standby_dir);
-    let mut standby = Cluster::existing(&t, standby_dir.clone());
     // WAL from the archive, then streamed; archive_command as on the primary.
-    standby.restore_from(&a);
-    standby.archive_to(&a);
-    std::fs::write(standby_dir.join("standby.signal"), "").unwrap();
-    standby.set(&[
-        ("archive_mode", "always"),
-        (
-            "primary_conninfo",
-            &format!("'host=127.0.0.1 port={} user=postgres'", primary.port),
-        ),
-    ]);
-    common::chown_pg(&standby_dir);
-    standby.start();
-    standby.wait_until("streaming", Duration::from_secs(60), |s| {
-        s.try_sql("select status from pg_stat_wal_receiver")
-            .as_deref()
-            == Some("streaming")
+    let mut standby = common::drill::streaming_standby(&t, &a, &primary, "standby", |s| {
+        s.restore_from(&a);
+        s.archive_to(&a);
+        s.set(&[("archive_mode", "always")]);
     });
+    let standby_dir = standby.datadir.clone();
     let on_standby = pg.clone_with("PGPORT", &standby.port.to_string());
 
     // The standby cannot end a segment itself: the primary switches until

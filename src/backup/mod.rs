@@ -33,7 +33,7 @@ pub enum BackupError {
     #[error(transparent)]
     Storage(#[from] StorageError),
     #[error(transparent)]
-    Codec(#[from] CodecError),
+    Codec(CodecError),
     #[error(transparent)]
     Archive(#[from] ArchiveError),
     #[error(
@@ -97,6 +97,17 @@ pub enum BackupError {
     },
     #[error("a worker thread failed: {0}")]
     Worker(#[from] tokio::task::JoinError),
+}
+
+/// A codec error that is really storage's (a download that could not be
+/// resumed) is reported as storage's.
+impl From<CodecError> for BackupError {
+    fn from(e: CodecError) -> BackupError {
+        match e {
+            CodecError::Storage(e) => BackupError::Storage(e),
+            other => BackupError::Codec(other),
+        }
+    }
 }
 
 impl BackupError {

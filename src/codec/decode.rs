@@ -123,12 +123,17 @@ impl<R: Read> Decoder<R> {
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => {
-                    // Errors of the decompressor or decryptor mean damaged data.
+                    // Errors of the decompressor or decryptor mean damaged
+                    // data; storage's own (a download that could not be
+                    // resumed) stay what they are.
+                    let passes = e.get_ref().is_some_and(|i| {
+                        i.is::<CodecError>() || i.is::<crate::storage::StorageError>()
+                    });
                     return Err(match e.kind() {
                         io::ErrorKind::InvalidData
                         | io::ErrorKind::UnexpectedEof
                         | io::ErrorKind::Other
-                            if !e.get_ref().is_some_and(|i| i.is::<CodecError>()) =>
+                            if !passes =>
                         {
                             self.corrupt(e.to_string())
                         }
@@ -232,7 +237,7 @@ fn age_error(e: age::DecryptError, object: &str, keyring: &Keyring) -> CodecErro
             identity_file: keyring.source().to_path_buf(),
         },
         age::DecryptError::Io(io) if io.kind() != io::ErrorKind::UnexpectedEof => {
-            CodecError::Io(io)
+            CodecError::from_io(io)
         }
         other => CodecError::Corrupt {
             object: object.into(),

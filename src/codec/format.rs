@@ -138,7 +138,7 @@ impl Header {
                 object: object.into(),
                 detail: "shorter than its header".into(),
             },
-            _ => CodecError::Io(e),
+            _ => CodecError::from_io(e),
         };
         let mut b = [0u8; HEADER_LEN];
         r.read_exact(&mut b).map_err(short)?;

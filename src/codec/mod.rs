@@ -208,6 +208,9 @@ pub enum CodecError {
     IdentityFile { path: PathBuf, detail: String },
     #[error("cannot set up encryption: {0}")]
     Encrypt(String),
+    /// Reading the object from storage failed (a network fault, not damage).
+    #[error(transparent)]
+    Storage(#[from] crate::storage::StorageError),
     #[error("{0}")]
     Io(#[from] std::io::Error),
 }
@@ -216,6 +219,10 @@ impl CodecError {
     /// Recovers a codec error that travelled through an `io::Error` (the adapters
     /// are `Read`/`Write`, so that is the only way out of them).
     pub fn from_io(e: std::io::Error) -> CodecError {
+        let e = match crate::storage::StorageError::from_io(e) {
+            Ok(storage) => return CodecError::Storage(storage),
+            Err(e) => e,
+        };
         if e.get_ref().is_some_and(|inner| inner.is::<CodecError>()) {
             match e.into_inner().map(|b| b.downcast::<CodecError>()) {
                 Some(Ok(c)) => *c,

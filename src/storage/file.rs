@@ -2,18 +2,20 @@
 //! temporary name in the same directory, are fsynced, then renamed (or hard-linked,
 //! which fails atomically if the name exists, for create-if-absent), and the
 //! directory is fsynced, so a crash never leaves a partial object under its name.
+//! Every filesystem call runs on a blocking thread; the errors name the file
+//! and the operating system's cause (a full disk, a permission).
 
 use std::io::{ErrorKind, Write};
 use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use futures::TryStreamExt;
 
 use super::{ByteStream, ObjectKey, ObjectMeta, PutBody, PutMode, Storage, StorageError};
+use crate::durable::{TMP_MARK, tmp_owner, tmp_path};
 
-use crate::durable::{TMP_MARK, tmp_path};
-
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct FileStorage {
     root: PathBuf,
     location: String,
@@ -67,10 +69,39 @@ impl FileStorage {
             }),
         }
     }
+
+    /// Runs `f` on a blocking thread with a copy of this backend.
+    async fn blocking<T: Send + 'static>(
+        &self,
+        op: &'static str,
+        key: &str,
+        f: impl FnOnce(FileStorage) -> Result<T, StorageError> + Send + 'static,
+    ) -> Result<T, StorageError> {
+        let me = self.clone();
+        tokio::task::spawn_blocking(move || f(me))
+            .await
+            .map_err(|e| StorageError::Permanent {
+                op,
+                key: key.to_string(),
+                location: self.location.clone(),
+                message: e.to_string(),
+            })?
+    }
 }
 
 fn fsync_dir(dir: &Path) -> std::io::Result<()> {
     std::fs::File::open(dir)?.sync_all()
+}
+
+/// Whether the process that wrote temporary file `name` is certainly gone.
+fn writer_gone(name: &str) -> bool {
+    let Some(pid) = tmp_owner(name) else {
+        return false;
+    };
+    // SAFETY: kill with signal 0 only checks whether the process exists
+    // (EPERM: it does, as another user).
+    let rc = unsafe { libc::kill(pid, 0) };
+    rc != 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH)
 }
 
 #[async_trait]
@@ -85,78 +116,103 @@ impl Storage for FileStorage {
     }
 
     async fn put(&self, key: &ObjectKey, body: PutBody, mode: PutMode) -> Result<(), StorageError> {
-        let dest = self.path(key);
-        let dir = dest
-            .parent()
-            .map(Path::to_path_buf)
-            .unwrap_or_else(|| self.root.clone());
-        let err = |e| self.err("put", key.as_str(), e);
-        tokio::fs::create_dir_all(&dir).await.map_err(err)?;
-        let tmp = tmp_path(&dest);
-        let result = async {
+        let runtime = tokio::runtime::Handle::current();
+        let k = key.clone();
+        self.blocking("put", key.as_str(), move |me| {
+            let dest = me.path(&k);
+            let dir = dest
+                .parent()
+                .map(Path::to_path_buf)
+                .unwrap_or_else(|| me.root.clone());
+            let err = |e| me.err("put", k.as_str(), e);
+            std::fs::create_dir_all(&dir).map_err(err)?;
+            let tmp = tmp_path(&dest);
             let mut file = std::fs::OpenOptions::new()
                 .write(true)
                 .create_new(true)
-                .open(&tmp)?;
-            match body {
-                PutBody::Bytes(b) => file = write_blocking(file, b).await?,
-                PutBody::Stream(mut s) => {
-                    while let Some(chunk) = s.try_next().await? {
-                        file = write_blocking(file, chunk).await?;
+                .open(&tmp)
+                .map_err(err)?;
+            // The body's own failure (its producer's) is not the storage's.
+            let body_failed = |e: std::io::Error| StorageError::Permanent {
+                op: "read body for",
+                key: k.to_string(),
+                location: me.location.clone(),
+                message: e.to_string(),
+            };
+            let written = (|| {
+                match body {
+                    PutBody::Bytes(b) => file.write_all(&b).map_err(err)?,
+                    PutBody::Stream(mut s) => {
+                        while let Some(chunk) =
+                            runtime.block_on(s.try_next()).map_err(body_failed)?
+                        {
+                            file.write_all(&chunk).map_err(err)?;
+                        }
                     }
                 }
-            }
-            let (tmp, dest, dir) = (tmp.clone(), dest.clone(), dir.clone());
-            tokio::task::spawn_blocking(move || -> std::io::Result<()> {
-                file.sync_all()?;
-                drop(file);
+                file.sync_all().map_err(err)?;
                 match mode {
-                    PutMode::Overwrite => std::fs::rename(&tmp, &dest)?,
+                    PutMode::Overwrite => std::fs::rename(&tmp, &dest).map_err(err)?,
                     PutMode::CreateIfAbsent => {
                         // link(2) refuses an existing name atomically; rename would replace it.
-                        std::fs::hard_link(&tmp, &dest)?;
-                        std::fs::remove_file(&tmp)?;
+                        std::fs::hard_link(&tmp, &dest).map_err(err)?;
+                        let _ = std::fs::remove_file(&tmp);
                     }
                 }
-                fsync_dir(&dir)
-            })
-            .await
-            .map_err(std::io::Error::other)?
-        }
-        .await;
-        if result.is_err() {
-            let _ = std::fs::remove_file(&tmp);
-        }
-        result.map_err(err)
+                fsync_dir(&dir).map_err(err)
+            })();
+            if written.is_err() {
+                let _ = std::fs::remove_file(&tmp);
+            }
+            written
+        })
+        .await
     }
 
-    async fn get(&self, key: &ObjectKey) -> Result<ByteStream, StorageError> {
-        match tokio::fs::File::open(self.path(key)).await {
-            Ok(f) => Ok(Box::pin(tokio_util::io::ReaderStream::with_capacity(
-                f,
-                1 << 20,
-            ))),
+    async fn get_from(&self, key: &ObjectKey, offset: u64) -> Result<ByteStream, StorageError> {
+        use tokio::io::AsyncSeekExt;
+        let path = self.path(key);
+        match tokio::fs::File::open(&path).await {
+            Ok(mut f) => {
+                if offset > 0 {
+                    f.seek(std::io::SeekFrom::Start(offset))
+                        .await
+                        .map_err(|e| self.err("get", key.as_str(), e))?;
+                }
+                Ok(Box::pin(tokio_util::io::ReaderStream::with_capacity(
+                    f,
+                    1 << 20,
+                )))
+            }
             Err(e) if e.kind() == ErrorKind::NotFound => {
-                self.check_root("get", key.as_str())?;
-                Err(self.err("get", key.as_str(), e))
+                let k = key.clone();
+                self.blocking("get", key.as_str(), move |me| {
+                    me.check_root("get", k.as_str())?;
+                    Err(me.err("get", k.as_str(), e))
+                })
+                .await
             }
             Err(e) => Err(self.err("get", key.as_str(), e)),
         }
     }
 
     async fn head(&self, key: &ObjectKey) -> Result<Option<ObjectMeta>, StorageError> {
-        match tokio::fs::metadata(self.path(key)).await {
-            Ok(m) => Ok(Some(ObjectMeta {
-                key: key.clone(),
-                size: m.len(),
-                modified: m.modified().ok(),
-            })),
-            Err(e) if e.kind() == ErrorKind::NotFound => {
-                self.check_root("head", key.as_str())?;
-                Ok(None)
+        let k = key.clone();
+        self.blocking("head", key.as_str(), move |me| {
+            match std::fs::metadata(me.path(&k)) {
+                Ok(m) => Ok(Some(ObjectMeta {
+                    key: k.clone(),
+                    size: m.len(),
+                    modified: m.modified().ok(),
+                })),
+                Err(e) if e.kind() == ErrorKind::NotFound => {
+                    me.check_root("head", k.as_str())?;
+                    Ok(None)
+                }
+                Err(e) => Err(me.err("head", k.as_str(), e)),
             }
-            Err(e) => Err(self.err("head", key.as_str(), e)),
-        }
+        })
+        .await
     }
 
     async fn list(
@@ -165,23 +221,21 @@ impl Storage for FileStorage {
         start_after: Option<&str>,
         limit: Option<usize>,
     ) -> Result<Vec<ObjectMeta>, StorageError> {
-        self.check_root("list", prefix)?;
-        let root = self.root.clone();
         let prefix = prefix.to_string();
         let start_after = start_after.map(str::to_string);
-        let location = self.location.clone();
-        tokio::task::spawn_blocking(move || {
+        self.blocking("list", &prefix.clone(), move |me| {
+            me.check_root("list", &prefix)?;
             // Only the directory part of the prefix needs walking.
             let base = match prefix.rfind('/') {
                 Some(i) => &prefix[..i],
                 None => "",
             };
             let mut out = Vec::new();
-            walk(&root, &root.join(base), &prefix, &mut out).map_err(|e| {
+            walk(&me.root, &me.root.join(base), &prefix, &mut out).map_err(|e| {
                 StorageError::Permanent {
                     op: "list",
                     key: prefix.clone(),
-                    location,
+                    location: me.location.clone(),
                     message: e.to_string(),
                 }
             })?;
@@ -195,71 +249,85 @@ impl Storage for FileStorage {
             Ok(out)
         })
         .await
-        .map_err(|e| StorageError::Permanent {
-            op: "list",
-            key: String::new(),
-            location: self.location.clone(),
-            message: e.to_string(),
-        })?
     }
 
     async fn delete_many(&self, keys: &[ObjectKey]) -> Result<(), StorageError> {
-        for key in keys {
-            match tokio::fs::remove_file(self.path(key)).await {
-                Ok(()) => {}
-                Err(e) if e.kind() == ErrorKind::NotFound => {}
-                Err(e) => return Err(self.err("delete", key.as_str(), e)),
+        let keys = keys.to_vec();
+        let first = keys.first().map(ObjectKey::to_string).unwrap_or_default();
+        self.blocking("delete", &first, move |me| {
+            // In the order given: an interruption leaves a prefix done.
+            for key in &keys {
+                let path = me.path(key);
+                match std::fs::remove_file(&path) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == ErrorKind::NotFound => {}
+                    Err(e) => return Err(me.err("delete", key.as_str(), e)),
+                }
+                // A deleted backup leaves no empty directory behind (its objects
+                // are deleted together; other directories stay, as they are
+                // shared by every writer).
+                if key.as_str().starts_with("basebackups/")
+                    && let Some(dir) = path.parent()
+                {
+                    remove_stale_temps(dir, None);
+                    let _ = std::fs::remove_dir(dir);
+                }
             }
-            // A deleted backup leaves no empty directory behind (its objects
-            // are deleted together; other directories stay, as they are
-            // shared by every writer).
-            if key.as_str().starts_with("basebackups/")
-                && let Some(dir) = self.path(key).parent()
-            {
-                remove_stale_temps(dir);
-                let _ = tokio::fs::remove_dir(dir).await;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn remove_leftovers(&self, older_than: Duration) -> Result<usize, StorageError> {
+        self.blocking("clean up", "", move |me| {
+            let cutoff = SystemTime::now()
+                .checked_sub(older_than)
+                .unwrap_or(SystemTime::UNIX_EPOCH);
+            let mut removed = 0;
+            let mut dirs = vec![me.root.clone()];
+            while let Some(dir) = dirs.pop() {
+                let Ok(entries) = std::fs::read_dir(&dir) else {
+                    continue;
+                };
+                for e in entries.flatten() {
+                    match e.file_type() {
+                        Ok(t) if t.is_dir() => dirs.push(e.path()),
+                        Ok(t) if t.is_file() => {}
+                        _ => continue,
+                    }
+                }
+                removed += remove_stale_temps(&dir, Some(cutoff));
+                // A killed backup's directory that only held temporary files.
+                if dir != me.root && dir.starts_with(me.root.join("basebackups")) {
+                    let _ = std::fs::remove_dir(&dir);
+                }
             }
-        }
-        Ok(())
+            Ok(removed)
+        })
+        .await
     }
 }
 
-/// Removes the temporary files in `dir` whose writer is gone (a backup
-/// killed mid-upload): their names carry the writer's process id.
-fn remove_stale_temps(dir: &Path) {
+/// Removes the temporary files in `dir` whose writer is gone (a process
+/// killed mid-write: their names carry its id), when last written before
+/// `cutoff` (if given). Returns how many.
+fn remove_stale_temps(dir: &Path, cutoff: Option<SystemTime>) -> usize {
     let Ok(entries) = std::fs::read_dir(dir) else {
-        return;
+        return 0;
     };
+    let mut removed = 0;
     for e in entries.flatten() {
         let name = e.file_name().to_string_lossy().into_owned();
-        if !name.contains(TMP_MARK) {
+        if !name.contains(TMP_MARK) || !writer_gone(&name) {
             continue;
         }
-        let pid = crate::durable::tmp_owner(&name);
-        // SAFETY: kill with signal 0 only checks whether the process exists
-        // (EPERM: it does, as another user).
-        let alive = pid.is_some_and(|p| {
-            let rc = unsafe { libc::kill(p, 0) };
-            rc == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
-        });
-        if !alive {
-            let _ = std::fs::remove_file(e.path());
+        let old =
+            cutoff.is_none_or(|c| e.metadata().and_then(|m| m.modified()).is_ok_and(|m| m < c));
+        if old && std::fs::remove_file(e.path()).is_ok() {
+            removed += 1;
         }
     }
-}
-
-async fn write_blocking(
-    mut file: std::fs::File,
-    b: bytes::Bytes,
-) -> std::io::Result<std::fs::File> {
-    // Small writes are cheaper inline than a trip to the blocking pool.
-    if b.len() <= 1 << 16 {
-        file.write_all(&b)?;
-        return Ok(file);
-    }
-    tokio::task::spawn_blocking(move || file.write_all(&b).map(|()| file))
-        .await
-        .map_err(std::io::Error::other)?
+    removed
 }
 
 fn walk(root: &Path, dir: &Path, prefix: &str, out: &mut Vec<ObjectMeta>) -> std::io::Result<()> {

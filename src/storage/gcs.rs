@@ -18,10 +18,12 @@ use gcloud_storage::http::objects::list::ListObjectsRequest;
 use gcloud_storage::http::objects::upload::{Media, UploadObjectRequest, UploadType};
 use gcloud_storage::http::resumable_upload_client::{ChunkSize, UploadStatus};
 
+use super::watch::{Progress, sliced};
 use super::{
     ByteStream, CONNECT_TIMEOUT, Chunker, ObjectKey, ObjectMeta, PutBody, PutMode, RetryPolicy,
     Storage, StorageError, StorageOptions,
 };
+use std::sync::Arc;
 
 /// Resumable chunks must be multiples of 256 KiB.
 const CHUNK_UNIT: usize = 256 << 10;
@@ -33,6 +35,8 @@ pub struct GcsStorage {
     location: String,
     retry: RetryPolicy,
     part_size: usize,
+    /// A request that makes no progress for this long is abandoned.
+    idle: Duration,
 }
 
 impl std::fmt::Debug for GcsStorage {
@@ -54,9 +58,16 @@ impl GcsStorage {
             location: location.clone(),
             message,
         };
+        // cairn's watchdog times requests out on no progress (`watched`, and
+        // downloads in `resume`); reqwest's read timeout (which restarts
+        // with every read) is only a backstop, beyond the time the network
+        // may take to deliver a body it took whole.
+        let backstop = opts.idle_timeout
+            + super::watch::drain_allowance(super::watch::DRAIN_SLACK)
+            + Duration::from_secs(1);
         let http = reqwest::Client::builder()
             .connect_timeout(CONNECT_TIMEOUT)
-            .read_timeout(Duration::from_secs(60))
+            .read_timeout(backstop)
             .build()
             .map_err(|e| fail(e.to_string()))?;
         let mut config = ClientConfig {
@@ -89,7 +100,28 @@ impl GcsStorage {
             location,
             retry: opts.retry,
             part_size: (opts.part_size / CHUNK_UNIT).max(1) * CHUNK_UNIT,
+            idle: opts.idle_timeout,
         })
+    }
+
+    /// Runs one request under the watchdog (see `watch::request`).
+    async fn watched<F: std::future::Future>(
+        &self,
+        op: &'static str,
+        key: &str,
+        progress: &Arc<Progress>,
+        request: F,
+    ) -> Result<F::Output, StorageError> {
+        super::watch::request(
+            op,
+            key,
+            &self.location,
+            &self.retry,
+            self.idle,
+            progress,
+            request,
+        )
+        .await
     }
 
     fn full_key(&self, key: &str) -> String {
@@ -99,6 +131,17 @@ impl GcsStorage {
     fn error(&self, op: &'static str, key: &str, e: GcsError) -> StorageError {
         let (key, location) = (key.to_string(), self.location.clone());
         match &e {
+            // A missing bucket is a configuration error, not a missing object.
+            GcsError::Response(r)
+                if r.code == 404 && r.message.to_lowercase().contains("bucket") =>
+            {
+                StorageError::Permanent {
+                    op,
+                    key,
+                    location,
+                    message: format!("bucket {} does not exist ({})", self.bucket, r.message),
+                }
+            }
             GcsError::Response(r) if r.code == 404 => StorageError::NotFound { key, location },
             GcsError::Response(r) if r.code == 412 => StorageError::AlreadyExists { key, location },
             GcsError::Response(r) if r.is_retriable() => StorageError::Transient {
@@ -152,22 +195,31 @@ impl GcsStorage {
 
     async fn put_single(&self, key: &str, body: Bytes, mode: PutMode) -> Result<(), StorageError> {
         let req = self.upload_request(mode);
-        let media = if body.is_empty() {
-            // Metadata-and-media form: some emulators reject an empty media upload.
-            UploadType::Multipart(Box::new(gcloud_storage::http::objects::Object {
-                name: self.full_key(key),
-                ..Default::default()
-            }))
-        } else {
-            UploadType::Simple(Media::new(self.full_key(key)))
-        };
         self.retry
             .run(|| async {
-                self.client
-                    .upload_object(&req, body.clone(), &media)
-                    .await
-                    .map(|_| ())
-                    .map_err(|e| self.error("put", key, e))
+                let progress = Progress::new();
+                let upload = if body.is_empty() {
+                    // Metadata-and-media form: some emulators reject an empty media upload.
+                    let media =
+                        UploadType::Multipart(Box::new(gcloud_storage::http::objects::Object {
+                            name: self.full_key(key),
+                            ..Default::default()
+                        }));
+                    self.watched("put", key, &progress, async {
+                        self.client.upload_object(&req, body.clone(), &media).await
+                    })
+                    .await?
+                } else {
+                    let mut media = Media::new(self.full_key(key));
+                    media.content_length = Some(body.len() as u64);
+                    let media = UploadType::Simple(media);
+                    let stream = reqwest::Body::wrap_stream(sliced(body.clone(), progress.clone()));
+                    self.watched("put", key, &progress, async {
+                        self.client.upload_object(&req, stream, &media).await
+                    })
+                    .await?
+                };
+                upload.map(|_| ()).map_err(|e| self.error("put", key, e))
             })
             .await
     }
@@ -184,10 +236,11 @@ impl GcsStorage {
         let session = self
             .retry
             .run(|| async {
-                self.client
-                    .prepare_resumable_upload(&req, &media)
-                    .await
-                    .map_err(|e| self.error("start upload of", key, e))
+                self.watched("start upload of", key, &Progress::new(), async {
+                    self.client.prepare_resumable_upload(&req, &media).await
+                })
+                .await?
+                .map_err(|e| self.error("start upload of", key, e))
             })
             .await?;
         // Hold one chunk back so the last one can carry the total size.
@@ -201,10 +254,14 @@ impl GcsStorage {
             let status = self
                 .retry
                 .run(|| async {
-                    session
-                        .upload_multiple_chunk(current.clone(), &range)
-                        .await
-                        .map_err(|e| self.error("upload part of", key, e))
+                    let progress = Progress::new();
+                    let body =
+                        reqwest::Body::wrap_stream(sliced(current.clone(), progress.clone()));
+                    self.watched("upload part of", key, &progress, async {
+                        session.upload_multiple_chunk(body, &range).await
+                    })
+                    .await?
+                    .map_err(|e| self.error("upload part of", key, e))
                 })
                 .await?;
             offset += len;
@@ -264,19 +321,21 @@ impl Storage for GcsStorage {
         self.put_resumable(key, first, chunks, mode).await
     }
 
-    async fn get(&self, key: &ObjectKey) -> Result<ByteStream, StorageError> {
+    async fn get_from(&self, key: &ObjectKey, offset: u64) -> Result<ByteStream, StorageError> {
         let req = GetObjectRequest {
             bucket: self.bucket.clone(),
             object: self.full_key(key.as_str()),
             ..Default::default()
         };
+        let range = Range((offset > 0).then_some(offset), None);
         let stream = self
             .retry
             .run(|| async {
-                self.client
-                    .download_streamed_object(&req, &Range::default())
-                    .await
-                    .map_err(|e| self.error("get", key.as_str(), e))
+                self.watched("get", key.as_str(), &Progress::new(), async {
+                    self.client.download_streamed_object(&req, &range).await
+                })
+                .await?
+                .map_err(|e| self.error("get", key.as_str(), e))
             })
             .await?;
         Ok(Box::pin(stream.map_err(|e| {
@@ -293,7 +352,15 @@ impl Storage for GcsStorage {
         let r = self
             .retry
             .run(|| async {
-                match self.client.get_object(&req).await {
+                let got = self
+                    .watched(
+                        "head",
+                        key.as_str(),
+                        &Progress::new(),
+                        self.client.get_object(&req),
+                    )
+                    .await?;
+                match got {
                     Ok(o) => Ok(Some(o.size.max(0) as u64)),
                     Err(e) => match self.error("head", key.as_str(), e) {
                         StorageError::NotFound { .. } => Ok(None),
@@ -331,7 +398,15 @@ impl Storage for GcsStorage {
             let page = self
                 .retry
                 .run(|| async {
-                    self.client.list_objects(&req).await.map_err(|e| {
+                    let listed = self
+                        .watched(
+                            "list",
+                            prefix,
+                            &Progress::new(),
+                            self.client.list_objects(&req),
+                        )
+                        .await?;
+                    listed.map_err(|e| {
                         match self.error("list", prefix, e) {
                             // Listing never finds "no object": a 404 here is a missing bucket.
                             StorageError::NotFound { key, location } => StorageError::Permanent {
@@ -385,7 +460,15 @@ impl Storage for GcsStorage {
                 };
                 self.retry
                     .run(|| async {
-                        match self.client.delete_object(&req).await {
+                        let deleted = self
+                            .watched(
+                                "delete",
+                                key.as_str(),
+                                &Progress::new(),
+                                self.client.delete_object(&req),
+                            )
+                            .await?;
+                        match deleted {
                             Ok(()) => Ok(()),
                             Err(e) => match self.error("delete", key.as_str(), e) {
                                 StorageError::NotFound { .. } => Ok(()),

@@ -1,12 +1,19 @@
 //! Object storage: one streaming [`Storage`] trait and its backends (local directory,
-//! S3, GCS), picked from the storage URL. Keys are relative to the URL's prefix.
+//! S3, GCS), picked from the storage URL, plus an in-memory backend and a
+//! fault-injecting wrapper for tests. Keys are relative to the URL's prefix.
 //! Errors say whether an object is missing, already there, or whether the failure
-//! is worth retrying; the retry policy itself lives in [`retry`].
+//! is worth retrying; the retry policy lives in [`retry`], the watchdog that
+//! ends requests that stop making progress in [`watch`], and [`resume`]
+//! carries a download that broke mid-body on from where it stopped.
 
+pub mod faulty;
 pub mod file;
 pub mod gcs;
+pub mod memory;
+pub mod resume;
 pub mod retry;
 pub mod s3;
+pub mod watch;
 
 use std::fmt;
 use std::pin::Pin;
@@ -110,6 +117,25 @@ pub enum StorageError {
 }
 
 impl StorageError {
+    /// The storage error an `io::Error` from a body stream carries, if it
+    /// carries one (else the error back).
+    pub fn from_io(e: std::io::Error) -> Result<StorageError, std::io::Error> {
+        if e.get_ref().is_some_and(|i| i.is::<StorageError>()) {
+            match e.into_inner().map(|b| b.downcast::<StorageError>()) {
+                Some(Ok(s)) => Ok(*s),
+                Some(Err(other)) => Err(std::io::Error::other(other)),
+                None => Err(std::io::Error::other("unknown storage error")),
+            }
+        } else {
+            Err(e)
+        }
+    }
+
+    /// Whether an `io::Error` carries a storage error (a body that broke).
+    pub fn is_in(e: &std::io::Error) -> bool {
+        e.get_ref().is_some_and(|i| i.is::<StorageError>())
+    }
+
     pub fn is_not_found(&self) -> bool {
         matches!(self, StorageError::NotFound { .. })
     }
@@ -136,8 +162,15 @@ pub trait Storage: Send + Sync + fmt::Debug {
 
     /// Streams the object's bytes; `NotFound` when the object is missing. Some
     /// servers say the same for a missing bucket: callers that must tell the two
-    /// apart list, which fails for a missing bucket.
-    async fn get(&self, key: &ObjectKey) -> Result<ByteStream, StorageError>;
+    /// apart list, which fails for a missing bucket. A body that breaks is
+    /// resumed where it broke (see [`resume`]); one that cannot be ends in an
+    /// `io::Error` carrying the [`StorageError`].
+    async fn get(&self, key: &ObjectKey) -> Result<ByteStream, StorageError> {
+        self.get_from(key, 0).await
+    }
+
+    /// The object's bytes from `offset` on (a ranged read).
+    async fn get_from(&self, key: &ObjectKey, offset: u64) -> Result<ByteStream, StorageError>;
 
     /// The object's metadata, or `None` when it does not exist.
     async fn head(&self, key: &ObjectKey) -> Result<Option<ObjectMeta>, StorageError>;
@@ -151,14 +184,26 @@ pub trait Storage: Send + Sync + fmt::Debug {
         limit: Option<usize>,
     ) -> Result<Vec<ObjectMeta>, StorageError>;
 
-    /// Deletes the objects; keys that do not exist are not an error.
+    /// Deletes the objects; keys that do not exist are not an error. The
+    /// order in which one call deletes them is the backend's.
     async fn delete_many(&self, keys: &[ObjectKey]) -> Result<(), StorageError>;
+
+    /// Removes what writers that died left behind and listings do not show
+    /// (temporary files, unfinished multipart uploads), when older than
+    /// `older_than` and certainly not a live writer's. Returns how many.
+    async fn remove_leftovers(&self, older_than: Duration) -> Result<usize, StorageError> {
+        let _ = older_than;
+        Ok(0)
+    }
 }
 
 /// Settings the backends need besides the URL.
 #[derive(Debug, Clone)]
 pub struct StorageOptions {
     pub retry: RetryPolicy,
+    /// A request that makes no progress (sends or receives nothing) for this
+    /// long is abandoned, and retried if the deadline allows.
+    pub idle_timeout: Duration,
     pub s3_endpoint: Option<String>,
     pub s3_region: Option<String>,
     pub s3_force_path_style: bool,
@@ -171,6 +216,7 @@ impl Default for StorageOptions {
     fn default() -> Self {
         StorageOptions {
             retry: RetryPolicy::default(),
+            idle_timeout: Duration::from_secs(30),
             s3_endpoint: None,
             s3_region: None,
             s3_force_path_style: false,
@@ -245,12 +291,12 @@ impl StorageUrl {
     }
 }
 
-/// Opens the backend that the URL names.
+/// Opens the backend that the URL names, with downloads that resume.
 pub async fn open(
     url: &StorageUrl,
     opts: &StorageOptions,
 ) -> Result<Arc<dyn Storage>, StorageError> {
-    Ok(match url {
+    let backend: Arc<dyn Storage> = match url {
         StorageUrl::File(root) => Arc::new(file::FileStorage::new(root.clone(), url.to_string())),
         StorageUrl::S3 { bucket, prefix } => {
             Arc::new(s3::S3Storage::connect(bucket, prefix, url.to_string(), opts).await?)
@@ -258,7 +304,8 @@ pub async fn open(
         StorageUrl::Gcs { bucket, prefix } => {
             Arc::new(gcs::GcsStorage::connect(bucket, prefix, url.to_string(), opts).await?)
         }
-    })
+    };
+    Ok(Arc::new(resume::Resuming::new(backend, opts)))
 }
 
 /// Reads a whole object into memory; for small objects only.
@@ -266,16 +313,14 @@ pub async fn get_bytes(storage: &dyn Storage, key: &ObjectKey) -> Result<Bytes, 
     use futures::TryStreamExt;
     let mut stream = storage.get(key).await?;
     let mut buf = bytes::BytesMut::new();
-    while let Some(chunk) = stream
-        .try_next()
-        .await
-        .map_err(|e| StorageError::Transient {
+    while let Some(chunk) = stream.try_next().await.map_err(|e| {
+        StorageError::from_io(e).unwrap_or_else(|e| StorageError::Transient {
             op: "read",
             key: key.to_string(),
             location: storage.location().to_string(),
             message: e.to_string(),
-        })?
-    {
+        })
+    })? {
         buf.extend_from_slice(&chunk);
     }
     Ok(buf.freeze())

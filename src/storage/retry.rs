@@ -1,6 +1,11 @@
-//! The one retry policy: exponential backoff with jitter under an overall deadline.
+//! The one retry policy: exponential backoff with jitter under a deadline.
 //! Backends call [`RetryPolicy::run`] around each single request whose body they
-//! can resend; commands never retry on their own.
+//! can resend, and [`super::resume`] around each broken download; commands
+//! never retry on their own.
+//!
+//! The deadline is per request, or, for the commands PostgreSQL waits on
+//! (wal-push, wal-fetch), one instant for the whole command (`until`), so
+//! that however many requests a call makes, it answers PostgreSQL in time.
 
 use std::future::Future;
 use std::time::{Duration, Instant};
@@ -14,6 +19,9 @@ pub struct RetryPolicy {
     pub deadline: Duration,
     pub initial_backoff: Duration,
     pub max_backoff: Duration,
+    /// The command's own deadline, when it has one: no attempt starts after
+    /// it, whatever `deadline` says.
+    pub until: Option<Instant>,
 }
 
 impl Default for RetryPolicy {
@@ -22,11 +30,30 @@ impl Default for RetryPolicy {
             deadline: Duration::from_secs(60),
             initial_backoff: Duration::from_millis(100),
             max_backoff: Duration::from_secs(5),
+            until: None,
         }
     }
 }
 
 impl RetryPolicy {
+    /// When retries that start now must stop.
+    pub fn end(&self, start: Instant) -> Instant {
+        let own = start + self.deadline;
+        self.until.map_or(own, |u| u.min(own))
+    }
+
+    /// How long a request may wait without progress: `idle`, but never past
+    /// the command's deadline (a stalled request then ends in time), and at
+    /// least a second.
+    pub fn idle(&self, idle: Duration) -> Duration {
+        match self.until {
+            Some(u) => idle
+                .min(u.saturating_duration_since(Instant::now()))
+                .max(Duration::from_secs(1)),
+            None => idle,
+        }
+    }
+
     /// Runs `attempt` until it succeeds, fails permanently, or the deadline passes.
     pub async fn run<T, F, Fut>(&self, mut attempt: F) -> Result<T, StorageError>
     where
@@ -34,6 +61,7 @@ impl RetryPolicy {
         Fut: Future<Output = Result<T, StorageError>>,
     {
         let start = Instant::now();
+        let end = self.end(start);
         let mut backoff = self.initial_backoff;
         let mut tries = 0u32;
         loop {
@@ -41,7 +69,7 @@ impl RetryPolicy {
             match attempt().await {
                 Err(e) if e.is_transient() => {
                     let elapsed = start.elapsed();
-                    if elapsed + backoff >= self.deadline {
+                    if Instant::now() + backoff >= end {
                         return Err(gave_up(e, tries, elapsed));
                     }
                     tracing::debug!(error = %e, tries, "transient storage error; retrying");
@@ -54,7 +82,7 @@ impl RetryPolicy {
     }
 }
 
-fn gave_up(e: StorageError, tries: u32, elapsed: Duration) -> StorageError {
+pub(crate) fn gave_up(e: StorageError, tries: u32, elapsed: Duration) -> StorageError {
     match e {
         StorageError::Transient {
             op,
@@ -75,7 +103,7 @@ fn gave_up(e: StorageError, tries: u32, elapsed: Duration) -> StorageError {
 }
 
 /// Spreads retries of concurrent callers: a random factor in [0.5, 1.0).
-fn jitter(d: Duration) -> Duration {
+pub(crate) fn jitter(d: Duration) -> Duration {
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|t| t.subsec_nanos())
@@ -103,6 +131,7 @@ mod tests {
             deadline: Duration::from_secs(5),
             initial_backoff: Duration::from_millis(1),
             max_backoff: Duration::from_millis(2),
+            until: None,
         };
         let n = AtomicU32::new(0);
         let r = p
@@ -124,6 +153,7 @@ mod tests {
             deadline: Duration::from_millis(50),
             initial_backoff: Duration::from_millis(10),
             max_backoff: Duration::from_millis(10),
+            until: None,
         };
         let e = p
             .run(|| async { Err::<(), _>(transient()) })
@@ -143,5 +173,23 @@ mod tests {
             .unwrap_err();
         assert!(e.is_not_found());
         assert_eq!(n.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn a_command_deadline_bounds_every_request() {
+        let p = RetryPolicy {
+            deadline: Duration::from_secs(60),
+            initial_backoff: Duration::from_millis(10),
+            max_backoff: Duration::from_millis(10),
+            until: Some(Instant::now() + Duration::from_millis(100)),
+        };
+        let started = Instant::now();
+        let e = p
+            .run(|| async { Err::<(), _>(transient()) })
+            .await
+            .unwrap_err();
+        assert!(e.to_string().contains("gave up after"), "{e}");
+        assert!(started.elapsed() < Duration::from_secs(5));
+        assert_eq!(p.idle(Duration::from_secs(30)), Duration::from_secs(1));
     }
 }

@@ -14,10 +14,12 @@ use aws_sdk_s3::primitives::ByteStream as SdkBody;
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart, Delete, ObjectIdentifier};
 use bytes::Bytes;
 
+use super::watch::{Progress, Sliced};
 use super::{
     ByteStream, CONNECT_TIMEOUT, Chunker, ObjectKey, ObjectMeta, PutBody, PutMode, RetryPolicy,
     Storage, StorageError, StorageOptions,
 };
+use std::sync::Arc;
 
 #[derive(Debug)]
 pub struct S3Storage {
@@ -29,6 +31,8 @@ pub struct S3Storage {
     part_size: usize,
     /// The endpoint requests go to, for messages about reaching it.
     endpoint: String,
+    /// A request that makes no progress for this long is abandoned.
+    idle: Duration,
 }
 
 /// How long resolving credentials may take before cairn says there are none; the
@@ -88,9 +92,11 @@ impl S3Storage {
             }
             Err(_) => return Err(fail("timed out looking for AWS credentials".into())),
         }
+        // Connecting is bounded here; everything after it by cairn's own
+        // watchdog, on progress rather than duration (a whole-request read
+        // timeout would fail large uploads on slow links forever).
         let timeouts = aws_config::timeout::TimeoutConfig::builder()
             .connect_timeout(CONNECT_TIMEOUT)
-            .read_timeout(Duration::from_secs(60))
             .build();
         let sdk = aws_config::defaults(BehaviorVersion::latest())
             .region(region)
@@ -115,7 +121,32 @@ impl S3Storage {
                 .s3_endpoint
                 .clone()
                 .unwrap_or_else(|| "the S3 endpoint of the region".into()),
+            idle: opts.idle_timeout,
         })
+    }
+
+    /// Runs one request under the watchdog (see `watch::request`).
+    async fn watched<F: std::future::Future>(
+        &self,
+        op: &'static str,
+        key: &str,
+        progress: &Arc<Progress>,
+        request: F,
+    ) -> Result<F::Output, StorageError> {
+        let at = format!("{} (talking to {})", self.location, self.endpoint);
+        super::watch::request(op, key, &at, &self.retry, self.idle, progress, request).await
+    }
+
+    /// A request body that marks progress as the client takes it, slice by
+    /// slice, and keeps its bytes visible to the SDK (for signing and
+    /// checksums).
+    fn body(bytes: Bytes, progress: &Arc<Progress>) -> SdkBody {
+        let progress = progress.clone();
+        SdkBody::new(
+            aws_smithy_types::body::SdkBody::from(bytes).map_preserve_contents(move |b| {
+                aws_smithy_types::body::SdkBody::from_body_1_x(Sliced::new(b, progress.clone()))
+            }),
+        )
     }
 
     fn full_key(&self, key: &str) -> String {
@@ -192,9 +223,11 @@ impl S3Storage {
     where
         E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
     {
-        let dispatch = matches!(e, SdkError::DispatchFailure(_));
+        // Only a connection the server closed is worth asking about; a
+        // timeout is an answer already, and a probe would only double it.
+        let closed = matches!(&e, SdkError::DispatchFailure(d) if !d.is_timeout());
         let err = self.error(op, key, e);
-        if !dispatch {
+        if !closed {
             return err;
         }
         let probe = self
@@ -203,14 +236,13 @@ impl S3Storage {
             .bucket(&self.bucket)
             .key(self.full_key(key))
             .range("bytes=0-0")
-            .send()
-            .await;
-        match probe {
-            Err(p) => match self.error(op, key, p) {
+            .send();
+        match self.watched(op, key, &Progress::new(), probe).await {
+            Ok(Err(p)) => match self.error(op, key, p) {
                 permanent @ StorageError::Permanent { .. } => permanent,
                 _ => err,
             },
-            Ok(_) => err,
+            Ok(Ok(_)) | Err(_) => err,
         }
     }
 
@@ -218,16 +250,17 @@ impl S3Storage {
         let full = self.full_key(key);
         self.retry
             .run(|| async {
+                let progress = Progress::new();
                 let mut req = self
                     .client
                     .put_object()
                     .bucket(&self.bucket)
                     .key(&full)
-                    .body(SdkBody::from(body.clone()));
+                    .body(Self::body(body.clone(), &progress));
                 if mode == PutMode::CreateIfAbsent {
                     req = req.if_none_match("*");
                 }
-                match req.send().await {
+                match self.watched("put", key, &progress, req.send()).await? {
                     Ok(_) => Ok(()),
                     Err(e) => Err(self.upload_error("put", key, e).await),
                 }
@@ -246,12 +279,14 @@ impl S3Storage {
         let upload_id = self
             .retry
             .run(|| async {
-                self.client
+                let req = self
+                    .client
                     .create_multipart_upload()
                     .bucket(&self.bucket)
                     .key(&full)
-                    .send()
-                    .await
+                    .send();
+                self.watched("start upload of", key, &Progress::new(), req)
+                    .await?
                     .map_err(|e| self.error("start upload of", key, e))
             })
             .await?
@@ -270,17 +305,17 @@ impl S3Storage {
                 let etag = self
                     .retry
                     .run(|| async {
-                        let sent = self
+                        let progress = Progress::new();
+                        let req = self
                             .client
                             .upload_part()
                             .bucket(&self.bucket)
                             .key(&full)
                             .upload_id(&upload_id)
                             .part_number(number)
-                            .body(SdkBody::from(chunk.clone()))
-                            .send()
-                            .await;
-                        match sent {
+                            .body(Self::body(chunk.clone(), &progress))
+                            .send();
+                        match self.watched("upload part of", key, &progress, req).await? {
                             Ok(out) => Ok(out),
                             Err(e) => Err(self.upload_error("upload part of", key, e).await),
                         }
@@ -311,8 +346,8 @@ impl S3Storage {
                     if mode == PutMode::CreateIfAbsent {
                         req = req.if_none_match("*");
                     }
-                    req.send()
-                        .await
+                    self.watched("complete upload of", key, &Progress::new(), req.send())
+                        .await?
                         .map(|_| ())
                         .map_err(|e| self.error("complete upload of", key, e))
                 })
@@ -321,13 +356,15 @@ impl S3Storage {
         .await;
         if result.is_err() {
             // Best effort: an abandoned upload costs storage until a lifecycle rule ends it.
-            let _ = self
+            let abort = self
                 .client
                 .abort_multipart_upload()
                 .bucket(&self.bucket)
                 .key(&full)
                 .upload_id(&upload_id)
-                .send()
+                .send();
+            let _ = self
+                .watched("abort upload of", key, &Progress::new(), abort)
                 .await;
         }
         result
@@ -373,17 +410,17 @@ impl Storage for S3Storage {
         self.put_multipart(key, first, chunks, mode).await
     }
 
-    async fn get(&self, key: &ObjectKey) -> Result<ByteStream, StorageError> {
+    async fn get_from(&self, key: &ObjectKey, offset: u64) -> Result<ByteStream, StorageError> {
         let full = self.full_key(key.as_str());
         let out = self
             .retry
             .run(|| async {
-                self.client
-                    .get_object()
-                    .bucket(&self.bucket)
-                    .key(&full)
-                    .send()
-                    .await
+                let mut req = self.client.get_object().bucket(&self.bucket).key(&full);
+                if offset > 0 {
+                    req = req.range(format!("bytes={offset}-"));
+                }
+                self.watched("get", key.as_str(), &Progress::new(), req.send())
+                    .await?
                     .map_err(|e| self.error("get", key.as_str(), e))
             })
             .await?;
@@ -393,7 +430,9 @@ impl Storage for S3Storage {
             |mut body| async move {
                 match body.next().await {
                     Some(Ok(b)) => Some((Ok(b), body)),
-                    Some(Err(e)) => Some((Err(std::io::Error::other(e)), body)),
+                    Some(Err(e)) => {
+                        Some((Err(std::io::Error::other(crate::error_chain(&e))), body))
+                    }
                     None => None,
                 }
             },
@@ -405,13 +444,10 @@ impl Storage for S3Storage {
         let r = self
             .retry
             .run(|| async {
+                let req = self.client.head_object().bucket(&self.bucket).key(&full);
                 match self
-                    .client
-                    .head_object()
-                    .bucket(&self.bucket)
-                    .key(&full)
-                    .send()
-                    .await
+                    .watched("head", key.as_str(), &Progress::new(), req.send())
+                    .await?
                 {
                     Ok(o) => Ok(Some(o.content_length.unwrap_or(0).max(0) as u64)),
                     Err(e) if e.raw_response().map(|r| r.status().as_u16()) == Some(404) => {
@@ -443,15 +479,17 @@ impl Storage for S3Storage {
             let page = self
                 .retry
                 .run(|| async {
-                    self.client
+                    let req = self
+                        .client
                         .list_objects_v2()
                         .bucket(&self.bucket)
                         .prefix(&full_prefix)
                         .set_start_after(start_after.clone())
                         .set_continuation_token(token.clone())
                         .set_max_keys(want)
-                        .send()
-                        .await
+                        .send();
+                    self.watched("list", prefix, &Progress::new(), req)
+                        .await?
                         .map_err(|e| self.error("list", prefix, e))
                 })
                 .await?;
@@ -507,12 +545,14 @@ impl Storage for S3Storage {
             let out = self
                 .retry
                 .run(|| async {
-                    self.client
+                    let req = self
+                        .client
                         .delete_objects()
                         .bucket(&self.bucket)
                         .delete(delete.clone())
-                        .send()
-                        .await
+                        .send();
+                    self.watched("delete", batch[0].as_str(), &Progress::new(), req)
+                        .await?
                         .map_err(|e| self.error("delete", batch[0].as_str(), e))
                 })
                 .await?;

@@ -67,13 +67,24 @@ pub enum WalError {
     #[error(transparent)]
     Storage(#[from] StorageError),
     #[error(transparent)]
-    Codec(#[from] CodecError),
+    Codec(CodecError),
     #[error(transparent)]
     Timeline(#[from] TimelineError),
     #[error(transparent)]
     Archive(#[from] ArchiveError),
     #[error("a worker thread failed: {0}")]
     Worker(#[from] tokio::task::JoinError),
+}
+
+/// A codec error that is really storage's (a download that could not be
+/// resumed) is reported as storage's.
+impl From<CodecError> for WalError {
+    fn from(e: CodecError) -> WalError {
+        match e {
+            CodecError::Storage(e) => WalError::Storage(e),
+            other => WalError::Codec(other),
+        }
+    }
 }
 
 impl WalError {
@@ -88,5 +99,8 @@ impl WalError {
 /// A failed read of a decoded stream: the codec's own errors (damage, keys)
 /// as themselves, anything else as the I/O error it is.
 pub(crate) fn read_error(e: io::Error) -> WalError {
-    WalError::Codec(CodecError::from_io(e))
+    CodecError::from_io(e).into()
 }
+
+#[cfg(test)]
+mod tests;

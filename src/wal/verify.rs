@@ -184,17 +184,18 @@ pub fn check(catalog: &Catalog) -> Report {
             .or_insert_with(|| archive.runs(size));
         let start = b.start_segment().pos();
         let limit = clusters.boundary_above(start).map(|p| p.number(size));
+        let mut one = check_backup(b, &catalog.histories, runs, limit, &catalog.holes);
         // Retention keeps a permanent backup's WAL from its start to its stop
-        // only, once a newer backup of its cluster exists; so does this check.
+        // only, once a newer backup of its cluster exists, and records what
+        // it removes; archives of a cairn that kept no record are held to the
+        // same rule, from its start to its stop.
         let newer = order[i + 1..]
             .iter()
             .any(|n| n.system_identifier == b.system_identifier);
-        let limit = if b.permanent && newer {
-            Some(Segment::containing(b.timeline, b.stop_lsn, size).number(size) + 1)
-        } else {
-            limit
-        };
-        let one = check_backup(b, &catalog.histories, runs, limit, &catalog.holes);
+        if b.permanent && newer && !one.holes.is_empty() {
+            let stop = Segment::containing(b.timeline, b.stop_lsn, size).number(size) + 1;
+            one = check_backup(b, &catalog.histories, runs, Some(stop), &catalog.holes);
+        }
         for &(tl, lo, hi) in &one.holes {
             holes.push((size.bytes(), tl, lo, hi, i));
         }

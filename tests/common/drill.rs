@@ -154,3 +154,32 @@ pub fn restore_latest_and_compare(
     super::assert_same_dump(&restored.dumpall(), &dump, context);
     (restored, fetched)
 }
+
+/// A streaming standby of `primary` in `t/<name>`, in `a`'s environment,
+/// configured by `configure` before it starts; returned streaming.
+pub fn streaming_standby(
+    t: &TestDir,
+    a: &Archive,
+    primary: &Cluster,
+    name: &str,
+    configure: impl FnOnce(&mut Cluster),
+) -> Cluster {
+    let dir = t.path().join(name);
+    primary.basebackup(&dir);
+    let mut standby = Cluster::existing(t, dir.clone());
+    standby.set_env(a.env.clone());
+    std::fs::write(dir.join("standby.signal"), "").unwrap();
+    standby.set(&[(
+        "primary_conninfo",
+        &format!("'host=127.0.0.1 port={} user=postgres'", primary.port),
+    )]);
+    configure(&mut standby);
+    super::chown_pg(&dir);
+    standby.start();
+    standby.wait_until("streaming", Duration::from_secs(60), |s| {
+        s.try_sql("select status from pg_stat_wal_receiver")
+            .as_deref()
+            == Some("streaming")
+    });
+    standby
+}

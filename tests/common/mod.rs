@@ -5,6 +5,8 @@
 #![allow(dead_code)]
 
 pub mod drill;
+pub mod proxy;
+pub mod wal;
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};

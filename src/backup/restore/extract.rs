@@ -221,6 +221,7 @@ impl Extraction {
 
     fn read_error(&self, e: io::Error) -> BackupError {
         match CodecError::from_io(e) {
+            CodecError::Storage(e) => BackupError::Storage(e),
             CodecError::Io(e) => self.damaged(format!("unreadable: {e}")),
             other => BackupError::Codec(other),
         }

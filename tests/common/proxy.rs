@@ -1,0 +1,216 @@
+//! A fault proxy: a TCP proxy on 127.0.0.1 in front of a storage server that
+//! misbehaves on request, as networks do: refuses connections, stalls (stops
+//! answering, or stops reading an upload), resets a connection part-way
+//! through a response, or throttles. A fault applies to the next `n`
+//! connections, then the proxy passes traffic through again.
+
+use std::collections::VecDeque;
+use std::io::{Read, Write};
+use std::net::{Shutdown, TcpListener, TcpStream};
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+/// What the proxy does to a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// Closes it at once.
+    Refuse,
+    /// Forwards this many bytes of the server's answer, then nothing more,
+    /// keeping the connection open.
+    StallResponseAfter(u64),
+    /// Forwards this many bytes of the client's request, then reads no more
+    /// of it (the client's upload stops), keeping the connection open.
+    StallRequestAfter(u64),
+    /// Forwards this many bytes of the server's answer, then resets the
+    /// connection (RST).
+    ResetResponseAfter(u64),
+    /// Passes both ways at most this many bytes per second.
+    Throttle(u64),
+}
+
+type Plan = Arc<Mutex<VecDeque<(Fault, usize)>>>;
+
+pub struct FaultProxy {
+    pub port: u16,
+    plan: Plan,
+    stop: Arc<AtomicBool>,
+    accept: Option<JoinHandle<()>>,
+}
+
+impl FaultProxy {
+    /// A proxy to the server on 127.0.0.1:`upstream`, passing traffic through.
+    pub fn start(upstream: u16) -> FaultProxy {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        listener.set_nonblocking(true).unwrap();
+        let plan: Plan = Arc::new(Mutex::new(VecDeque::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (p, s) = (plan.clone(), stop.clone());
+        let accept = std::thread::spawn(move || {
+            while !s.load(Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok((client, _)) => {
+                        let fault = {
+                            let mut plan = p.lock().unwrap();
+                            while plan.front().is_some_and(|(_, n)| *n == 0) {
+                                plan.pop_front();
+                            }
+                            plan.front_mut().map(|(f, n)| {
+                                *n -= 1;
+                                *f
+                            })
+                        };
+                        let stop = s.clone();
+                        std::thread::spawn(move || serve(client, upstream, fault, stop));
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                        std::thread::sleep(Duration::from_millis(5))
+                    }
+                    Err(_) => break,
+                }
+            }
+        });
+        FaultProxy {
+            port,
+            plan,
+            stop,
+            accept: Some(accept),
+        }
+    }
+
+    /// Applies `fault` to the next `connections` connections (after the
+    /// faults injected before it).
+    pub fn inject(&self, fault: Fault, connections: usize) {
+        self.plan.lock().unwrap().push_back((fault, connections));
+    }
+
+    /// Passes everything through again.
+    pub fn heal(&self) {
+        self.plan.lock().unwrap().clear();
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for FaultProxy {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.accept.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn serve(client: TcpStream, upstream: u16, fault: Option<Fault>, stop: Arc<AtomicBool>) {
+    if fault == Some(Fault::Refuse) {
+        reset(&client);
+        return;
+    }
+    let Ok(server) = TcpStream::connect(("127.0.0.1", upstream)) else {
+        reset(&client);
+        return;
+    };
+    let (c2, s2) = (client.try_clone().unwrap(), server.try_clone().unwrap());
+    // Either side ending ends the connection (a stalled direction included).
+    let done = Arc::new(AtomicBool::new(false));
+    let (stop2, done2) = (stop.clone(), done.clone());
+    let up = std::thread::spawn(move || pump(c2, s2, fault, false, stop2, done2));
+    pump(server, client, fault, true, stop, done);
+    let _ = up.join();
+}
+
+/// Copies `from` to `to`, applying the fault to its direction.
+fn pump(
+    mut from: TcpStream,
+    mut to: TcpStream,
+    fault: Option<Fault>,
+    response: bool,
+    stop: Arc<AtomicBool>,
+    done: Arc<AtomicBool>,
+) {
+    from.set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    let limit = match fault {
+        Some(Fault::StallResponseAfter(n) | Fault::ResetResponseAfter(n)) if response => Some(n),
+        Some(Fault::StallRequestAfter(n)) if !response => Some(n),
+        _ => None,
+    };
+    let rate = match fault {
+        Some(Fault::Throttle(r)) => Some(r.max(1)),
+        _ => None,
+    };
+    let mut sent = 0u64;
+    let mut buf = vec![0u8; 16 << 10];
+    while !stop.load(Ordering::Relaxed) && !done.load(Ordering::Relaxed) {
+        let want = match (limit, rate) {
+            (Some(l), _) => (l.saturating_sub(sent) as usize).min(buf.len()),
+            (None, Some(r)) => (r as usize / 10).clamp(1, buf.len()),
+            (None, None) => buf.len(),
+        };
+        if want == 0 {
+            if fault == Some(Fault::ResetResponseAfter(limit.unwrap_or(0))) {
+                reset(&to);
+                reset(&from);
+                return;
+            }
+            // Stalled: hold the connection open, move nothing, until the
+            // peer gives up.
+            let mut probe = [0u8; 1];
+            match from.peek(&mut probe) {
+                Ok(0) => break,
+                Ok(_) => std::thread::sleep(Duration::from_millis(50)),
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) => {}
+                Err(_) => break,
+            }
+            continue;
+        }
+        match from.read(&mut buf[..want]) {
+            Ok(0) => break,
+            Ok(n) => {
+                if to.write_all(&buf[..n]).is_err() {
+                    break;
+                }
+                sent += n as u64;
+                if let Some(r) = rate {
+                    std::thread::sleep(Duration::from_secs_f64(n as f64 / r as f64));
+                }
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(_) => break,
+        }
+    }
+    done.store(true, Ordering::Relaxed);
+    let _ = to.shutdown(Shutdown::Write);
+}
+
+/// Closes a connection with a reset (RST), as a crashed peer or a middlebox does.
+fn reset(s: &TcpStream) {
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: setsockopt on a valid socket with a correctly sized struct.
+    unsafe {
+        libc::setsockopt(
+            s.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&raw const linger).cast(),
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        );
+    }
+    let _ = s.shutdown(Shutdown::Both);
+}

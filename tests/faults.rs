@@ -1,0 +1,455 @@
+//! The exit-status contract under faults, with real storage servers behind a
+//! fault proxy and a real full disk: a mistyped restore_command, a
+//! substituted or foreign segment, gaps before a timeline switch or a
+//! `.partial`, a damaged archived copy, stalled and reset connections, a
+//! slow link, a malformed endpoint, a killed writer's leftovers, and errors
+//! that name their real cause. Elapsed-time checks here are hang detectors
+//! (seconds against minutes), not speed measurements.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::proxy::{Fault, FaultProxy};
+use common::wal::{MIB, assert_exit, datadir, fetch, placed, push, seg_name, stderr, write_seg};
+use common::{Archive, Backend, TestDir, fake_segment};
+
+/// A fake `pg_control` (and `PG_VERSION`) naming cluster `system`.
+fn fake_control(data: &Path, system: u64) {
+    std::fs::create_dir_all(data.join("global")).unwrap();
+    std::fs::write(data.join("PG_VERSION"), "15\n").unwrap();
+    let mut control = vec![0u8; 8192];
+    control[..8].copy_from_slice(&system.to_le_bytes());
+    std::fs::write(data.join("global/pg_control"), control).unwrap();
+}
+
+/// A synthetic segment of cluster `system`.
+fn segment_of(size: usize, tli: u32, seed: u64, system: u64) -> Vec<u8> {
+    let mut b = fake_segment(size, tli, seed);
+    b[24..32].copy_from_slice(&system.to_le_bytes());
+    b
+}
+
+#[test]
+fn usage_errors_never_read_as_not_found() {
+    let t = TestDir::new();
+    let a = Archive::new(Backend::File);
+    let d = datadir(&t, Some("recovery.signal"));
+    let name = seg_name(1, 1, 16 * MIB);
+    let run = |args: &[&str]| a.cairn(args, &d);
+    // A typo and a missing %p in restore_command: fatal in archive recovery.
+    let typo = run(&["wal-fetch", "--prefech", "4", &name, "pg_wal/RECOVERYXLOG"]);
+    assert_exit(&typo, 128, "invalid arguments");
+    assert!(stderr(&typo).contains("--prefech"), "{}", stderr(&typo));
+    assert_exit(&run(&["wal-fetch", &name]), 128, "invalid arguments");
+    // A bad configuration, too.
+    let bad = a.clone_with("CAIRN_COMPRESSION", "brotli");
+    assert_exit(
+        &bad.cairn(&["wal-fetch", &name, "pg_wal/RECOVERYXLOG"], &d),
+        128,
+        "brotli",
+    );
+    // In standby mode every failure is a retry.
+    std::fs::remove_file(d.join("recovery.signal")).unwrap();
+    std::fs::write(d.join("standby.signal"), "").unwrap();
+    assert_exit(&run(&["wal-fetch", &name]), 1, "invalid arguments");
+    // archive_command: never 0, never above 125.
+    assert_exit(
+        &run(&["wal-push", "--lookahaed", "2", "x"]),
+        1,
+        "invalid arguments",
+    );
+    assert_exit(&run(&["wal-push"]), 1, "invalid arguments");
+    assert_exit(
+        &bad.cairn(&["wal-push", &format!("pg_wal/{name}")], &d),
+        1,
+        "brotli",
+    );
+    // Help is an answer, not a failure.
+    let help = run(&["wal-fetch", "--help"]);
+    assert_eq!(help.status.code(), Some(0));
+}
+
+#[test]
+fn a_substituted_or_foreign_segment_never_restores() {
+    let t = TestDir::new();
+    let a = Archive::new(Backend::File).with("CAIRN_WAL_FETCH_PREFETCH", "0");
+    let d = datadir(&t, Some("recovery.signal"));
+    fake_control(&d, 7);
+    let names: Vec<String> = (1..=3).map(|n| seg_name(1, n, 16 * MIB)).collect();
+    for (i, n) in names[..2].iter().enumerate() {
+        write_seg(&d, n, &segment_of(16 * MIB, 1, i as u64, 7), false);
+        assert_exit(&push(&a, &d, n), 0, "");
+    }
+    // Another segment's object copied under a name: decodes, is not it.
+    let wal = a.dir.clone().unwrap().join("wal");
+    std::fs::copy(wal.join(&names[0]), wal.join(&names[2])).unwrap();
+    assert_exit(&fetch(&a, &d, &names[2]), 128, "is not WAL file");
+    assert!(
+        !d.join("pg_wal/RECOVERYXLOG").exists(),
+        "a wrong file was restored"
+    );
+    // The archive's own segments of this cluster restore.
+    assert_exit(&fetch(&a, &d, &names[1]), 0, "");
+    // A data directory of another cluster gets none of them.
+    let other = t.sub("other");
+    std::fs::create_dir_all(other.join("pg_wal")).unwrap();
+    std::fs::write(other.join("recovery.signal"), "").unwrap();
+    fake_control(&other, 8);
+    assert_exit(&fetch(&a, &other, &names[1]), 128, "not 8");
+    // Nor may it archive a segment that is not its own.
+    write_seg(&other, &names[2], &segment_of(16 * MIB, 1, 9, 7), false);
+    assert_exit(&push(&a, &other, &names[2]), 1, "not 8");
+
+    // A second live cluster on the same prefix writes where the first
+    // already has WAL: refused before anything is stored.
+    let second = t.sub("second");
+    std::fs::create_dir_all(second.join("pg_wal")).unwrap();
+    fake_control(&second, 9);
+    let low = seg_name(1, 1, 16 * MIB);
+    write_seg(&second, &low, &segment_of(16 * MIB, 1, 1, 9), false);
+    let refused = push(&a, &second, &low);
+    assert_exit(
+        &refused,
+        1,
+        "two clusters may be archiving to the same storage prefix",
+    );
+    // One that continues after it (pg_upgrade keeps the LSNs going) joins.
+    let high = seg_name(1, 40, 16 * MIB);
+    write_seg(&second, &high, &segment_of(16 * MIB, 1, 2, 9), false);
+    assert_exit(&push(&a, &second, &high), 0, "");
+}
+
+#[test]
+fn gaps_before_a_timeline_switch_or_a_partial_are_gaps() {
+    let t = TestDir::new();
+    let a = Archive::new(Backend::File).with("CAIRN_WAL_FETCH_PREFETCH", "0");
+    let d = datadir(&t, Some("recovery.signal"));
+    let size = 16 * MIB;
+    for n in [1u64, 2] {
+        let name = seg_name(1, n, size);
+        write_seg(&d, &name, &fake_segment(size, 1, n), false);
+        assert_exit(&push(&a, &d, &name), 0, "");
+    }
+    // Timeline 1's segment 3 is lost; timeline 2 left it in segment 5.
+    write_seg(&d, "00000002.history", b"1\t0/5000100\tpromoted\n", false);
+    assert_exit(&push(&a, &d, "00000002.history"), 0, "");
+    for n in [5u64, 6] {
+        let name = seg_name(2, n, size);
+        write_seg(&d, &name, &fake_segment(size, 2, n), false);
+        assert_exit(&push(&a, &d, &name), 0, "");
+    }
+    let lost = seg_name(1, 3, size);
+    assert_exit(&fetch(&a, &d, &lost), 128, "00000002.history");
+    // The switch segment is read from timeline 2: timeline 1 may end before it.
+    assert_exit(
+        &fetch(&a, &d, &seg_name(1, 5, size)),
+        1,
+        "not in the archive",
+    );
+
+    // A hole before a .partial (written at a promotion).
+    let t2 = TestDir::new();
+    let t3 = datadir(&t2, Some("recovery.signal"));
+    let b = Archive::new(Backend::File).with("CAIRN_WAL_FETCH_PREFETCH", "0");
+    for n in [1u64, 2] {
+        let name = seg_name(1, n, size);
+        write_seg(&t3, &name, &fake_segment(size, 1, n), false);
+        assert_exit(&push(&b, &t3, &name), 0, "");
+    }
+    let partial = format!("{}.partial", seg_name(1, 4, size));
+    write_seg(&t3, &partial, &fake_segment(size, 1, 4), false);
+    assert_exit(&push(&b, &t3, &partial), 0, "");
+    assert_exit(&fetch(&b, &t3, &seg_name(1, 3, size)), 128, ".partial");
+    // The .partial's own segment: that timeline ended in it.
+    assert_exit(
+        &fetch(&b, &t3, &seg_name(1, 4, size)),
+        1,
+        "not in the archive",
+    );
+}
+
+#[test]
+fn a_damaged_archived_copy_is_replaced_by_the_good_one() {
+    let t = TestDir::new();
+    let prom = t.path().join("cairn.prom");
+    let a = Archive::new(Backend::File)
+        .with("CAIRN_WAL_FETCH_PREFETCH", "0")
+        .with("CAIRN_METRICS_TEXTFILE", &prom.display().to_string());
+    let d = datadir(&t, Some("recovery.signal"));
+    let object = |n: &str| a.dir.clone().unwrap().join("wal").join(n);
+    for (i, damage) in ["flip", "truncate"].iter().enumerate() {
+        let name = seg_name(1, i as u64 + 1, 16 * MIB);
+        let seg = fake_segment(16 * MIB, 1, i as u64);
+        write_seg(&d, &name, &seg, false);
+        assert_exit(&push(&a, &d, &name), 0, "");
+        let mut stored = std::fs::read(object(&name)).unwrap();
+        match *damage {
+            "flip" => {
+                let mid = stored.len() / 2;
+                stored[mid] ^= 0x10;
+            }
+            _ => stored.truncate(stored.len() - 1000),
+        }
+        std::fs::write(object(&name), &stored).unwrap();
+        assert_exit(&fetch(&a, &d, &name), 128, "corrupt");
+        // PostgreSQL archives the segment again: the good copy replaces the
+        // damaged one, loudly, instead of being taken for it.
+        let again = push(&a, &d, &name);
+        assert_exit(&again, 0, "");
+        assert!(
+            stderr(&again).contains("damaged"),
+            "{damage}: {}",
+            stderr(&again)
+        );
+        assert_exit(&fetch(&a, &d, &name), 0, "");
+        assert_eq!(
+            std::fs::read(d.join("pg_wal/RECOVERYXLOG")).unwrap(),
+            placed(&name, &seg)
+        );
+    }
+    let metrics = std::fs::read_to_string(&prom).unwrap();
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("cairn_wal_push_replaced_total{") && l.ends_with(" 2")),
+        "{metrics}"
+    );
+}
+
+/// The same archive reached through a fault proxy.
+fn behind_proxy(a: &Archive) -> (FaultProxy, Archive) {
+    let (port, var) = match a.backend {
+        Backend::S3 => (a.s3.as_ref().unwrap().port, "CAIRN_S3_ENDPOINT"),
+        Backend::Gcs => (a.gcs.as_ref().unwrap().port, "CAIRN_GCS_ENDPOINT"),
+        Backend::File => unreachable!("a directory has no network"),
+    };
+    let proxy = FaultProxy::start(port);
+    let through = a
+        .clone_with(var, &proxy.url())
+        .with("CAIRN_STORAGE_TIMEOUT", "4")
+        .with("CAIRN_STORAGE_IDLE_TIMEOUT", "2")
+        .with("CAIRN_COMPRESSION", "none")
+        .with("CAIRN_WAL_FETCH_PREFETCH", "0");
+    (proxy, through)
+}
+
+#[track_caller]
+fn within(started: Instant, limit: u64, what: &str) {
+    assert!(
+        started.elapsed() < Duration::from_secs(limit),
+        "{what} took {:?}",
+        started.elapsed()
+    );
+}
+
+fn stalled_and_broken_connections(backend: Backend) {
+    let t = TestDir::new();
+    let a = Archive::new(backend);
+    let (proxy, s) = behind_proxy(&a);
+    let d = datadir(&t, Some("recovery.signal"));
+    let name = seg_name(1, 1, 16 * MIB);
+    let seg = fake_segment(16 * MIB, 1, 1);
+    write_seg(&d, &name, &seg, false);
+
+    // A server that stops answering: the exit status within the deadline.
+    proxy.inject(Fault::StallResponseAfter(0), 10_000);
+    let started = Instant::now();
+    assert_exit(&push(&s, &d, &name), 1, "no progress");
+    within(started, 15, "wal-push against a stalled server");
+    let started = Instant::now();
+    assert_exit(&fetch(&s, &d, &name), 128, "no progress");
+    within(started, 15, "wal-fetch against a stalled server");
+    // A server that stops reading an upload.
+    proxy.inject(Fault::StallRequestAfter(64 << 10), 10_000);
+    let started = Instant::now();
+    assert_exit(&push(&s, &d, &name), 1, "no progress");
+    within(started, 15, "wal-push whose upload stalls");
+    proxy.heal();
+
+    assert_exit(&push(&s, &d, &name), 0, "");
+    // A connection reset part-way through the body is resumed.
+    proxy.inject(Fault::ResetResponseAfter(3 * MIB as u64), 1);
+    assert_exit(&fetch(&s, &d, &name), 0, "");
+    assert_eq!(
+        std::fs::read(d.join("pg_wal/RECOVERYXLOG")).unwrap(),
+        placed(&name, &seg),
+        "the resumed download differs"
+    );
+    // One that breaks, after which the server cannot be reached: a
+    // storage error, not a "corrupt" object.
+    proxy.inject(Fault::ResetResponseAfter(MIB as u64), 1);
+    proxy.inject(Fault::Refuse, 10_000);
+    let started = Instant::now();
+    let broken = fetch(&s, &d, &name);
+    assert_exit(&broken, 128, &name);
+    assert!(!stderr(&broken).contains("corrupt"), "{}", stderr(&broken));
+    within(started, 20, "wal-fetch over connections that keep breaking");
+    proxy.heal();
+
+    // A slow link that keeps moving is waited for, past the deadline.
+    let slow = seg_name(1, 2, 16 * MIB);
+    write_seg(&d, &slow, &fake_segment(16 * MIB, 1, 2), false);
+    proxy.inject(Fault::Throttle(2 << 20), 10_000);
+    let started = Instant::now();
+    assert_exit(&push(&s, &d, &slow), 0, "");
+    assert!(
+        started.elapsed() > Duration::from_secs(4),
+        "the throttle did not slow the upload ({:?})",
+        started.elapsed()
+    );
+}
+
+#[test]
+fn stalled_and_broken_connections_s3() {
+    stalled_and_broken_connections(Backend::S3);
+}
+
+#[test]
+fn stalled_and_broken_connections_gcs() {
+    stalled_and_broken_connections(Backend::Gcs);
+}
+
+#[test]
+fn a_malformed_endpoint_is_a_configuration_error_at_once() {
+    let t = TestDir::new();
+    let d = datadir(&t, Some("recovery.signal"));
+    let name = seg_name(1, 1, 16 * MIB);
+    write_seg(&d, &name, &fake_segment(16 * MIB, 1, 1), false);
+    let a = Archive::new(Backend::S3);
+    let port = a.s3.as_ref().unwrap().port;
+    let bad = a.clone_with("CAIRN_S3_ENDPOINT", &format!("127.0.0.1:{port}"));
+    let started = Instant::now();
+    assert_exit(&push(&bad, &d, &name), 1, "not an endpoint url");
+    assert_exit(&fetch(&bad, &d, &name), 128, "not an endpoint url");
+    within(started, 5, "a malformed endpoint");
+}
+
+#[test]
+fn a_killed_writers_leftovers_are_garbage_a_live_ones_are_not() {
+    let t = TestDir::new();
+    let a = Archive::new(Backend::File);
+    let wal = a.dir.clone().unwrap().join("wal");
+    std::fs::create_dir_all(&wal).unwrap();
+    let name = seg_name(1, 1, 16 * MIB);
+    // A process that has exited: its pid names a dead writer.
+    let mut gone = Command::new("true").spawn().unwrap();
+    let dead = gone.id();
+    gone.wait().unwrap();
+    let dead_tmp = wal.join(format!(".{name}.cairn-tmp.{dead}.0"));
+    let live_tmp = wal.join(format!(".{name}.cairn-tmp.{}.0", std::process::id()));
+    for f in [&dead_tmp, &live_tmp] {
+        std::fs::write(f, vec![0u8; MIB]).unwrap();
+    }
+    let out = a.cairn(
+        &["delete", "garbage", "--grace", "0s", "--confirm"],
+        t.path(),
+    );
+    assert_exit(&out, 0, "");
+    assert!(!dead_tmp.exists(), "a dead writer's temporary file is left");
+    assert!(
+        live_tmp.exists(),
+        "a live writer's temporary file was removed"
+    );
+    // A fresh one is kept until the grace period has passed.
+    let fresh = wal.join(format!(".{name}.cairn-tmp.{dead}.1"));
+    std::fs::write(&fresh, b"x").unwrap();
+    assert_exit(
+        &a.cairn(&["delete", "garbage", "--confirm"], t.path()),
+        0,
+        "",
+    );
+    assert!(fresh.exists(), "a fresh temporary file was removed");
+}
+
+/// A tmpfs of `size` at `dir`, unmounted on drop.
+struct Tmpfs(std::path::PathBuf);
+
+impl Tmpfs {
+    fn mount(dir: &Path, size: &str) -> Tmpfs {
+        std::fs::create_dir_all(dir).unwrap();
+        let out = Command::new("mount")
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size},mode=0777"),
+                "tmpfs",
+            ])
+            .arg(dir)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "mounting a tmpfs (the full-disk test needs root): {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Tmpfs(dir.to_path_buf())
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).output();
+    }
+}
+
+#[test]
+fn errors_name_the_storage_s_real_cause() {
+    let t = TestDir::new();
+    let d = datadir(&t, Some("recovery.signal"));
+    let name = seg_name(1, 1, 16 * MIB);
+    write_seg(&d, &name, &fake_segment(16 * MIB, 1, 1), false);
+    // A full disk.
+    let full = Tmpfs::mount(&t.path().join("full"), "4m");
+    let a = Archive::new(Backend::File)
+        .with("CAIRN_STORAGE", &format!("file://{}", full.0.display()))
+        .with("CAIRN_COMPRESSION", "none");
+    let out = push(&a, &d, &name);
+    assert_exit(&out, 1, "No space left on device");
+    let err = stderr(&out);
+    assert!(
+        !err.contains("stopped reading"),
+        "an echo, not the cause: {err}"
+    );
+    assert_eq!(err.matches("os error 28").count(), 1, "said twice: {err}");
+    assert!(
+        std::fs::read_dir(full.0.join("wal"))
+            .unwrap()
+            .next()
+            .is_none(),
+        "a partial object was left"
+    );
+    // A directory the archiver may not write.
+    let locked = t.sub("locked");
+    std::fs::create_dir_all(locked.join("wal")).unwrap();
+    let mut perms = std::fs::metadata(locked.join("wal")).unwrap().permissions();
+    std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o555);
+    std::fs::set_permissions(locked.join("wal"), perms).unwrap();
+    let b =
+        Archive::new(Backend::File).with("CAIRN_STORAGE", &format!("file://{}", locked.display()));
+    let mut cmd = common::as_pg(&common::cairn_bin(), &b.env);
+    cmd.args(["wal-push", &format!("pg_wal/{name}")])
+        .current_dir(&d);
+    common::chown_pg(&d);
+    let out = cmd.output().unwrap();
+    assert_exit(&out, 1, "Permission denied");
+    assert!(
+        !stderr(&out).contains("stopped reading"),
+        "{}",
+        stderr(&out)
+    );
+
+    // A GCS bucket that does not exist is not a missing object.
+    let g = Archive::new(Backend::Gcs);
+    let missing = g.clone_with("CAIRN_STORAGE", "gs://no-such-bucket/x");
+    let out = fetch(&missing, &d, &name);
+    assert_exit(&out, 128, "no-such-bucket");
+    assert!(
+        !stderr(&out).contains("is not in the archive"),
+        "{}",
+        stderr(&out)
+    );
+}
