@@ -203,15 +203,19 @@ if ((HAVE_PGBR)); then
   pgbr_setup repo1-retention-full=2 compress-type=lz4 "process-max=$PARALLEL" start-fast=y
 fi
 
-# archive_command: every WAL file goes to cairn's WAL archive (one file:// archive for
-# all cairn runs, whatever storage the backup goes to) and to pgBackRest's repository,
-# so that each tool finds the end-of-backup segment archived, as it waits for. The
-# shell runs it as postgres, cwd = PGDATA, in the postmaster's environment (no CAIRN_*
-# nor AWS_* variable); it fails if either part fails. pgBackRest refuses to back up
-# unless its name is in archive_command, hence no wrapper script.
+# archive_command: every WAL file goes to cairn's two WAL archives, the local
+# directory and the S3 bucket (cairn publishes a backup only once its WAL is in the
+# storage the backup goes to, so each cairn run backs up into one of them), and to
+# pgBackRest's repository, so that each tool finds the end-of-backup segment
+# archived, as it waits for. The shell runs it as postgres, cwd = PGDATA, in the
+# postmaster's environment (no CAIRN_* nor AWS_* variable); it fails if any part
+# fails. pgBackRest refuses to back up unless its name is in archive_command, hence
+# no wrapper script.
 ARCHIVE_PARTS=()
 if [[ $ONLY_BASELINES != 1 ]]; then
+  s3_start
   ARCHIVE_PARTS+=("CAIRN_STORAGE=file://$WAL_ARCHIVE CAIRN_COMPRESSION=lz4 CAIRN_LOG_LEVEL=warn $CAIRN wal-push %p")
+  ARCHIVE_PARTS+=("CAIRN_STORAGE=s3://$S3_BUCKET/lz4 CAIRN_S3_ENDPOINT=http://127.0.0.1:$S3_PORT CAIRN_S3_REGION=us-east-1 CAIRN_S3_FORCE_PATH_STYLE=true AWS_ACCESS_KEY_ID=$S3_ACCESS_KEY AWS_SECRET_ACCESS_KEY=$S3_SECRET_KEY CAIRN_COMPRESSION=lz4 CAIRN_LOG_LEVEL=warn $CAIRN wal-push %p")
 fi
 ((HAVE_PGBR)) && ARCHIVE_PARTS+=("pgbackrest --config=$PGBR_CONF --stanza=bench archive-push %p")
 ((${#ARCHIVE_PARTS[@]})) || ARCHIVE_PARTS=(/bin/true)
@@ -336,13 +340,9 @@ push() {
     { cat "$WORK/list.$id" >&2; die "backup-list on $url does not list the backup $name after $PUSH_BEFORE others"; }
   STORED[$id]=$(jq '.[-1].stored_size' "$WORK/list.$id")
   log "backup $name ($(jq -r '.[-1].kind' "$WORK/list.$id")): raw_size $(jq '.[-1].raw_size' "$WORK/list.$id"), stored_size ${STORED[$id]}"
-  # With earlier backups or the WAL archive in the storage, this one's own parts
-  # (its manifest says).
-  if ((PUSH_BEFORE)) || [[ $dir == "$WAL_ARCHIVE" ]]; then
-    add_row "$id" "$tool" "backup-push $variant" "${STORED[$id]}"
-  else
-    add_row "$id" "$tool" "backup-push $variant" "$(dir_bytes "$dir")"
-  fi
+  # Every storage also holds the WAL (and maybe earlier backups): this backup's
+  # own parts, as its manifest says.
+  add_row "$id" "$tool" "backup-push $variant" "${STORED[$id]}"
 }
 
 # fetch <id> <tool> <variant> <storage-url> <backup name or LATEST> [VAR=value]...
@@ -362,40 +362,39 @@ fetch() {
 
 if [[ $ONLY_BASELINES != 1 ]]; then
   make_age_key
-  L=$WORK/store-local
 
   # -------------------------------------------------------------------------
-  # 5. backup-push to the local directory backend
+  # 5. backup-push to the local directory backend, where the WAL is (one
+  #    backup at a time; its stored size is its manifest's)
   # -------------------------------------------------------------------------
-  push l-lz4 "cairn local" "lz4" "file://$L/lz4" "$L/lz4" CAIRN_COMPRESSION=lz4
-  push l-lz4age "cairn local" "lz4+age" "file://$L/lz4age" "$L/lz4age" \
+  W=file://$WAL_ARCHIVE
+  push l-lz4age "cairn local" "lz4+age" "$W" "$WAL_ARCHIVE" \
     CAIRN_COMPRESSION=lz4 CAIRN_AGE_RECIPIENTS="$AGE_RECIPIENT"
-  rm -rf "$L/lz4age"
-  push l-zstd "cairn local" "zstd" "file://$L/zstd" "$L/zstd" CAIRN_COMPRESSION=zstd
-  rm -rf "$L/zstd"
+  rm -rf "$WAL_ARCHIVE/basebackups"
+  push l-zstd "cairn local" "zstd" "$W" "$WAL_ARCHIVE" CAIRN_COMPRESSION=zstd
+  rm -rf "$WAL_ARCHIVE/basebackups"
   # The same over the replication protocol (backup-push --remote), as a pod that
   # cannot see the data directory would take it: against pg_basebackup.
-  # It confirms the backup's WAL in its own storage, so it goes where the WAL goes.
   PUSH_FLAGS=(--remote)
-  push l-remote "cairn remote" "lz4, --remote" "file://$WAL_ARCHIVE" "$WAL_ARCHIVE" CAIRN_COMPRESSION=lz4
+  push l-remote "cairn remote" "lz4, --remote" "$W" "$WAL_ARCHIVE" CAIRN_COMPRESSION=lz4
   PUSH_FLAGS=()
   rm -rf "$WAL_ARCHIVE/basebackups"
+  # Last, so that it stays for backup-fetch.
+  push l-lz4 "cairn local" "lz4" "$W" "$WAL_ARCHIVE" CAIRN_COMPRESSION=lz4
 
   # -------------------------------------------------------------------------
-  # 6. backup-push to S3 (s3s-fs on 127.0.0.1); <root>/<bucket> is the bucket
+  # 6. backup-push to S3 (s3s-fs on 127.0.0.1, started with the cluster, whose
+  #    WAL goes there too); <root>/<bucket> is the bucket
   # -------------------------------------------------------------------------
-  s3_start
   B=$S3_ROOT/$S3_BUCKET
   push s-lz4 "cairn s3" "lz4" "s3://$S3_BUCKET/lz4" "$B/lz4" CAIRN_COMPRESSION=lz4
 
   # -------------------------------------------------------------------------
   # 7. backup-fetch: the local lz4 backup (LATEST) and the S3 one (by name)
   # -------------------------------------------------------------------------
-  fetch l-fetch "cairn local" "lz4 (LATEST)" "file://$L/lz4" LATEST
+  fetch l-fetch "cairn local" "lz4 (LATEST)" "$W" LATEST
   fetch s-fetch "cairn s3" "lz4 (by name)" "s3://$S3_BUCKET/lz4" "${BACKUP_NAME[s-lz4]}"
-
-  s3_stop
-  rm -rf "$L"
+  rm -rf "$WAL_ARCHIVE/basebackups"
   unset "${!CAIRN_@}" AWS_ACCESS_KEY_ID AWS_SECRET_ACCESS_KEY
 fi
 
@@ -413,8 +412,10 @@ fi
 #    the chain and of that full. (The cluster changes here: after the check above.)
 # ---------------------------------------------------------------------------
 if [[ $ONLY_BASELINES != 1 ]]; then
-  D=$WORK/store-delta F=$WORK/store-full-after
-  push d-full "cairn delta" "full lz4, before the change" "file://$D" "$D" CAIRN_COMPRESSION=lz4
+  # Where the WAL is, as every cairn backup: the chain first, then (alone) the
+  # full backup of the changed cluster.
+  W=file://$WAL_ARCHIVE
+  push d-full "cairn delta" "full lz4, before the change" "$W" "$WAL_ARCHIVE" CAIRN_COMPRESSION=lz4
   log "changing 1% of pgbench_accounts (rows 1..$((SCALE * 1000)))"
   psql_ -c "update pgbench_accounts set abalance = abalance + 1 where aid <= $((SCALE * 1000))" >/dev/null
   # No vacuum here: it would set hint bits on pages it does not otherwise change,
@@ -423,13 +424,15 @@ if [[ $ONLY_BASELINES != 1 ]]; then
   psql_ -c "checkpoint"
   data_manifest "$PGDATA" >"$WORK/ref.manifest"
   PUSH_FLAGS=(--delta) PUSH_BEFORE=1
-  push d-delta "cairn delta" "delta lz4, 1% changed" "file://$D" "$D" CAIRN_COMPRESSION=lz4
+  push d-delta "cairn delta" "delta lz4, 1% changed" "$W" "$WAL_ARCHIVE" CAIRN_COMPRESSION=lz4
+  fetch d-fetch-chain "cairn delta" "the chain (full + delta)" "$W" LATEST
+  rm -rf "$WAL_ARCHIVE/basebackups"
   PUSH_FLAGS=(--full) PUSH_BEFORE=0
-  push d-full2 "cairn delta" "full lz4, after the change" "file://$F" "$F" CAIRN_COMPRESSION=lz4
-  fetch d-fetch-chain "cairn delta" "the chain (full + delta)" "file://$D" LATEST
-  fetch d-fetch-full "cairn delta" "the full after the change" "file://$F" LATEST
-  rm -rf "$D" "$F"
+  push d-full2 "cairn delta" "full lz4, after the change" "$W" "$WAL_ARCHIVE" CAIRN_COMPRESSION=lz4
+  fetch d-fetch-full "cairn delta" "the full after the change" "$W" LATEST
+  rm -rf "$WAL_ARCHIVE/basebackups"
   unset "${!CAIRN_@}"
+  s3_stop
 fi
 
 # ---------------------------------------------------------------------------

@@ -562,16 +562,26 @@ fn restore_command(global: &GlobalArgs) -> anyhow::Result<String> {
     Ok(parts.join(" "))
 }
 
+/// Every command's name, as typed.
+pub const COMMANDS: [&str; 9] = [
+    "wal-push",
+    "wal-fetch",
+    "backup-push",
+    "backup-fetch",
+    "backup-list",
+    "backup-mark",
+    "delete",
+    "wal-verify",
+    "wal-prefetch",
+];
+
 /// The command in raw arguments (before clap has parsed them, and whether or
 /// not they parse), for choosing the exit status when they do not: the first
 /// argument that names one.
 pub fn command_word(args: &[OsString]) -> Option<String> {
-    use clap::CommandFactory;
-    let command = Cli::command();
-    let names: Vec<&str> = command.get_subcommands().map(|c| c.get_name()).collect();
     args.iter()
         .skip(1)
         .map(|a| a.to_string_lossy())
-        .find(|a| names.contains(&a.as_ref()))
+        .find(|a| COMMANDS.contains(&a.as_ref()))
         .map(|a| a.into_owned())
 }

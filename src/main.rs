@@ -209,15 +209,37 @@ fn load_config(cli: &Cli) -> anyhow::Result<Config> {
 }
 
 fn init_logging(config: &Config, bar: &indicatif::ProgressBar) {
-    let builder = tracing_subscriber::fmt()
-        .with_writer(display::LogWriter { bar: bar.clone() })
-        .with_max_level(config.log_level)
-        .with_target(false)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    // cairn's own events at the configured level; libraries' only when they
+    // are errors (the AWS SDK warns with whole debug dumps of what cairn
+    // reports in one line anyway).
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
+    let filter = tracing_subscriber::filter::Targets::new()
+        .with_default(tracing::Level::ERROR)
+        .with_target("cairn", config.log_level);
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let writer = display::LogWriter { bar: bar.clone() };
+    let registry = tracing_subscriber::registry().with(filter);
     match config.log_format {
-        LogFormat::Json => builder.json().flatten_event(true).init(),
+        LogFormat::Json => registry
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .json()
+                    .flatten_event(true)
+                    .with_target(false)
+                    .with_writer(writer),
+            )
+            .init(),
         // PostgreSQL's log adds its own timestamps.
-        LogFormat::Text => builder.without_time().init(),
+        LogFormat::Text => registry
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .without_time()
+                    .with_target(false)
+                    .with_ansi(ansi)
+                    .with_writer(writer),
+            )
+            .init(),
     }
 }
 
@@ -481,5 +503,12 @@ mod tests {
             Some("wal-push".into())
         );
         assert_eq!(cli::command_word(&args(&["cairn", "--storage", "x"])), None);
+        // The list is clap's.
+        use clap::CommandFactory;
+        let names: Vec<String> = Cli::command()
+            .get_subcommands()
+            .map(|c| c.get_name().to_string())
+            .collect();
+        assert_eq!(names, cli::COMMANDS);
     }
 }

@@ -453,3 +453,52 @@ fn errors_name_the_storage_s_real_cause() {
         stderr(&out)
     );
 }
+
+/// Two archivers racing to store different files under one name (two
+/// clusters on one prefix, a split brain): exactly one wins, the other
+/// fails loudly, and the stored object is whole. Shown on the local
+/// directory backend, whose create-if-absent is atomic (link(2)); s3s-fs and
+/// the GCS emulator accept two racing conditional creates, so they cannot
+/// show it (AWS and GCS enforce `If-None-Match: *` / `ifGenerationMatch=0`).
+#[test]
+fn two_racing_writers_of_one_name_never_both_succeed() {
+    let t = TestDir::new();
+    let a = Archive::new(Backend::File).with("CAIRN_WAL_FETCH_PREFETCH", "0");
+    for round in 0..5u64 {
+        let name = seg_name(1, 10 + round, 16 * MIB);
+        let dirs: Vec<_> = (0..2)
+            .map(|i| {
+                let d = t.sub(&format!("racer-{round}-{i}"));
+                std::fs::create_dir_all(d.join("pg_wal")).unwrap();
+                write_seg(
+                    &d,
+                    &name,
+                    &fake_segment(16 * MIB, 1, 100 * round + i),
+                    false,
+                );
+                d
+            })
+            .collect();
+        let racers: Vec<_> = dirs
+            .iter()
+            .map(|d| a.spawn_cairn(&["wal-push", &format!("pg_wal/{name}")], d))
+            .collect();
+        let outs: Vec<_> = racers
+            .into_iter()
+            .map(|c| c.wait_with_output().unwrap())
+            .collect();
+        let won = outs.iter().filter(|o| o.status.success()).count();
+        assert_eq!(won, 1, "round {round}: {} winners", won);
+        let lost = outs.iter().find(|o| !o.status.success()).unwrap();
+        assert_exit(lost, 1, "refusing to overwrite");
+        // The stored object is the winner's, whole.
+        let winner = outs.iter().position(|o| o.status.success()).unwrap();
+        let d = datadir(&t, Some("recovery.signal"));
+        assert_exit(&fetch(&a, &d, &name), 0, "");
+        assert_eq!(
+            std::fs::read(d.join("pg_wal/RECOVERYXLOG")).unwrap(),
+            std::fs::read(dirs[winner].join("pg_wal").join(&name)).unwrap()
+        );
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+}

@@ -13,6 +13,24 @@ use common::wal::{
 };
 use common::{AgeKey, Archive, Backend, TestDir, fake_segment};
 
+/// A local directory that does not exist yet is an empty archive to write
+/// to, and a configuration error to read from (never "not in the archive").
+#[test]
+fn a_new_local_directory_is_made_by_the_first_push() {
+    let t = TestDir::new();
+    let root = t.path().join("new-archive/nested");
+    let a = Archive::new(Backend::File)
+        .with("CAIRN_STORAGE", &format!("file://{}", root.display()))
+        .with("CAIRN_WAL_FETCH_PREFETCH", "0");
+    let d = datadir(&t, Some("recovery.signal"));
+    let name = seg_name(1, 1, 16 * MIB);
+    assert_exit(&fetch(&a, &d, &name), 128, "does not exist");
+    write_seg(&d, &name, &fake_segment(16 * MIB, 1, 1), false);
+    assert_exit(&push(&a, &d, &name), 0, "");
+    assert!(root.join("wal").join(&name).exists());
+    assert_exit(&fetch(&a, &d, &name), 0, "");
+}
+
 #[test]
 fn push_fetch_round_trip_each_backend_and_codec() {
     for (backend, compression, encrypt) in [
@@ -248,11 +266,19 @@ fn unreachable_or_misconfigured_storage_is_fatal_to_recovery() {
     let mut none = a.clone_with("HOME", t.path().to_str().unwrap());
     none.env.retain(|(k, _)| !k.starts_with("AWS_"));
     let start = Instant::now();
-    assert_exit(&push(&none, &d, &name), 1, "no AWS credentials");
+    let out = push(&none, &d, &name);
+    assert_exit(&out, 1, "no AWS credentials");
     assert!(
         start.elapsed() < Duration::from_secs(15),
         "took {:?}",
         start.elapsed()
+    );
+    // One line naming the storage and what to set, no SDK debug dump.
+    let err = stderr(&out);
+    assert!(err.contains("cannot use s3://cairn-test/"), "{err}");
+    assert!(
+        err.len() < 400 && !err.contains('{') && !err.contains("Some("),
+        "{err}"
     );
 
     // A config file with an unknown key.
@@ -310,6 +336,16 @@ fn lookahead_pushes_ready_segments_once() {
     // A file that changed since it was pushed ahead is checked, not trusted.
     write_seg(&d, &names[2], &fake_segment(16 * MIB, 1, 99), true);
     assert_exit(&push(&a, &d, &names[2]), 1, "refusing to overwrite");
+    // A marker vouches for the storage it was written for: after a change of
+    // storage, PostgreSQL's call uploads the segment there.
+    let moved = t.sub("moved");
+    let b = a.clone_with("CAIRN_STORAGE", &format!("file://{}", moved.display()));
+    assert!(d.join("pg_wal/.cairn/pushed").join(&names[3]).exists());
+    assert_exit(&push(&b, &d, &names[3]), 0, "");
+    assert!(
+        moved.join("wal").join(&names[3]).exists(),
+        "acknowledged as archived without reaching the new storage"
+    );
 }
 
 #[test]
@@ -348,6 +384,9 @@ fn prefetch_follows_the_segment_size_and_timeline() {
             "crossed an xlogid boundary: {}",
             segs[2].0
         );
+        // A spool file that is not the segment (another's bytes) is
+        // checked and discarded, never handed to PostgreSQL.
+        std::fs::copy(pre.join(&segs[2].0), pre.join(&segs[3].0)).unwrap();
         for (n, b) in &segs[1..] {
             assert_exit(&fetch(&a, &d, n), 0, "");
             assert!(

@@ -56,8 +56,15 @@ pub async fn registered(ctx: &Context) -> Result<Vec<SystemId>, ArchiveError> {
 /// Admits a segment of cluster `system` at `segment` (see the module
 /// documentation), recording the cluster if it is new.
 pub async fn admit(ctx: &Context, system: SystemId, segment: Segment) -> Result<(), ArchiveError> {
-    if is_registered(ctx, system).await? {
-        return Ok(());
+    match is_registered(ctx, system).await {
+        Ok(true) => return Ok(()),
+        Ok(false) => {}
+        // A storage that does not exist yet is an empty archive: the first
+        // write makes it (a local directory), or says why it cannot.
+        Err(ArchiveError::Storage(StorageError::NoStorage { .. })) => {
+            return register(ctx, system, segment).await;
+        }
+        Err(e) => return Err(e),
     }
     let others: Vec<SystemId> = registered(ctx)
         .await?
@@ -75,6 +82,11 @@ pub async fn admit(ctx: &Context, system: SystemId, segment: Segment) -> Result<
             location: ctx.storage.location().to_string(),
         });
     }
+    register(ctx, system, segment).await
+}
+
+/// Writes the record of `system` (create-if-absent: the first writer wins).
+async fn register(ctx: &Context, system: SystemId, segment: Segment) -> Result<(), ArchiveError> {
     let record = ClusterRecord {
         record_version: RECORD_VERSION,
         system_identifier: system,

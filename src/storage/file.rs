@@ -61,6 +61,10 @@ impl FileStorage {
                 location: self.location.clone(),
                 message: "the storage path is not a directory".into(),
             }),
+            Err(e) if e.kind() == ErrorKind::NotFound => Err(StorageError::NoStorage {
+                location: self.location.clone(),
+                message: format!("no directory {} (for {op} {key})", self.root.display()),
+            }),
             Err(e) => Err(StorageError::Permanent {
                 op,
                 key: key.to_string(),

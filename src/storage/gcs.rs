@@ -135,11 +135,9 @@ impl GcsStorage {
             GcsError::Response(r)
                 if r.code == 404 && r.message.to_lowercase().contains("bucket") =>
             {
-                StorageError::Permanent {
-                    op,
-                    key,
+                StorageError::NoStorage {
                     location,
-                    message: format!("bucket {} does not exist ({})", self.bucket, r.message),
+                    message: format!("bucket {} ({})", self.bucket, r.message),
                 }
             }
             GcsError::Response(r) if r.code == 404 => StorageError::NotFound { key, location },
@@ -409,11 +407,9 @@ impl Storage for GcsStorage {
                     listed.map_err(|e| {
                         match self.error("list", prefix, e) {
                             // Listing never finds "no object": a 404 here is a missing bucket.
-                            StorageError::NotFound { key, location } => StorageError::Permanent {
-                                op: "list",
-                                key,
+                            StorageError::NotFound { location, .. } => StorageError::NoStorage {
                                 location,
-                                message: format!("bucket {} does not exist", self.bucket),
+                                message: format!("bucket {}", self.bucket),
                             },
                             other => other,
                         }

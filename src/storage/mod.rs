@@ -97,6 +97,10 @@ pub enum StorageError {
     /// The storage cannot be used at all (no credentials, a bad endpoint).
     #[error("cannot use {location}: {message}")]
     Setup { location: String, message: String },
+    /// The storage itself (bucket, directory) does not exist. Never "not
+    /// found": a mistyped URL must not look like the end of the archive.
+    #[error("{location} does not exist: {message}")]
+    NoStorage { location: String, message: String },
     /// Worth retrying (connection refused, timeout, 5xx, throttling); after the
     /// retry deadline it is reported as is.
     #[error("{op} {key} in {location} failed: {message}")]

@@ -190,6 +190,10 @@ impl S3Storage {
         };
         match (code.as_deref(), status) {
             (Some("NoSuchKey"), _) => StorageError::NotFound { key, location },
+            (Some("NoSuchBucket"), _) => StorageError::NoStorage {
+                location,
+                message: format!("{message} (bucket {})", self.bucket),
+            },
             (Some("PreconditionFailed"), _) | (_, Some(412)) => {
                 StorageError::AlreadyExists { key, location }
             }

@@ -11,8 +11,9 @@
 //! Prefetch: after a segment is fetched, a detached `cairn wal-prefetch`
 //! process downloads the next M segments of the timeline concurrently into
 //! the spool ([`super::spool`], outside the data directory). A fetch that
-//! finds its segment there checks it the same way and moves it into place;
-//! one that finds it still downloading waits for it.
+//! finds its segment there (written since the machine booted) checks it the
+//! same way and moves it into place; one that finds it still downloading
+//! waits for it.
 
 use std::fs::{File, TryLockError};
 use std::io::{BufWriter, Read, Write};
@@ -204,13 +205,9 @@ async fn prefetch_one(ctx: &Context, spool: &Spool, name: &WalFileName) -> Resul
     let result = decode_into(ctx, name, out).await;
     crate::blocking(move || {
         let finished = match result {
-            // Durable before it is named done: an OS crash must not leave a
-            // torn segment for a later fetch to hand out.
-            Ok(_) => file
-                .sync_all()
-                .and_then(|()| std::fs::rename(&part, &done))
-                .and_then(|()| crate::durable::sync_dir(&done))
-                .map_err(WalError::file(&done)),
+            // Named done only once whole; not fsynced: a fetch trusts it only
+            // if it was written since the machine booted (see `spool`).
+            Ok(_) => std::fs::rename(&part, &done).map_err(WalError::file(&done)),
             Err(WalError::Storage(StorageError::NotFound { .. })) => Ok(()),
             Err(e) => Err(e),
         };
@@ -256,6 +253,11 @@ fn take_prefetched(
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(WalError::file(&done)(e)),
     };
+    if !Spool::trusted(&done) {
+        tracing::info!(file = %done.display(), "discarding a prefetched segment written before the machine's last boot");
+        let _ = std::fs::remove_file(&done);
+        return Ok(None);
+    }
     let len = file.metadata().map_err(WalError::file(&done))?.len();
     let mut first = Vec::with_capacity(LONG_PAGE_HEADER_LEN);
     (&mut file)
@@ -346,16 +348,16 @@ async fn decode_stream<W: Write + Send + 'static>(
     crate::blocking(move || {
         let mut decoder = Decoder::new(reader, keyring.as_ref(), &object)?;
         let mut out = BufWriter::with_capacity(1 << 20, out);
+        // The header's bytes first, kept for the check; the rest copied
+        // straight into the writer's buffer.
         let mut first = Vec::with_capacity(LONG_PAGE_HEADER_LEN);
-        let mut len = 0u64;
-        while let Some(chunk) = decoder.next_chunk().map_err(crate::wal::read_error)? {
-            if first.len() < LONG_PAGE_HEADER_LEN {
-                let n = (LONG_PAGE_HEADER_LEN - first.len()).min(chunk.len());
-                first.extend_from_slice(&chunk[..n]);
-            }
-            len += chunk.len() as u64;
-            out.write_all(&chunk).map_err(CodecError::Io)?;
-        }
+        (&mut decoder)
+            .take(LONG_PAGE_HEADER_LEN as u64)
+            .read_to_end(&mut first)
+            .map_err(crate::wal::read_error)?;
+        out.write_all(&first).map_err(CodecError::Io)?;
+        let rest = std::io::copy(&mut decoder, &mut out).map_err(crate::wal::read_error)?;
+        let len = first.len() as u64 + rest;
         let out = out
             .into_inner()
             .map_err(|e| WalError::Codec(CodecError::Io(e.into_error())))?;

@@ -12,10 +12,14 @@
 //! 0700 and refused when another user owns it or others can reach it (so is
 //! the default base, which lies in a directory everyone can write).
 //!
-//! In it: `<segment>` is a downloaded, verified and fsynced segment, so an
-//! OS crash cannot leave a torn one to hand out; `<segment>.part` is one
-//! being downloaded, under an exclusive `flock` that a waiting `wal-fetch`
-//! takes shared.
+//! In it: `<segment>` is a downloaded and verified segment, renamed there
+//! only once whole; `<segment>.part` is one being downloaded, under an
+//! exclusive `flock` that a waiting `wal-fetch` takes shared. Segments are
+//! not fsynced (recovery would then be bound by the disk's write speed);
+//! instead a segment written before the machine last booted is never handed
+//! out ([`Spool::trusted`]): only an operating-system crash can tear a file
+//! that was renamed whole, and after one, everything older than the boot is
+//! discarded. A segment taken is checked again (size, page header).
 
 use std::fs::{File, TryLockError};
 use std::io;
@@ -85,6 +89,17 @@ impl Spool {
         part_path(&self.done(name))
     }
 
+    /// Whether the file at `path` was written since the machine booted:
+    /// a file that survived an operating-system crash may be torn.
+    pub fn trusted(path: &Path) -> bool {
+        let Some(boot) = boot_time() else {
+            return false;
+        };
+        std::fs::metadata(path)
+            .and_then(|m| m.modified())
+            .is_ok_and(|m| m >= boot)
+    }
+
     /// Whether a download of `name` is under way or finished.
     pub fn has(&self, name: &WalFileName) -> bool {
         self.done(name).exists() || in_flight(&self.part(name))
@@ -117,6 +132,19 @@ impl Spool {
     pub fn remove(&self) {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// When the machine booted (Linux: `btime` in /proc/stat); `None` where it
+/// cannot tell, and then nothing in the spool is trusted.
+fn boot_time() -> Option<std::time::SystemTime> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let secs: u64 = stat
+        .lines()
+        .find_map(|l| l.strip_prefix("btime "))?
+        .trim()
+        .parse()
+        .ok()?;
+    Some(std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs))
 }
 
 fn part_path(done: &Path) -> PathBuf {
@@ -190,5 +218,17 @@ mod tests {
             Spool::existing(&b, Some(&base)).map(|s| s.dir),
             Some(sb.dir.clone())
         );
+    }
+
+    #[test]
+    fn only_files_written_since_the_boot_are_trusted() {
+        let t = tempfile::tempdir().unwrap();
+        let f = t.path().join("000000010000000000000001");
+        std::fs::write(&f, b"x").unwrap();
+        assert!(Spool::trusted(&f));
+        let before_boot = boot_time().unwrap() - std::time::Duration::from_secs(60);
+        let file = std::fs::File::options().write(true).open(&f).unwrap();
+        file.set_modified(before_boot).unwrap();
+        assert!(!Spool::trusted(&f));
     }
 }
