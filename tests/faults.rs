@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use common::proxy::{Fault, FaultProxy};
 use common::wal::{MIB, assert_exit, datadir, fetch, placed, push, seg_name, stderr, write_seg};
-use common::{Archive, Backend, TestDir, fake_segment};
+use common::{Archive, Backend, TestDir, Tmpfs, fake_segment};
 
 /// A fake `pg_control` (and `PG_VERSION`) naming cluster `system`.
 fn fake_control(data: &Path, system: u64) {
@@ -364,38 +364,6 @@ fn a_killed_writers_leftovers_are_garbage_a_live_ones_are_not() {
     assert!(fresh.exists(), "a fresh temporary file was removed");
 }
 
-/// A tmpfs of `size` at `dir`, unmounted on drop.
-struct Tmpfs(std::path::PathBuf);
-
-impl Tmpfs {
-    fn mount(dir: &Path, size: &str) -> Tmpfs {
-        std::fs::create_dir_all(dir).unwrap();
-        let out = Command::new("mount")
-            .args([
-                "-t",
-                "tmpfs",
-                "-o",
-                &format!("size={size},mode=0777"),
-                "tmpfs",
-            ])
-            .arg(dir)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "mounting a tmpfs (the full-disk test needs root): {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        Tmpfs(dir.to_path_buf())
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg(&self.0).output();
-    }
-}
-
 #[test]
 fn errors_name_the_storage_s_real_cause() {
     let t = TestDir::new();
@@ -405,7 +373,7 @@ fn errors_name_the_storage_s_real_cause() {
     // A full disk.
     let full = Tmpfs::mount(&t.path().join("full"), "4m");
     let a = Archive::new(Backend::File)
-        .with("CAIRN_STORAGE", &format!("file://{}", full.0.display()))
+        .with("CAIRN_STORAGE", &format!("file://{}", full.path().display()))
         .with("CAIRN_COMPRESSION", "none");
     let out = push(&a, &d, &name);
     assert_exit(&out, 1, "No space left on device");
@@ -416,7 +384,7 @@ fn errors_name_the_storage_s_real_cause() {
     );
     assert_eq!(err.matches("os error 28").count(), 1, "said twice: {err}");
     assert!(
-        std::fs::read_dir(full.0.join("wal"))
+        std::fs::read_dir(full.path().join("wal"))
             .unwrap()
             .next()
             .is_none(),

@@ -42,11 +42,15 @@ pub fn with_pg(a: &Archive, c: &Cluster) -> Archive {
 }
 
 pub fn wait_archived(c: &Cluster) {
-    let last = c.sql("select pg_walfile_name(pg_current_wal_lsn())");
-    c.sql("select pg_switch_wal()");
-    c.wait_until("WAL to be archived", Duration::from_secs(180), |c| {
-        c.sql("select coalesce(last_archived_wal, '') from pg_stat_archiver") >= last
-    });
+    // A commit record first, so that the switch is never a no-op (which
+    // would name a segment that stays empty and is never archived).
+    c.sql("select txid_current()");
+    let last = c.sql("select pg_walfile_name(pg_switch_wal())");
+    c.wait_until(
+        &format!("{last} to be archived"),
+        Duration::from_secs(180),
+        |c| c.sql("select coalesce(last_archived_wal, '') from pg_stat_archiver") >= last,
+    );
 }
 
 /// Starts a restored cluster in the primary's environment (its

@@ -60,7 +60,7 @@ fn wait_for_port(port: u16, child: &mut Child, what: &str) {
     }
 }
 
-fn is_root() -> bool {
+pub fn is_root() -> bool {
     // SAFETY-free: read our uid from /proc rather than calling libc.
     std::fs::read_to_string("/proc/self/status")
         .ok()
@@ -563,6 +563,34 @@ impl Archive {
         self.command(program, path, args, cwd).output().unwrap()
     }
 
+    /// Runs cairn as the PostgreSQL OS user (as `cairn drill` must run),
+    /// with this archive's environment and `extra`.
+    pub fn cairn_pg(&self, args: &[&str], cwd: &Path, extra: &[(String, String)]) -> Output {
+        self.pg_command(args, cwd, extra).output().unwrap()
+    }
+
+    /// [`Archive::cairn_pg`] without waiting; its output is captured.
+    pub fn spawn_cairn_pg(&self, args: &[&str], cwd: &Path, extra: &[(String, String)]) -> Child {
+        self.pg_command(args, cwd, extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    }
+
+    fn pg_command(&self, args: &[&str], cwd: &Path, extra: &[(String, String)]) -> Command {
+        let mut env = vec![(
+            "PATH".to_string(),
+            std::env::var("PATH").unwrap_or_default(),
+        )];
+        env.extend(self.env.iter().cloned());
+        env.extend(extra.iter().cloned());
+        let mut c = as_pg(&cairn_bin(), &env);
+        c.args(args).current_dir(cwd).env_clear();
+        c.env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin");
+        c
+    }
+
     /// Starts cairn without waiting for it; its output is captured.
     pub fn spawn_cairn(&self, args: &[&str], cwd: &Path) -> Child {
         let path = std::env::var("PATH").unwrap_or_default();
@@ -930,4 +958,41 @@ pub fn assert_same_dump(restored: &str, original: &str, context: &str) {
         r.len(),
         o.len()
     );
+}
+
+/// A tmpfs of `size` at `dir`, unmounted on drop.
+pub struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    pub fn mount(dir: &Path, size: &str) -> Tmpfs {
+        std::fs::create_dir_all(dir).unwrap();
+        let out = Command::new("mount")
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size},mode=0777"),
+                "tmpfs",
+            ])
+            .arg(dir)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "mounting a tmpfs (full-disk tests need root): {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Tmpfs(dir.to_path_buf())
+    }
+
+    /// Where it is mounted.
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).output();
+    }
 }
