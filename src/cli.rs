@@ -11,6 +11,8 @@ use clap::{Args, Parser, Subcommand};
 use cairn::backup::push::{BackupKind, PushOptions};
 use cairn::backup::restore::{FetchOptions, RecoveryTarget};
 use cairn::config::{Config, Setting, Source};
+use cairn::drill::DrillOptions;
+use cairn::drill::verify::Which;
 use cairn::pg::wal::WalFileName;
 use cairn::retention::{self, BeforeTarget, Policy, Retain};
 
@@ -203,6 +205,67 @@ pub enum Command {
         #[arg(long, value_name = "URL")]
         metrics_push_url: Option<String>,
     },
+    /// Prove, without PostgreSQL, that a backup restores: read every part of it
+    /// and of its delta chain, check every file against the manifest, and check
+    /// that the archive holds the WAL from its start to its stop
+    BackupVerify {
+        /// A backup name (see backup-list) or LATEST [default: LATEST]
+        #[arg(conflicts_with = "all")]
+        name: Option<String>,
+        /// Verify every backup
+        #[arg(long)]
+        all: bool,
+        /// Also check the WAL from each backup's stop to the newest segment,
+        /// following timeline switches
+        #[arg(long)]
+        to_latest: bool,
+        /// The report as JSON
+        #[arg(long)]
+        json: bool,
+        /// Push the outcome to this Prometheus Pushgateway [config: metrics_push_url]
+        #[arg(long, value_name = "URL")]
+        metrics_push_url: Option<String>,
+    },
+    /// Restore a backup into a scratch directory, replay the archive, start a
+    /// throwaway server (Unix socket only, archiving off), check the data, and
+    /// report how long recovery took (RTO) and how far the archive reaches (RPO).
+    /// Run it as the PostgreSQL OS user; exit 0 only when every check passed
+    Drill {
+        /// A backup name (see backup-list) or LATEST [default: LATEST]
+        name: Option<String>,
+        /// Scratch directory (created if absent, must be empty) [default: a new
+        /// directory in the temporary directory]
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+        /// Leave the scratch directory (its server stopped) for inspection
+        #[arg(long)]
+        keep: bool,
+        /// Where recovery stops: latest, immediate, time=…, lsn=…, xid=… or name=…
+        #[arg(long, value_name = "TARGET", default_value = "latest")]
+        recovery_target: String,
+        /// Directory of the PostgreSQL server binaries of the backup's major
+        /// version [config: pg_bin; default: found on PATH, by pg_config, or in
+        /// /usr/lib/postgresql/<major>/bin]
+        #[arg(long, value_name = "DIR")]
+        pg_bin: Option<String>,
+        /// A YAML list of checks, each {name, sql, expect}: the first column of
+        /// the first row must equal expect (repeatable)
+        #[arg(long, value_name = "FILE")]
+        check: Vec<PathBuf>,
+        /// Also write the report to FILE
+        #[arg(long, value_name = "FILE")]
+        report: Option<PathBuf>,
+        /// The report's format
+        #[arg(long, value_enum, default_value_t = ReportFormat::Text)]
+        format: ReportFormat,
+        /// Give up when recovery has not ended after this long (30m, 2h, …)
+        #[arg(long, value_name = "DURATION", default_value = "6h")]
+        timeout: String,
+        /// Push the outcome (RTO, RPO, checks failed) to this Prometheus
+        /// Pushgateway [config: metrics_push_url]
+        #[arg(long, value_name = "URL")]
+        metrics_push_url: Option<String>,
+    },
     /// Internal: the background worker wal-fetch starts for prefetching
     #[command(hide = true)]
     WalPrefetch {
@@ -224,9 +287,21 @@ impl Command {
             Command::BackupMark { .. } => "backup-mark",
             Command::Delete { .. } => "delete",
             Command::WalVerify { .. } => "wal-verify",
+            Command::BackupVerify { .. } => "backup-verify",
+            Command::Drill { .. } => "drill",
             Command::WalPrefetch { .. } => "wal-prefetch",
         }
     }
+}
+
+/// How `cairn drill` prints its report.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ReportFormat {
+    /// The evidence log: SESSION_START … KEY_EVIDENCE … SESSION_END
+    Text,
+    Json,
+    /// A section for a runbook
+    Markdown,
 }
 
 /// What `cairn delete` deletes.
@@ -311,11 +386,26 @@ impl Cli {
             }
             | Command::WalVerify {
                 metrics_push_url, ..
+            }
+            | Command::BackupVerify {
+                metrics_push_url, ..
             } => vec![(
                 "metrics_push_url",
                 "metrics-push-url",
                 metrics_push_url.clone(),
             )],
+            Command::Drill {
+                metrics_push_url,
+                pg_bin,
+                ..
+            } => vec![
+                (
+                    "metrics_push_url",
+                    "metrics-push-url",
+                    metrics_push_url.clone(),
+                ),
+                ("pg_bin", "pg-bin", pg_bin.clone()),
+            ],
             _ => Vec::new(),
         };
         for (key, flag, value) in command_flags {
@@ -364,6 +454,16 @@ pub enum Invocation {
     WalVerify {
         json: bool,
     },
+    BackupVerify {
+        which: Which,
+        to_latest: bool,
+        json: bool,
+    },
+    Drill {
+        opts: DrillOptions,
+        report: Option<PathBuf>,
+        format: ReportFormat,
+    },
 }
 
 impl Invocation {
@@ -372,6 +472,8 @@ impl Invocation {
         match self {
             Invocation::BackupPush { .. } => Some("backup"),
             Invocation::BackupFetch(_) => Some("restore"),
+            Invocation::BackupVerify { .. } => Some("verify"),
+            Invocation::Drill { .. } => Some("drill"),
             _ => None,
         }
     }
@@ -482,6 +584,65 @@ pub fn resolve(cli: Cli, config: &Config) -> anyhow::Result<Invocation> {
             confirm,
         },
         Command::WalVerify { json, .. } => Invocation::WalVerify { json },
+        Command::BackupVerify {
+            name,
+            all,
+            to_latest,
+            json,
+            ..
+        } => Invocation::BackupVerify {
+            which: if all {
+                Which::All
+            } else {
+                Which::One(name.unwrap_or_else(|| "LATEST".into()))
+            },
+            to_latest,
+            json,
+        },
+        Command::Drill {
+            name,
+            dir,
+            keep,
+            recovery_target,
+            check,
+            report,
+            format,
+            timeout,
+            ..
+        } => {
+            let target = recovery_target
+                .parse::<RecoveryTarget>()
+                .map_err(anyhow::Error::msg)?;
+            let timeout = retention::parse_duration(&timeout)
+                .map_err(|e| anyhow::anyhow!("--timeout: {e}"))?;
+            // The command as typed, for the report (program name shortened).
+            let command = std::iter::once("cairn".to_string())
+                .chain(std::env::args().skip(1).map(|a| {
+                    if a.is_empty() || a.contains(|c: char| c.is_whitespace() || c == '\'') {
+                        format!("'{}'", a.replace('\'', r"'\''"))
+                    } else {
+                        a
+                    }
+                }))
+                .collect::<Vec<_>>()
+                .join(" ");
+            Invocation::Drill {
+                opts: DrillOptions {
+                    name: name.unwrap_or_else(|| "LATEST".into()),
+                    target,
+                    dir,
+                    keep,
+                    pg_bin: config.pg_bin.clone(),
+                    check_files: check,
+                    restore_command: restore_command(&cli.global)?,
+                    concurrency: config.backup_concurrency,
+                    timeout: std::time::Duration::try_from(timeout).unwrap_or_default(),
+                    command,
+                },
+                report,
+                format,
+            }
+        }
     })
 }
 
@@ -563,7 +724,7 @@ fn restore_command(global: &GlobalArgs) -> anyhow::Result<String> {
 }
 
 /// Every command's name, as typed.
-pub const COMMANDS: [&str; 9] = [
+pub const COMMANDS: [&str; 11] = [
     "wal-push",
     "wal-fetch",
     "backup-push",
@@ -572,6 +733,8 @@ pub const COMMANDS: [&str; 9] = [
     "backup-mark",
     "delete",
     "wal-verify",
+    "backup-verify",
+    "drill",
     "wal-prefetch",
 ];
 

@@ -101,6 +101,9 @@ pub struct Config {
     pub metrics_push_url: Option<String>,
     /// The node_exporter textfile (`*.prom`) wal-push keeps its counters in.
     pub metrics_textfile: Option<PathBuf>,
+    /// The PostgreSQL server binaries `cairn drill` starts; found for the
+    /// backup's major version when unset.
+    pub pg_bin: Option<PathBuf>,
 }
 
 pub const DEFAULT_STORAGE: &str = "file:///var/lib/cairn";
@@ -138,6 +141,7 @@ impl Default for Config {
             progress_interval: Duration::from_secs(30),
             metrics_push_url: None,
             metrics_textfile: None,
+            pg_bin: None,
         }
     }
 }
@@ -327,6 +331,17 @@ impl Config {
                     )));
                 }
                 self.metrics_textfile = Some(path);
+            }
+            "pg_bin" => {
+                let path = PathBuf::from(string(v).map_err(bad)?);
+                if !path.is_absolute() {
+                    return Err(bad(format!(
+                        "{}: expected the absolute path of a directory of PostgreSQL server \
+                         binaries, such as /usr/lib/postgresql/17/bin",
+                        path.display()
+                    )));
+                }
+                self.pg_bin = Some(path);
             }
             "progress_interval" => {
                 self.progress_interval = Duration::from_secs(number(v, 0, 86_400).map_err(bad)?)

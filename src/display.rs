@@ -333,6 +333,19 @@ impl Stdout {
     pub fn line(&mut self, line: &str) -> anyhow::Result<()> {
         self.text(&format!("{line}\n"))
     }
+
+    /// A verification's report, as JSON or as text.
+    pub fn report<R: serde::Serialize + std::fmt::Display>(
+        &mut self,
+        report: &R,
+        json: bool,
+    ) -> anyhow::Result<()> {
+        if json {
+            self.text(&format!("{}\n", serde_json::to_string_pretty(report)?))
+        } else {
+            self.text(&report.to_string())
+        }
+    }
 }
 
 /// backup-list's table: when each backup started (what `delete before TIME`

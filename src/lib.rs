@@ -7,6 +7,7 @@ pub mod archive;
 pub mod backup;
 pub mod codec;
 pub mod config;
+pub mod drill;
 pub mod durable;
 pub mod metrics;
 pub mod pg;

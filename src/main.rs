@@ -10,6 +10,7 @@ use std::ffi::OsString;
 use std::path::Path;
 use std::process::ExitCode;
 
+use anyhow::Context as _;
 use clap::Parser;
 
 use cairn::Context;
@@ -265,7 +266,9 @@ async fn run(cli: Cli, config: Config, bar: indicatif::ProgressBar) -> anyhow::R
         cli::Command::Delete { confirm, .. } => *confirm,
         cli::Command::BackupPush { .. }
         | cli::Command::BackupFetch { .. }
-        | cli::Command::WalVerify { .. } => true,
+        | cli::Command::WalVerify { .. }
+        | cli::Command::BackupVerify { .. }
+        | cli::Command::Drill { .. } => true,
         _ => false,
     };
     let push_url = config.metrics_push_url.clone().filter(|_| pushes);
@@ -417,13 +420,45 @@ async fn execute(
         Invocation::WalVerify { json } => {
             let report = wal::verify::verify(&ctx).await?;
             figures.metrics = cairn::metrics::verify_figures(&report);
-            if json {
-                out.text(&format!("{}\n", serde_json::to_string_pretty(&report)?))?;
-            } else {
-                out.text(&report.to_string())?;
-            }
+            out.report(&report, json)?;
             if let Some(problem) = report.problem() {
                 anyhow::bail!("{problem}");
+            }
+        }
+        Invocation::BackupVerify {
+            which,
+            to_latest,
+            json,
+        } => {
+            let concurrency = ctx.config.backup_concurrency;
+            let report = cairn::drill::verify::verify(&ctx, &which, to_latest, concurrency).await?;
+            figures.metrics = cairn::metrics::backup_verify_figures(&report);
+            out.report(&report, json)?;
+            if let Some(problem) = report.problem() {
+                anyhow::bail!("{problem}");
+            }
+        }
+        Invocation::Drill {
+            opts,
+            report: file,
+            format,
+        } => {
+            let report = cairn::drill::drill(&ctx, &opts).await?;
+            figures.metrics = cairn::metrics::drill_figures(&report);
+            let text = match format {
+                cli::ReportFormat::Text => report.evidence_log(),
+                cli::ReportFormat::Json => format!("{}\n", serde_json::to_string_pretty(&report)?),
+                cli::ReportFormat::Markdown => report.markdown(),
+            };
+            out.text(&text)?;
+            if let Some(path) = file {
+                let durability = cairn::durable::Durability::Durable;
+                cairn::durable::write(path.clone(), text.into_bytes(), durability)
+                    .await
+                    .with_context(|| format!("cannot write the report to {}", path.display()))?;
+            }
+            if !report.passed {
+                anyhow::bail!("drill of {} failed: {}", report.backup, report.outcome());
             }
         }
     }

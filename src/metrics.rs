@@ -121,6 +121,71 @@ pub fn verify_figures(report: &crate::wal::verify::Report) -> Vec<Metric> {
     ]
 }
 
+/// backup-verify's findings, pushed whether or not it passed.
+pub fn backup_verify_figures(report: &crate::drill::verify::Report) -> Vec<Metric> {
+    vec![
+        Metric::gauge(
+            "cairn_backup_verify_backups",
+            "Backups backup-verify checked.",
+            report.backups.len() as f64,
+        ),
+        Metric::gauge(
+            "cairn_backup_verify_problems",
+            "Problems backup-verify found (damaged or missing parts, missing WAL).",
+            report
+                .backups
+                .iter()
+                .map(|b| b.problems.len())
+                .sum::<usize>() as f64,
+        ),
+        Metric::gauge(
+            "cairn_backup_verify_bytes",
+            "Bytes of backup data backup-verify read and checked.",
+            report.backups.iter().map(|b| b.bytes).sum::<u64>() as f64,
+        ),
+    ]
+}
+
+/// A drill's figures. What it did not measure (it failed first) is not
+/// pushed, so the last measured RTO and RPO stay; the success timestamp
+/// only moves when every check passed.
+pub fn drill_figures(report: &crate::drill::Report) -> Vec<Metric> {
+    let mut out = vec![Metric::gauge(
+        "cairn_drill_checks_failed",
+        "Checks the last drill failed (a drill that stopped early counts one).",
+        (report.failed() + usize::from(report.error.is_some())) as f64,
+    )];
+    if report.rto_s > 0.0 {
+        out.push(Metric::gauge(
+            "cairn_drill_rto_seconds",
+            "Seconds the last drill took from the start of the restore until the cluster was queryable.",
+            report.rto_s,
+        ));
+    }
+    if let Some(rpo) = report.rpo_s {
+        out.push(Metric::gauge(
+            "cairn_drill_rpo_seconds",
+            "Seconds between the last transaction the last drill replayed and the newest archived WAL.",
+            rpo,
+        ));
+    }
+    if report.passed {
+        let finished = report
+            .finished
+            .as_deref()
+            .and_then(|f| {
+                time::OffsetDateTime::parse(f, &time::format_description::well_known::Rfc3339).ok()
+            })
+            .unwrap_or_else(time::OffsetDateTime::now_utc);
+        out.push(Metric::gauge(
+            "cairn_drill_last_success_timestamp_seconds",
+            "Unix time of the last drill whose every check passed.",
+            finished.unix_timestamp() as f64,
+        ));
+    }
+    out
+}
+
 /// How one run of a command ended, with the figures it measured.
 #[derive(Debug, Clone)]
 pub struct Run {

@@ -328,6 +328,66 @@ impl PgSession {
         Ok(Some(holder))
     }
 
+    /// The first column of the first row `sql` returns, as text (`None`
+    /// for no row or NULL): for checks written as SQL and an expected value.
+    pub async fn first_value(&self, sql: &str) -> Result<Option<String>, PgError> {
+        Ok(self.column(sql).await?.into_iter().next().flatten())
+    }
+
+    /// The first column of every row `sql` returns, as text.
+    pub async fn column(&self, sql: &str) -> Result<Vec<Option<String>>, PgError> {
+        let rows = self.rows(sql).await?;
+        Ok(rows
+            .into_iter()
+            .map(|r| r.into_iter().next().flatten())
+            .collect())
+    }
+
+    /// Every row `sql` returns, each column as text.
+    pub async fn rows(&self, sql: &str) -> Result<Vec<Vec<Option<String>>>, PgError> {
+        let messages = self
+            .client
+            .simple_query(sql)
+            .await
+            .map_err(query_err("a check's query"))?;
+        Ok(messages
+            .into_iter()
+            .filter_map(|m| match m {
+                tokio_postgres::SimpleQueryMessage::Row(row) => Some(
+                    (0..row.len())
+                        .map(|i| row.get(i).map(str::to_string))
+                        .collect(),
+                ),
+                _ => None,
+            })
+            .collect())
+    }
+
+    /// Runs statements that return nothing wanted.
+    pub async fn execute(&self, sql: &str) -> Result<(), PgError> {
+        self.client
+            .batch_execute(sql)
+            .await
+            .map_err(query_err("a check's statement"))
+    }
+
+    /// Runs `COPY … TO STDOUT` and discards what it sends: reads every row
+    /// (detoasting each value) without keeping any. Returns the bytes sent.
+    pub async fn copy_out_len(&self, sql: &str) -> Result<u64, PgError> {
+        use futures::StreamExt;
+        let stream = self
+            .client
+            .copy_out(sql)
+            .await
+            .map_err(query_err("reading a table"))?;
+        let mut stream = std::pin::pin!(stream);
+        let mut bytes = 0u64;
+        while let Some(chunk) = stream.next().await {
+            bytes += chunk.map_err(query_err("reading a table"))?.len() as u64;
+        }
+        Ok(bytes)
+    }
+
     pub async fn in_recovery(&self) -> Result<bool, PgError> {
         let row = self
             .client

@@ -198,6 +198,7 @@ impl Extraction {
                             Action::Write { mode } => {
                                 self.write_file(&mut entry, &path, target, &want, mode, ops)?
                             }
+                            Action::Verify => self.verify_file(&mut entry, &path, &want)?,
                             Action::Skip => {}
                         }
                     }
@@ -267,6 +268,26 @@ impl Extraction {
             send(WriteOp::Data(self.remap_tablespace_map(&text).into()))?;
         }
         send(WriteOp::Close(mode))
+    }
+
+    /// Reads one entry's bytes and checks them against the manifest,
+    /// writing nothing (backup-verify).
+    fn verify_file<R: Read>(
+        &self,
+        entry: &mut R,
+        path: &str,
+        want: &FileEntry,
+    ) -> Result<(), BackupError> {
+        let mut reader = Hashing {
+            inner: entry,
+            hasher: blake3::Hasher::new(),
+            len: 0,
+            error: None,
+        };
+        if let Err(e) = io::copy(&mut reader, &mut io::sink()) {
+            return Err(self.read_error(reader.error.take().unwrap_or(e)));
+        }
+        self.check_file(path, reader.hasher, reader.len, want)
     }
 
     fn send(

@@ -19,6 +19,8 @@ pub enum Action {
     Write { mode: u32 },
     /// Apply the entry's page set to the file an older backup wrote.
     Patch { mode: u32 },
+    /// Read the entry and check it against the manifest, writing nothing.
+    Verify,
 }
 
 /// One part to read, and what to do with each file entry in it.
@@ -87,6 +89,37 @@ pub fn plan(chain: &[Manifest]) -> Result<RestorePlan, ArchiveError> {
         out.stages.push(stage);
     }
     Ok(out)
+}
+
+/// Every part of every backup of `chain`, each entry to be read and checked
+/// against its manifest, nothing written (backup-verify).
+pub fn verify_all(chain: &[Manifest]) -> RestorePlan {
+    let mut out = RestorePlan::default();
+    for (k, manifest) in chain.iter().enumerate() {
+        let by_part = files_by_part(manifest);
+        let mut stage = Stage::default();
+        for p in &manifest.parts {
+            let files = by_part
+                .get(&p.key)
+                .map(|files| {
+                    files
+                        .iter()
+                        .filter(|f| !f.dir)
+                        .map(|f| (f.path.clone(), ((*f).clone(), Action::Verify)))
+                        .collect()
+                })
+                .unwrap_or_default();
+            out.bytes += p.raw_size;
+            out.parts += 1;
+            stage.data.push(PartWork {
+                backup: k,
+                part: p.clone(),
+                files,
+            });
+        }
+        out.stages.push(stage);
+    }
+    out
 }
 
 /// For each backup of `chain` (full first), the files to take from it: for

@@ -61,6 +61,20 @@ impl std::str::FromStr for RecoveryTarget {
     }
 }
 
+/// As `--recovery-target` takes it.
+impl std::fmt::Display for RecoveryTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RecoveryTarget::Latest => f.write_str("latest"),
+            RecoveryTarget::Immediate => f.write_str("immediate"),
+            RecoveryTarget::Time(t) => write!(f, "time={t}"),
+            RecoveryTarget::Lsn(l) => write!(f, "lsn={l}"),
+            RecoveryTarget::Xid(x) => write!(f, "xid={x}"),
+            RecoveryTarget::Name(n) => write!(f, "name={n}"),
+        }
+    }
+}
+
 /// Makes the restored directory start as a recovery to `target`, fetching WAL
 /// with `restore_command`.
 pub fn write_recovery_settings(
