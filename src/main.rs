@@ -92,7 +92,10 @@ fn run_main(args: Vec<OsString>, caller: Caller) -> ExitCode {
     };
     let is_backup = matches!(
         cli.command,
-        cli::Command::BackupPush { .. } | cli::Command::BackupFetch { .. }
+        cli::Command::BackupPush { .. }
+            | cli::Command::BackupFetch { .. }
+            | cli::Command::BackupVerify { .. }
+            | cli::Command::Drill { .. }
     );
     tune_allocator(is_backup);
     // Hidden until a backup or restore shows it; log lines lift it off the screen.
@@ -181,7 +184,8 @@ fn usage_error(e: clap::Error, caller: Caller) -> ExitCode {
 ///   so later large buffers land in per-thread heaps that are never given back
 ///   (wal-push's peak RSS grew with the lookahead: 72 MiB instead of 44 at zstd
 ///   level 9, lookahead 8). Fixed, they are mmapped and returned when freed.
-/// - For backups, streaming gigabytes, a high trim threshold too: fixing the
+/// - For the commands that stream gigabytes (backup-push, backup-fetch,
+///   backup-verify, drill), a high trim threshold too: fixing the
 ///   mmap threshold pins the trim threshold at 128 KiB, so the heap shrank
 ///   after nearly every chunk and regrew with page faults; a restore spent half
 ///   its system time there (backup-fetch of 1.6 GB: 1.6-1.8 s, 1.4 s with it).

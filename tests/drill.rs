@@ -13,7 +13,10 @@ use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use common::drill::{archiving_primary, encrypted, ok, poll_output, push, stderr, wait_archived};
-use common::{Archive, Backend, Cluster, Server, TestDir, Tmpfs, chown_pg, is_root};
+use common::{
+    Archive, Backend, Cluster, Pushgateway, Server, TestDir, Tmpfs, chown_pg, http_get, is_root,
+    sample,
+};
 
 /// Runs `cairn drill` as the PostgreSQL user with `--format json`.
 fn drill(pg: &Archive, t: &TestDir, args: &[&str], extra: &[(String, String)]) -> Output {
@@ -234,7 +237,7 @@ fn drills_pass(backend: Backend) {
     );
     assert_eq!(lines.last(), Some(&"SESSION_END"));
 
-    // To a moment between the second and third markers; a Markdown report.
+    // To a moment between the second and third markers; the report in a file.
     let md = t.path().join("report.json");
     std::fs::write(&md, "").unwrap();
     chown_pg(&md);
@@ -334,6 +337,15 @@ fn damage_is_found_and_named_by_backup_verify_and_drill() {
         serde_json::json!([s.full, s.delta])
     );
     assert!(v["backups"][0]["files"].as_u64().unwrap() > 500);
+    // Every segment from the delta's start to its stop was read back.
+    let (wal_first, wal_last) = (
+        v["backups"][0]["wal_first"].as_str().unwrap(),
+        v["backups"][0]["wal_last"].as_str().unwrap(),
+    );
+    assert_eq!(
+        v["backups"][0]["wal_segments"].as_u64().unwrap(),
+        seg_number(wal_last) - seg_number(wal_first) + 1
+    );
     // A drill neither: no WAL of its new timeline, no history file.
     passed(&drill(&s.pg, &t, &[], &[]));
     assert_eq!(
@@ -378,6 +390,32 @@ fn damage_is_found_and_named_by_backup_verify_and_drill() {
     let e = error_line(&drill(&damaged, &t, &[&s.full], &[]));
     assert!(e.contains(first) && e.contains("not in"), "{e}");
 
+    // The same segment damaged in storage: read back, it fails its checksum.
+    let (damaged, ddir) = copy_of(&a, &t, "damaged-wal");
+    let object = ddir.join("wal").join(first);
+    let mut bytes = std::fs::read(&object).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0xff;
+    std::fs::write(&object, bytes).unwrap();
+    let e = error_line(&damaged.cairn(&["backup-verify", &s.full], t.path()));
+    assert!(
+        e.contains(&format!("WAL segment {first}")) && e.contains("corrupt"),
+        "{e}"
+    );
+    assert!(!e.contains("Error("), "a Debug dump: {e}");
+    let e = error_line(&drill(&damaged, &t, &[&s.full], &[]));
+    assert!(e.contains(&format!("WAL segment {first}")), "{e}");
+
+    // Another segment's object under its name: whole, but not this WAL.
+    let (damaged, ddir) = copy_of(&a, &t, "swapped-wal");
+    let next = &s.delta["base_".len().."base_".len() + 24];
+    std::fs::copy(ddir.join("wal").join(next), ddir.join("wal").join(first)).unwrap();
+    let e = error_line(&damaged.cairn(&["backup-verify", &s.full], t.path()));
+    assert!(
+        e.contains(&format!("WAL segment {first}")) && e.contains("another segment"),
+        "{e}"
+    );
+
     // A segment after the backups' stop: only --to-latest needs it.
     let (damaged, ddir) = copy_of(&a, &t, "gap");
     let mut wal: Vec<String> = std::fs::read_dir(ddir.join("wal"))
@@ -394,6 +432,20 @@ fn damage_is_found_and_named_by_backup_verify_and_drill() {
     );
     let e = error_line(&damaged.cairn(&["backup-verify", "--to-latest"], t.path()));
     assert!(e.contains(later.as_str()), "{e}");
+
+    // ... and there but damaged: --to-latest reads it back.
+    let (damaged, ddir) = copy_of(&a, &t, "damaged-later");
+    let object = ddir.join("wal").join(later);
+    let mut bytes = std::fs::read(&object).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0xff;
+    std::fs::write(&object, bytes).unwrap();
+    ok(
+        &damaged.cairn(&["backup-verify"], t.path()),
+        "backup-verify",
+    );
+    let e = error_line(&damaged.cairn(&["backup-verify", "--to-latest"], t.path()));
+    assert!(e.contains(&format!("WAL segment {later}")), "{e}");
 }
 
 #[test]
@@ -432,15 +484,59 @@ fn a_failing_check_fails_the_drill_and_cleans_up() {
         "- name: wrong\n  sql: select count(*) from marker\n  expect: \"2\"\n\
          - name: broken\n  sql: select nonsense\n  expect: x\n",
     );
+    // First a drill that passes, and a backup-verify, both pushing their
+    // figures to a real Pushgateway.
+    let gw = Pushgateway::start();
+    let url = gw.url();
+    let m = |name: &str, command: &str| {
+        let text = http_get(gw.port, "/metrics");
+        sample(
+            &text,
+            name,
+            &[&format!("command=\"{command}\""), "job=\"cairn\""],
+        )
+    };
+    let r = passed(&drill(&pg, &t, &["--metrics-push-url", &url], &[]));
+    assert_eq!(m("cairn_drill_checks_failed", "drill"), Some(0.0));
+    assert_eq!(m("cairn_drill_rto_seconds", "drill"), r["rto_s"].as_f64());
+    assert_eq!(m("cairn_drill_rpo_seconds", "drill"), r["rpo_s"].as_f64());
+    let success = m("cairn_drill_last_success_timestamp_seconds", "drill").unwrap();
+    assert_eq!(m("cairn_last_run_success", "drill"), Some(1.0));
+    ok(
+        &pg.cairn(&["backup-verify", "--metrics-push-url", &url], t.path()),
+        "backup-verify",
+    );
+    assert_eq!(m("cairn_backup_verify_backups", "backup-verify"), Some(1.0));
+    assert_eq!(
+        m("cairn_backup_verify_problems", "backup-verify"),
+        Some(0.0)
+    );
+    assert!(m("cairn_backup_verify_bytes", "backup-verify").unwrap() > 1e6);
+
+    // Then the failing one: it counts its failed checks and leaves the last
+    // success's timestamp.
     let scratch = t.path().join("scratch");
     let o = drill(
         &pg,
         &t,
-        &["--check", &checks, "--dir", scratch.to_str().unwrap()],
+        &[
+            "--check",
+            &checks,
+            "--dir",
+            scratch.to_str().unwrap(),
+            "--metrics-push-url",
+            &url,
+        ],
         &[],
     );
     let e = error_line(&o);
     assert!(e.contains("3 of 5 checks passed"), "{e}");
+    assert_eq!(m("cairn_drill_checks_failed", "drill"), Some(2.0));
+    assert_eq!(m("cairn_last_run_success", "drill"), Some(0.0));
+    assert_eq!(
+        m("cairn_drill_last_success_timestamp_seconds", "drill"),
+        Some(success)
+    );
     let r = report(&o);
     assert_eq!(r["passed"], false);
     assert_eq!(check(&r, "wrong")["status"], "failed");
@@ -473,14 +569,26 @@ fn a_failing_check_fails_the_drill_and_cleans_up() {
     assert!(e.contains("not empty"), "{e}");
     assert!(used.join("precious").exists());
 
-    // Kept for inspection when asked, its server stopped.
+    // Kept for inspection when asked, its server stopped; the report as
+    // Markdown, for a runbook.
     let kept = t.path().join("kept");
-    passed(&drill(
-        &pg,
-        &t,
-        &["--keep", "--dir", kept.to_str().unwrap()],
+    let o = pg.cairn_pg(
+        &[
+            "drill",
+            "--keep",
+            "--dir",
+            kept.to_str().unwrap(),
+            "--format",
+            "markdown",
+        ],
+        t.path(),
         &[],
-    ));
+    );
+    let md = ok(&o, "drill --format markdown");
+    assert!(md.starts_with("## Restore drill of base_"), "{md}");
+    assert!(md.contains("**Result:** restored, replayed "), "{md}");
+    assert!(md.contains("| rto_s | "), "{md}");
+    assert!(md.contains("| consistent | passed | "), "{md}");
     assert!(kept.join("data/PG_VERSION").exists());
     assert!(!kept.join("data/postmaster.pid").exists());
     assert_eq!(process_mentions(&kept), None);
@@ -625,22 +733,7 @@ fn drills_use_the_backup_s_major_version() {
         );
         let r = passed(&o);
         assert_eq!(r["pg_major"], major);
-        // amcheck runs where the server ships the extension, and otherwise
-        // is skipped saying why.
-        let shipped = server
-            .bindir
-            .join("../share/postgresql/extension/amcheck.control");
-        let alt = server.bindir.join("../share/extension/amcheck.control");
-        let amcheck = check(&r, "amcheck");
-        if shipped.exists() || alt.exists() {
-            assert_eq!(amcheck["status"], "passed", "{r:#}");
-        } else {
-            assert_eq!(amcheck["status"], "skipped", "{r:#}");
-            assert!(
-                amcheck["evidence"].as_str().unwrap().contains("amcheck"),
-                "{r:#}"
-            );
-        }
+        assert_eq!(check(&r, "amcheck")["status"], "passed", "{r:#}");
         assert_eq!(check(&r, "check 1")["status"], "passed");
         // The pg_bin config key, as a CAIRN_ variable.
         let env: Vec<(String, String)> = server
@@ -650,5 +743,46 @@ fn drills_use_the_backup_s_major_version() {
             .chain([("CAIRN_PG_BIN".to_string(), bin.clone())])
             .collect();
         passed(&drill(&pg, &t, &[], &env));
+
+        // A server installed without amcheck (a copy of this one, the
+        // extension removed): that check is skipped, saying why, and the
+        // drill still passes on the others.
+        let native = server.bindir.parent().unwrap();
+        let bare = t.path().join(format!("pg{major}-bare"));
+        let copied = Command::new("cp")
+            .arg("-a")
+            .arg(native)
+            .arg(&bare)
+            .status()
+            .unwrap();
+        assert!(copied.success());
+        let ext = bare.join("share/postgresql/extension");
+        for e in std::fs::read_dir(&ext).unwrap() {
+            let p = e.unwrap().path();
+            if p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("amcheck")
+            {
+                std::fs::remove_file(p).unwrap();
+            }
+        }
+        chown_pg(&bare);
+        let env = [(
+            "LD_LIBRARY_PATH".to_string(),
+            bare.join("lib").display().to_string(),
+        )];
+        let bare_bin = bare.join("bin").display().to_string();
+        let r = passed(&drill(&pg, &t, &["--pg-bin", &bare_bin], &env));
+        let amcheck = check(&r, "amcheck");
+        assert_eq!(amcheck["status"], "skipped", "{r:#}");
+        assert!(
+            amcheck["evidence"]
+                .as_str()
+                .unwrap()
+                .contains("amcheck extension is not installed"),
+            "{r:#}"
+        );
+        assert_eq!(check(&r, "read through")["status"], "passed", "{r:#}");
     }
 }

@@ -373,7 +373,10 @@ fn errors_name_the_storage_s_real_cause() {
     // A full disk.
     let full = Tmpfs::mount(&t.path().join("full"), "4m");
     let a = Archive::new(Backend::File)
-        .with("CAIRN_STORAGE", &format!("file://{}", full.path().display()))
+        .with(
+            "CAIRN_STORAGE",
+            &format!("file://{}", full.path().display()),
+        )
         .with("CAIRN_COMPRESSION", "none");
     let out = push(&a, &d, &name);
     assert_exit(&out, 1, "No space left on device");

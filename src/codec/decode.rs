@@ -135,7 +135,7 @@ impl<R: Read> Decoder<R> {
                         | io::ErrorKind::Other
                             if !passes =>
                         {
-                            self.corrupt(e.to_string())
+                            self.corrupt(damage(&e))
                         }
                         _ => e,
                     });
@@ -212,6 +212,17 @@ impl<R: Read> Read for Decoder<R> {
         out[..n].copy_from_slice(&self.buf[self.pos..self.pos + n]);
         self.pos += n;
         Ok(n)
+    }
+}
+
+/// What a decompressor's error says about the data, in words: lz4_flex's
+/// errors display as their Debug form (`DecompressionError(…)`).
+fn damage(e: &io::Error) -> String {
+    match e.get_ref() {
+        Some(inner) if inner.is::<lz4_flex::frame::Error>() => {
+            "its lz4 data does not decompress".to_string()
+        }
+        _ => e.to_string(),
     }
 }
 

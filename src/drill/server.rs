@@ -103,6 +103,7 @@ impl Server {
              archive_mode = off\n\
              hot_standby = off\n\
              shared_buffers = '64MB'\n\
+             jit = off\n\
              max_wal_size = '4GB'\n\
              logging_collector = off\n",
             socket_dir.display().to_string().replace('\'', "''")

@@ -1,10 +1,12 @@
 //! `cairn backup-verify`: proves, without PostgreSQL, that a backup can be
 //! restored from the archive: every part of it and of its delta chain is
 //! read, decrypted, decompressed and checked against the manifest (the
-//! part's checksum, every file's), and the WAL from its start to its stop
-//! (with `--to-latest`: to the newest segment, following timelines) is in
-//! the archive. Parts are read in parallel, each through bounded pipes;
-//! nothing is written. Every problem is reported, naming its object.
+//! part's checksum, every file's), and every WAL segment from its start to
+//! its stop (with `--to-latest`: to the newest segment, following
+//! timelines) is read back as wal-fetch would restore it: there, whole, and
+//! the WAL of this cluster that its name says. Parts and segments are read
+//! in parallel, each through bounded pipes; nothing is written. Every
+//! problem is reported, naming its object.
 
 use std::collections::HashSet;
 use std::path::PathBuf;
@@ -17,11 +19,13 @@ use serde::Serialize;
 use super::DrillError;
 use crate::Context;
 use crate::archive::manifest::Manifest;
-use crate::archive::{ArchiveError, Catalog, catalog, keys};
+use crate::archive::{ArchiveError, Catalog, catalog};
 use crate::backup::restore::dest::Layout;
 use crate::backup::restore::extract::{Job, extract_part};
 use crate::backup::restore::plan;
-use crate::pg::wal::{Segment, WalFileName};
+use crate::pg::wal::{Segment, SegmentSize, SystemId, WalFileName};
+use crate::storage::StorageError;
+use crate::wal::WalError;
 
 /// Which backups to verify.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -52,6 +56,12 @@ pub struct Verified {
     /// The WAL a restore needs, first and last segment.
     pub wal_first: String,
     pub wal_last: String,
+    /// WAL segments read back and checked.
+    pub wal_segments: u64,
+    #[serde(skip)]
+    system: SystemId,
+    #[serde(skip)]
+    segment_size: SegmentSize,
     /// One line per problem, each naming its object.
     pub problems: Vec<String>,
 }
@@ -85,7 +95,29 @@ pub async fn verify(
     let mut backups = Vec::with_capacity(names.len());
     for name in names {
         let manifest = catalog::load(ctx, &name).await?;
+        let own = vec![(manifest.start_segment(), manifest.stop_segment())];
+        let path = newest
+            .as_ref()
+            .and_then(|r| r.backups.iter().find(|b| b.name == name))
+            .map(|b| b.path.clone());
+        // With --to-latest, missing segments are the gaps reported below.
+        let (runs, report_missing) = match path {
+            Some(p) => (p, false),
+            None => (own, true),
+        };
         let mut one = verify_one(ctx, manifest, concurrency).await?;
+        one.problems.extend(
+            check_wal(
+                ctx,
+                &runs,
+                one.segment_size,
+                one.system,
+                concurrency,
+                report_missing,
+                &mut one.wal_segments,
+            )
+            .await,
+        );
         if let Some(report) = &newest
             && let Some(b) = report.backups.iter().find(|b| b.name == one.name)
         {
@@ -189,7 +221,6 @@ async fn verify_one(
         .await;
     ctx.progress.end();
     problems.extend(failures);
-    problems.extend(missing_wal(ctx, first, last, manifest.wal_segment_size).await?);
     Ok(Verified {
         name,
         chain: chain.iter().map(|m| m.name.clone()).collect(),
@@ -198,40 +229,60 @@ async fn verify_one(
         bytes,
         wal_first: first.to_string(),
         wal_last: last.max(first).to_string(),
+        wal_segments: 0,
+        system: manifest.system_identifier,
+        segment_size: manifest.wal_segment_size,
         problems,
     })
 }
 
-/// The segments of `first..=last` the archive lacks, one line each.
-pub(crate) async fn missing_wal(
+/// Reads back every segment of `runs` (first and last of one timeline),
+/// `concurrency` at a time, as a restore would: one line per segment that
+/// is missing (when `report_missing`) or is not this cluster's WAL of that
+/// name. Counts the segments read into `read`.
+pub(crate) async fn check_wal(
     ctx: &Context,
-    first: Segment,
-    last: Segment,
-    size: crate::pg::wal::SegmentSize,
-) -> Result<Vec<String>, DrillError> {
-    let numbers: Vec<u64> = (first.number(size)..=last.max(first).number(size)).collect();
-    let found: Vec<(Segment, bool)> = futures::stream::iter(numbers.into_iter().map(|n| {
-        let seg = Segment::from_number(first.timeline, n, size);
-        async move {
-            let key = keys::wal(&WalFileName::Segment(seg));
-            ctx.storage.head(&key).await.map(|h| (seg, h.is_some()))
-        }
-    }))
-    .buffered(16)
-    .collect::<Vec<_>>()
-    .await
-    .into_iter()
-    .collect::<Result<_, _>>()?;
-    Ok(found
-        .into_iter()
-        .filter(|(_, present)| !present)
-        .map(|(seg, _)| {
-            format!(
-                "WAL segment {seg}, which a restore of this backup needs, is not in {}",
-                ctx.storage.location()
-            )
+    runs: &[(Segment, Segment)],
+    size: SegmentSize,
+    system: SystemId,
+    concurrency: usize,
+    report_missing: bool,
+    read: &mut u64,
+) -> Vec<String> {
+    let segments: Vec<Segment> = runs
+        .iter()
+        .flat_map(|&(first, last)| {
+            (first.number(size)..=last.max(first).number(size))
+                .map(move |n| Segment::from_number(first.timeline, n, size))
         })
-        .collect())
+        .collect();
+    let results: Vec<(Segment, Result<(), WalError>)> =
+        futures::stream::iter(segments.into_iter().map(|seg| async move {
+            let name = WalFileName::Segment(seg);
+            (
+                seg,
+                crate::wal::fetch::check_archived(ctx, &name, Some(system)).await,
+            )
+        }))
+        .buffered(concurrency.max(1))
+        .collect()
+        .await;
+    let mut problems = Vec::new();
+    for (seg, result) in results {
+        match result {
+            Ok(()) => *read += 1,
+            Err(WalError::Storage(StorageError::NotFound { .. })) => {
+                if report_missing {
+                    problems.push(format!(
+                        "WAL segment {seg}, which a restore of this backup needs, is not in {}",
+                        ctx.storage.location()
+                    ));
+                }
+            }
+            Err(e) => problems.push(format!("WAL segment {seg}: {}", crate::error_chain(&e))),
+        }
+    }
+    problems
 }
 
 impl std::fmt::Display for Report {
@@ -244,14 +295,16 @@ impl std::fmt::Display for Report {
             };
             writeln!(
                 f,
-                "{}: {status}: {} part(s), {} file(s), {} bytes read and checked (chain: {}); WAL {}..{}",
+                "{}: {status}: {} part(s), {} file(s), {} bytes read and checked (chain: {}); \
+                 WAL {}..{}, {} segment(s) read and checked",
                 b.name,
                 b.parts,
                 b.files,
                 b.bytes,
                 b.chain.join(" ← "),
                 b.wal_first,
-                b.wal_last
+                b.wal_last,
+                b.wal_segments
             )?;
             for p in &b.problems {
                 writeln!(f, "  {p}")?;

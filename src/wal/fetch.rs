@@ -323,6 +323,23 @@ async fn download(
     Ok(header.map(|h| h.segment_size))
 }
 
+/// Reads archived WAL file `name` as wal-fetch would restore it, writing
+/// nothing: decrypted, decompressed, its checksum verified, and its header
+/// checked against the name and `system` (backup-verify).
+pub async fn check_archived(
+    ctx: &Context,
+    name: &WalFileName,
+    system: Option<SystemId>,
+) -> Result<(), WalError> {
+    let (first, len, _) = decode_into(ctx, name, std::io::sink()).await?;
+    check::check(name, &first, len, system).map_err(|reason| WalError::NotThisFile {
+        name: name.to_string(),
+        object: keys::object_name(ctx.storage.location(), &keys::wal(name)),
+        reason,
+    })?;
+    Ok(())
+}
+
 /// Streams WAL file `name` from storage through the decoder into `out`.
 /// Returns only once the checksum verified, with the first bytes (for the
 /// header check) and the length; on error `out` holds garbage.

@@ -106,6 +106,10 @@ pub struct BackupCheck {
     pub removed_from: Option<Segment>,
     /// Timelines whose `.history` file this backup needs and the archive lacks.
     pub missing_histories: Vec<TimelineId>,
+    /// The segments a restore reads, up to `newest`: runs of one timeline,
+    /// first and last (what backup-verify --to-latest reads back).
+    #[serde(skip)]
+    pub path: Vec<(Segment, Segment)>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
@@ -493,6 +497,16 @@ fn check_backup(
             missing_segments,
             removed_from,
             missing_histories: missing_histories.into_iter().collect(),
+            path: ranges
+                .iter()
+                .filter(|&&(_, lo, _)| lo <= end)
+                .map(|&(tl, lo, hi)| {
+                    (
+                        Segment::from_number(tl, lo, size),
+                        Segment::from_number(tl, hi.min(end), size),
+                    )
+                })
+                .collect(),
         },
         holes,
     }
