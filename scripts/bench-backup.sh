@@ -49,13 +49,7 @@ readonly SCALE=$((BASE_SCALE * SIZE_FACTOR))
 id postgres >/dev/null 2>&1 || die "no postgres user"
 [[ -x $PGBIN/initdb && -x $PGBIN/pgbench && -x $PGBIN/pg_basebackup ]] ||
   die "PostgreSQL 15 server binaries (initdb, pgbench, pg_basebackup) not found in $PGBIN"
-if [[ $ONLY_BASELINES != 1 ]]; then
-  [[ -x $CAIRN ]] || die "cairn binary $CAIRN not found; build it with 'cargo build --release'"
-  CAIRN=$(realpath -e "$CAIRN")
-  # The cluster's archive_command runs it as postgres.
-  setpriv --reuid=postgres --regid=postgres --init-groups test -x "$CAIRN" ||
-    die "the postgres user cannot run $CAIRN (archive_command); make its directories o+rx"
-fi
+[[ $ONLY_BASELINES == 1 ]] || require_cairn
 
 install_tools jq jq "reads backup-list --json"
 isolate_env
@@ -67,16 +61,6 @@ LOAD_BEFORE=$(cut -d' ' -f1 /proc/loadavg) # the machine may be shared: reported
 make_work_dir /tmp/cairn-bench-backup.XXXXXX
 cd "$WORK"
 PGDATA=$WORK/pgdata SOCK=$WORK/sock WAL_ARCHIVE=$WORK/wal-archive
-
-pg_start() {
-  runuser -u postgres -- "$PGBIN/pg_ctl" -D "$PGDATA" -l "$WORK/postgres.log" -w -t 120 start >/dev/null ||
-    { tail -n 30 "$WORK/postgres.log" >&2; die "cannot start PostgreSQL"; }
-  PG_RUNNING=1
-}
-pg_stop() {
-  runuser -u postgres -- "$PGBIN/pg_ctl" -D "$PGDATA" -m fast -w -t 300 stop >/dev/null
-  PG_RUNNING=0
-}
 
 # dir_bytes <path>: total size of the regular files under path (or of the file).
 dir_bytes() { find "$1" -type f -printf '%s\n' | awk '{ s += $1 } END { printf "%.0f", s }'; }
@@ -147,56 +131,7 @@ verify_restore() {
 # 1. The cluster: pgbench, its accounts' filler made random, running and idle
 # ---------------------------------------------------------------------------
 export PGHOST=127.0.0.1 PGPORT PGUSER=postgres # for pg_basebackup and cairn; init_cluster sets PGPORT
-init_cluster "$WAL_ARCHIVE"
-# bench_phase.conf holds what differs between loading (fast, no WAL archiving) and
-# the measurements (archiving on, as in production). No autovacuum: the data files
-# must not change while backups are taken.
-cat >>"$PGDATA/postgresql.conf" <<EOF
-max_wal_size = 8GB
-checkpoint_timeout = 1h
-autovacuum = off
-maintenance_work_mem = 256MB
-include 'bench_phase.conf'
-EOF
-cat >"$PGDATA/bench_phase.conf" <<EOF
-wal_level = minimal
-max_wal_senders = 0
-archive_mode = off
-fsync = off
-synchronous_commit = off
-full_page_writes = off
-EOF
-chown postgres:postgres "$PGDATA/bench_phase.conf"
-pg_start
-
-log "pgbench -i -s $SCALE"
-runuser -u postgres -- "$PGBIN/pgbench" -i -q -s "$SCALE" -I dtg -h "$SOCK" -p "$PGPORT" postgres >"$WORK/pgbench.log" 2>&1 ||
-  { tail -n 20 "$WORK/pgbench.log" >&2; die "pgbench -i failed"; }
-# pgbench's filler is blank; 64 hex digits of md5 carry 4 bits per byte, so the table
-# compresses about 2:1 at best, like real data. The new table is created in the
-# same transaction, so with wal_level=minimal it is written once, without WAL, and
-# has no dead rows.
-log "rewriting pgbench_accounts with random filler"
-psql_ <<EOF
-begin;
-create table pgbench_accounts_new (like pgbench_accounts including all) with (fillfactor = 100);
-insert into pgbench_accounts_new
-  select aid, bid, abalance, md5(random()::text) || md5(random()::text) from pgbench_accounts;
-drop table pgbench_accounts;
-alter table pgbench_accounts_new rename to pgbench_accounts;
-commit;
-EOF
-runuser -u postgres -- "$PGBIN/pgbench" -i -q -I p -h "$SOCK" -p "$PGPORT" postgres >>"$WORK/pgbench.log" 2>&1 ||
-  { tail -n 20 "$WORK/pgbench.log" >&2; die "pgbench -i -I p failed"; }
-# Freeze and set hint bits now, so that no later read rewrites a page (the queries of
-# the backup tools would, and the next backup's checkpoint would write it out). The
-# second pass also freezes the pg_statistic rows that ANALYZE wrote.
-psql_ -c "vacuum (freeze, analyze)"
-psql_ -c "vacuum (freeze)"
-psql_ -c "checkpoint"
-DB_BYTES=$(psql_ -c "select pg_database_size('postgres')")
-log "pg_database_size: $((DB_BYTES / 1000000)) MB"
-pg_stop
+make_pgbench_cluster "$SCALE" "$WAL_ARCHIVE"
 
 # pgBackRest: sync archive-push, posix repository, lz4, 2 processes.
 if ((HAVE_PGBR)); then
@@ -235,19 +170,8 @@ if ((HAVE_PGBR)); then
   "${PGBR_CMD[@]}" stanza-create >"$WORK/pgbr-stanza.log" 2>&1 || { cat "$WORK/pgbr-stanza.log" >&2; die "pgbackrest stanza-create failed"; }
 fi
 
-# Make sure archiving works before anything waits for it: switch to a new segment
-# and wait until the archiver has stored the previous one.
-psql_ -c "select pg_create_restore_point('bench')" >/dev/null
-last=$(psql_ -c "select pg_walfile_name(pg_switch_wal())")
-for ((i = 0; ; i++)); do
-  archived=$(psql_ -c "select coalesce(last_archived_wal, '') from pg_stat_archiver")
-  [[ $archived > $last || $archived == "$last" ]] && break
-  if ((i >= 1200)); then
-    tail -n 20 "$WORK/postgres.log" >&2
-    die "the archiver did not reach $last (at '$archived'); see the log above"
-  fi
-  sleep 0.1
-done
+# Make sure archiving works before anything waits for it.
+wait_archiving
 
 # PGDATA bytes: what every MB/s figure divides, the same for backups and restores.
 RAW_BYTES=$(find "$PGDATA" -path "$PGDATA/pg_wal" -prune -o -type f -printf '%s\n' | awk '{ s += $1 } END { printf "%.0f", s }')

@@ -460,9 +460,10 @@ fn mentions_cairn_binary(c: &Value) -> bool {
 }
 
 /// The pods that push (PostgreSQL's archive_command, the backup job) hold
-/// only the public key; the identity is the retention job's alone.
+/// only the public key; the identity is for the jobs that read the archive
+/// (retention reads timeline history files, the drill restores).
 #[test]
-fn only_the_retention_job_can_read_the_archive() {
+fn only_the_jobs_that_read_the_archive_hold_its_identity() {
     let mut holders = BTreeSet::new();
     for (_, d) in manifests() {
         for pod in pods(&d) {
@@ -484,7 +485,10 @@ fn only_the_retention_job_can_read_the_archive() {
     }
     assert_eq!(
         holders,
-        BTreeSet::from(["CronJob/cairn-retention".to_string()])
+        BTreeSet::from([
+            "CronJob/cairn-drill".to_string(),
+            "CronJob/cairn-retention".to_string()
+        ])
     );
 }
 
@@ -932,6 +936,15 @@ fn every_cairn_command_line_parses() {
             .any(|i| i.origin.starts_with(origin) && i.args == args)
     };
     let k8s = "deploy/kubernetes/";
+    // The weekly drill on a server: the same in cron and systemd.
+    const DRILL: &[&str] = &[
+        "drill",
+        "LATEST",
+        "--dir",
+        "/var/lib/postgresql/cairn-drill",
+        "--report",
+        "/var/lib/postgresql/cairn-drill-report.txt",
+    ];
     for (origin, args) in [
         (k8s, &["backup-push", "--remote"][..]),
         (
@@ -939,6 +952,7 @@ fn every_cairn_command_line_parses() {
             &["delete", "retain", "4", "--within", "14d", "--confirm"],
         ),
         (k8s, &["wal-verify"]),
+        (k8s, &["drill", "LATEST", "--dir", "/scratch/drill"]),
         (
             k8s,
             &["--config", "/etc/cairn/cairn.yaml", "wal-push", "%p"],
@@ -956,6 +970,8 @@ fn every_cairn_command_line_parses() {
             &["delete", "retain", "4", "--within", "14d", "--confirm"],
         ),
         ("deploy/systemd/cairn-retention.service", &["wal-verify"]),
+        ("deploy/systemd/cairn-drill.service", DRILL),
+        ("deploy/cron/cairn", DRILL),
         (
             "deploy/cron/cairn",
             &["backup-push", "/var/lib/postgresql/15/main"],
@@ -1091,6 +1107,41 @@ fn kubernetes_pods_find_their_files() {
     assert!(checked >= 8, "paths checked: {checked}");
 }
 
+/// The drill's pod runs as the drill image's postgres user (PostgreSQL
+/// refuses root), restores into a directory below its scratch volume's mount
+/// (a fresh volume may hold lost+found, and the drill wants an empty
+/// directory), is not retried, and outlives the drill's own timeout.
+#[test]
+fn the_drill_job_runs_as_postgres_on_its_own_scratch_volume() {
+    let (_, d) = manifests()
+        .into_iter()
+        .find(|(_, d)| kind(d) == "CronJob" && name(d) == "cairn-drill")
+        .expect("CronJob cairn-drill");
+    let job = &d["spec"]["jobTemplate"]["spec"];
+    assert_eq!(job["backoffLimit"].as_u64(), Some(0));
+    let drill_timeout = 6 * 3600;
+    assert!(job["activeDeadlineSeconds"].as_u64().unwrap() > drill_timeout);
+    let pod = &job["template"]["spec"];
+    assert_eq!(pod["securityContext"]["runAsUser"].as_u64(), Some(999));
+    let c = containers(pod).next().unwrap();
+    assert!(str_of(&c["image"]).contains("-drill-pg"), "the drill image");
+    let args: Vec<&str> = seq(&c["args"]).iter().map(str_of).collect();
+    let dir = args[args.iter().position(|a| *a == "--dir").unwrap() + 1];
+    let mount = seq(&c["volumeMounts"])
+        .iter()
+        .find(|m| dir.starts_with(&format!("{}/", str_of(&m["mountPath"]))))
+        .expect("--dir is below a mount");
+    let volume = seq(&pod["volumes"])
+        .iter()
+        .find(|v| v["name"] == mount["name"])
+        .unwrap();
+    assert!(
+        volume["ephemeral"]["volumeClaimTemplate"]["spec"]["resources"]["requests"]["storage"]
+            .is_string(),
+        "the scratch volume is a claim sized for a restore: {volume:?}"
+    );
+}
+
 // --- systemd, cron, Docker --------------------------------------------------
 
 /// The units' sections and keys as cairn needs them, then systemd's own
@@ -1103,6 +1154,8 @@ fn systemd_units_are_valid() {
         [
             "deploy/systemd/cairn-backup.service",
             "deploy/systemd/cairn-backup.timer",
+            "deploy/systemd/cairn-drill.service",
+            "deploy/systemd/cairn-drill.timer",
             "deploy/systemd/cairn-retention.service",
             "deploy/systemd/cairn-retention.timer",
         ]
@@ -1233,8 +1286,8 @@ fn the_cron_file_is_one_cron_installs() {
             "{origin}: cron's PATH lacks /usr/local/bin: give the binary's full path"
         );
     }
-    assert_eq!(jobs, 2);
-    assert_eq!(found.invocations.len(), 3);
+    assert_eq!(jobs, 3);
+    assert_eq!(found.invocations.len(), 4);
 }
 
 #[test]
@@ -1296,6 +1349,28 @@ fn the_dockerfile_builds_in_stages_and_runs_unprivileged() {
             .any(|l| l.starts_with("ENTRYPOINT [\"/usr/local/bin/cairn\"]")),
         "ENTRYPOINT is cairn"
     );
+    // The drill image: PostgreSQL's official image of one major version (a
+    // build argument) with the binary, as postgres (its uid, numeric).
+    let drill = lines
+        .iter()
+        .position(|l| l.starts_with("FROM ") && l.ends_with(" AS drill"))
+        .expect("a stage named drill");
+    assert!(
+        lines[drill].starts_with("FROM postgres:${PG_MAJOR}-"),
+        "the drill stage is the postgres image of PG_MAJOR: {}",
+        lines[drill]
+    );
+    assert!(
+        lines
+            .iter()
+            .take_while(|l| !l.starts_with("FROM "))
+            .any(|l| l.starts_with("ARG PG_MAJOR=")),
+        "PG_MAJOR is a global build argument with a default"
+    );
+    let stage = &lines[drill + 1..last];
+    assert!(stage.contains(&"COPY --from=build /out/cairn /usr/local/bin/cairn"));
+    assert!(stage.contains(&"USER 999:999"), "{stage:?}");
+    assert!(stage.contains(&"ENTRYPOINT [\"/usr/local/bin/cairn\"]"));
     let ignore = read(".dockerignore");
     assert!(
         ignore.lines().any(|l| l.trim() == "/target"),

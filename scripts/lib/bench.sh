@@ -52,6 +52,15 @@ install_tools() {
   ((HAVE_PGBR)) || echo "pgbackrest: not installed"
 }
 
+# require_cairn: CAIRN names a binary (made absolute) that the postgres user can
+# run, as archive_command and the drill do.
+require_cairn() {
+  [[ -x $CAIRN ]] || die "cairn binary $CAIRN not found; build it with 'cargo build --release'"
+  CAIRN=$(realpath -e "$CAIRN")
+  setpriv --reuid=postgres --regid=postgres --init-groups test -x "$CAIRN" ||
+    die "the postgres user cannot run $CAIRN; make its directories o+rx"
+}
+
 # isolate_env: nothing from the caller's environment may change what cairn does (and
 # cairn rejects CAIRN_* names it does not know), nor may AWS settings leak in.
 isolate_env() {
@@ -133,6 +142,93 @@ EOF
 }
 
 psql_() { runuser -u postgres -- "$PGBIN/psql" -X -q -At -h "$SOCK" -p "$PGPORT" -d postgres -v ON_ERROR_STOP=1 "$@"; }
+
+# pg_start, pg_stop: the cluster in PGDATA, logging to $WORK/postgres.log.
+pg_start() {
+  runuser -u postgres -- "$PGBIN/pg_ctl" -D "$PGDATA" -l "$WORK/postgres.log" -w -t 120 start >/dev/null ||
+    { tail -n 30 "$WORK/postgres.log" >&2; die "cannot start PostgreSQL"; }
+  PG_RUNNING=1
+}
+pg_stop() {
+  runuser -u postgres -- "$PGBIN/pg_ctl" -D "$PGDATA" -m fast -w -t 300 stop >/dev/null
+  PG_RUNNING=0
+}
+
+# make_pgbench_cluster <scale> [dir]...: init_cluster, then pgbench at that scale
+# with its accounts' filler made random, frozen, checkpointed and stopped. Its
+# postgresql.conf includes bench_phase.conf, which the script rewrites for the
+# measurements (loading ran without WAL archiving).
+make_pgbench_cluster() {
+  local scale=$1
+  shift
+  init_cluster "$@"
+  # bench_phase.conf holds what differs between loading (fast, no WAL archiving) and
+  # the measurements (archiving on, as in production). No autovacuum: the data files
+  # must not change while backups are taken.
+  cat >>"$PGDATA/postgresql.conf" <<EOF
+max_wal_size = 8GB
+checkpoint_timeout = 1h
+autovacuum = off
+maintenance_work_mem = 256MB
+include 'bench_phase.conf'
+EOF
+  cat >"$PGDATA/bench_phase.conf" <<EOF
+wal_level = minimal
+max_wal_senders = 0
+archive_mode = off
+fsync = off
+synchronous_commit = off
+full_page_writes = off
+EOF
+  chown postgres:postgres "$PGDATA/bench_phase.conf"
+  pg_start
+
+  log "pgbench -i -s $scale"
+  runuser -u postgres -- "$PGBIN/pgbench" -i -q -s "$scale" -I dtg -h "$SOCK" -p "$PGPORT" postgres >"$WORK/pgbench.log" 2>&1 ||
+    { tail -n 20 "$WORK/pgbench.log" >&2; die "pgbench -i failed"; }
+  # pgbench's filler is blank; 64 hex digits of md5 carry 4 bits per byte, so the table
+  # compresses about 2:1 at best, like real data. The new table is created in the
+  # same transaction, so with wal_level=minimal it is written once, without WAL, and
+  # has no dead rows.
+  log "rewriting pgbench_accounts with random filler"
+  psql_ <<EOF
+begin;
+create table pgbench_accounts_new (like pgbench_accounts including all) with (fillfactor = 100);
+insert into pgbench_accounts_new
+  select aid, bid, abalance, md5(random()::text) || md5(random()::text) from pgbench_accounts;
+drop table pgbench_accounts;
+alter table pgbench_accounts_new rename to pgbench_accounts;
+commit;
+EOF
+  runuser -u postgres -- "$PGBIN/pgbench" -i -q -I p -h "$SOCK" -p "$PGPORT" postgres >>"$WORK/pgbench.log" 2>&1 ||
+    { tail -n 20 "$WORK/pgbench.log" >&2; die "pgbench -i -I p failed"; }
+  # Freeze and set hint bits now, so that no later read rewrites a page (the queries of
+  # the backup tools would, and the next backup's checkpoint would write it out). The
+  # second pass also freezes the pg_statistic rows that ANALYZE wrote.
+  psql_ -c "vacuum (freeze, analyze)"
+  psql_ -c "vacuum (freeze)"
+  psql_ -c "checkpoint"
+  DB_BYTES=$(psql_ -c "select pg_database_size('postgres')")
+  log "pg_database_size: $((DB_BYTES / 1000000)) MB"
+  pg_stop
+}
+
+# wait_archiving: switches to a new segment and waits until the archiver has
+# stored the previous one, so that archive_command is known to work.
+wait_archiving() {
+  local last archived i
+  psql_ -c "select pg_create_restore_point('bench')" >/dev/null
+  last=$(psql_ -c "select pg_walfile_name(pg_switch_wal())")
+  for ((i = 0; ; i++)); do
+    archived=$(psql_ -c "select coalesce(last_archived_wal, '') from pg_stat_archiver")
+    [[ $archived > $last || $archived == "$last" ]] && break
+    if ((i >= 1200)); then
+      tail -n 20 "$WORK/postgres.log" >&2
+      die "the archiver did not reach $last (at '$archived'); see the log above"
+    fi
+    sleep 0.1
+  done
+}
 
 # pgbr_setup [option=value]...: a pgBackRest configuration, PGBR_CONF, for the
 # cluster as stanza "bench", with a posix repository in $PGBR/repo and these [global]
