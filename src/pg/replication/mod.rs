@@ -1,5 +1,6 @@
-//! A replication connection (`replication=true`), as `pg_basebackup` opens
-//! one: what a remote backup needs from the streaming replication protocol.
+//! A replication connection (`replication=true`), as `pg_basebackup` and
+//! `pg_receivewal` open one: startup and simple queries here, the WAL stream
+//! (`START_REPLICATION`) in [`stream`].
 //! tokio-postgres cannot open one (it only speaks the extended query protocol
 //! after startup, which walsenders refuse), so this is a small client of its
 //! own on `postgres-protocol`'s message codec: startup, authentication
@@ -18,6 +19,8 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use super::client::{PgError, PgSettings, Target};
 use super::wal::{Lsn, TimelineId};
+
+pub mod stream;
 
 trait Stream: AsyncRead + AsyncWrite + Send {}
 impl<T: AsyncRead + AsyncWrite + Send> Stream for T {}
@@ -65,6 +68,15 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 impl ReplicationConn {
     /// Connects and authenticates as the settings (and libpq variables) say.
     pub async fn connect(settings: &PgSettings) -> Result<ReplicationConn, PgError> {
+        Self::connect_as(settings, "cairn").await
+    }
+
+    /// Connects under `application_name` (what `synchronous_standby_names`
+    /// and `pg_stat_replication` know it by).
+    pub async fn connect_as(
+        settings: &PgSettings,
+        application_name: &str,
+    ) -> Result<ReplicationConn, PgError> {
         let t = settings.resolve()?;
         let target = t.describe();
         let io = tokio::time::timeout(CONNECT_TIMEOUT, open(&t))
@@ -87,7 +99,7 @@ impl ReplicationConn {
             in_rows: false,
             queued: std::collections::VecDeque::new(),
         };
-        conn.startup(&t).await?;
+        conn.startup(&t, application_name).await?;
         super::client::check_version(conn.version_num)?;
         Ok(conn)
     }
@@ -99,12 +111,12 @@ impl ReplicationConn {
         }
     }
 
-    async fn startup(&mut self, t: &Target) -> Result<(), PgError> {
+    async fn startup(&mut self, t: &Target, application_name: &str) -> Result<(), PgError> {
         let params = [
             ("user", t.user.as_str()),
             ("database", t.dbname.as_str()),
             ("replication", "true"),
-            ("application_name", "cairn"),
+            ("application_name", application_name),
         ];
         frontend::startup_message(params, &mut self.out)
             .map_err(|e| self.connect_error(e.to_string()))?;
@@ -326,11 +338,27 @@ impl ReplicationConn {
     }
 
     async fn read(&mut self) -> Result<Message, String> {
+        match self.read_any().await? {
+            Incoming::Message(m) => Ok(m),
+            Incoming::CopyBoth => Err("unexpected CopyBothResponse".into()),
+        }
+    }
+
+    /// The next message, including the CopyBothResponse that
+    /// postgres-protocol does not parse (`START_REPLICATION`'s answer).
+    async fn read_any(&mut self) -> Result<Incoming, String> {
         loop {
-            if let Some(msg) =
+            if self.buf.len() >= 5 && self.buf[0] == COPY_BOTH_RESPONSE {
+                let len = u32::from_be_bytes([self.buf[1], self.buf[2], self.buf[3], self.buf[4]]);
+                let total = len as usize + 1;
+                if self.buf.len() >= total {
+                    let _ = self.buf.split_to(total);
+                    return Ok(Incoming::CopyBoth);
+                }
+            } else if let Some(msg) =
                 Message::parse(&mut self.buf).map_err(|e| format!("bad message: {e}"))?
             {
-                return Ok(msg);
+                return Ok(Incoming::Message(msg));
             }
             self.buf.reserve(64 << 10);
             let n = self
@@ -343,6 +371,15 @@ impl ReplicationConn {
             }
         }
     }
+}
+
+/// The tag of CopyBothResponse.
+const COPY_BOTH_RESPONSE: u8 = b'W';
+
+/// A message as [`ReplicationConn::read_any`] reads it.
+enum Incoming {
+    CopyBoth,
+    Message(Message),
 }
 
 async fn open(t: &Target) -> std::io::Result<Pin<Box<dyn Stream>>> {
