@@ -266,6 +266,24 @@ pub enum Command {
         #[arg(long, value_name = "URL")]
         metrics_push_url: Option<String>,
     },
+    /// Stream WAL from the server over a physical replication slot, as a
+    /// standby does, into the archive: completed segments as wal-push stores
+    /// them, the open one as <segment>.partial. Nothing the server
+    /// acknowledged is lost in a crash (with synchronous replication, RPO 0).
+    /// Runs until SIGTERM or SIGINT, then stores the open segment and exits 0
+    WalReceive {
+        /// Create the replication slot if it does not exist
+        /// [config: wal_receive_create_slot]
+        #[arg(long)]
+        create_slot: bool,
+        /// The physical replication slot [config: wal_receive_slot]
+        #[arg(long, value_name = "NAME")]
+        slot: Option<String>,
+        /// Where the stream is written before it is stored
+        /// [config: wal_receive_spool]
+        #[arg(long, value_name = "DIR")]
+        spool: Option<String>,
+    },
     /// Internal: the background worker wal-fetch starts for prefetching
     #[command(hide = true)]
     WalPrefetch {
@@ -290,6 +308,7 @@ impl Command {
             Command::BackupVerify { .. } => "backup-verify",
             Command::Drill { .. } => "drill",
             Command::WalPrefetch { .. } => "wal-prefetch",
+            Command::WalReceive { .. } => "wal-receive",
         }
     }
 }
@@ -406,6 +425,10 @@ impl Cli {
                 ),
                 ("pg_bin", "pg-bin", pg_bin.clone()),
             ],
+            Command::WalReceive { slot, spool, .. } => vec![
+                ("wal_receive_slot", "slot", slot.clone()),
+                ("wal_receive_spool", "spool", spool.clone()),
+            ],
             _ => Vec::new(),
         };
         for (key, flag, value) in command_flags {
@@ -433,6 +456,9 @@ pub enum Invocation {
     WalPrefetch {
         dir: PathBuf,
         names: Vec<WalFileName>,
+    },
+    WalReceive {
+        opts: cairn::wal::receive::ReceiveOptions,
     },
     /// `remote`: over the replication protocol (no data directory).
     BackupPush {
@@ -484,6 +510,17 @@ pub fn resolve(cli: Cli, config: &Config) -> anyhow::Result<Invocation> {
     Ok(match cli.command {
         Command::WalPush { path, .. } => Invocation::WalPush { path },
         Command::WalFetch { name, dest, .. } => Invocation::WalFetch { name, dest },
+        Command::WalReceive { create_slot, .. } => Invocation::WalReceive {
+            opts: cairn::wal::receive::ReceiveOptions {
+                slot: config.wal_receive_slot.clone(),
+                create_slot: create_slot || config.wal_receive_create_slot,
+                application_name: config.wal_receive_application_name.clone(),
+                status_interval: config.wal_receive_status_interval,
+                partial_interval: config.wal_receive_partial_interval,
+                spool: config.wal_receive_spool.clone(),
+                postgres: config.postgres.clone(),
+            },
+        },
         Command::WalPrefetch { dir, names } => Invocation::WalPrefetch {
             dir,
             names: names
@@ -724,9 +761,10 @@ fn restore_command(global: &GlobalArgs) -> anyhow::Result<String> {
 }
 
 /// Every command's name, as typed.
-pub const COMMANDS: [&str; 11] = [
+pub const COMMANDS: [&str; 12] = [
     "wal-push",
     "wal-fetch",
+    "wal-receive",
     "backup-push",
     "backup-fetch",
     "backup-list",

@@ -104,6 +104,20 @@ pub struct Config {
     /// The PostgreSQL server binaries `cairn drill` starts; found for the
     /// backup's major version when unset.
     pub pg_bin: Option<PathBuf>,
+    /// wal-receive's physical replication slot.
+    pub wal_receive_slot: String,
+    /// wal-receive creates its slot when it is missing (else it refuses).
+    pub wal_receive_create_slot: bool,
+    /// The `application_name` wal-receive connects under (what
+    /// `synchronous_standby_names` lists).
+    pub wal_receive_application_name: String,
+    /// How often wal-receive reports its position at least.
+    pub wal_receive_status_interval: Duration,
+    /// How often wal-receive stores its open segment as `.partial`; 0: only
+    /// at shutdown.
+    pub wal_receive_partial_interval: Duration,
+    /// Where wal-receive writes the stream before storing it.
+    pub wal_receive_spool: PathBuf,
 }
 
 pub const DEFAULT_STORAGE: &str = "file:///var/lib/cairn";
@@ -142,6 +156,12 @@ impl Default for Config {
             metrics_push_url: None,
             metrics_textfile: None,
             pg_bin: None,
+            wal_receive_slot: "cairn".into(),
+            wal_receive_create_slot: false,
+            wal_receive_application_name: "cairn".into(),
+            wal_receive_status_interval: Duration::from_secs(10),
+            wal_receive_partial_interval: Duration::from_secs(10),
+            wal_receive_spool: PathBuf::from("/var/lib/cairn-receive"),
         }
     }
 }
@@ -342,6 +362,42 @@ impl Config {
                     )));
                 }
                 self.pg_bin = Some(path);
+            }
+            "wal_receive_slot" => {
+                let name = string(v).map_err(bad)?;
+                if !crate::pg::replication::stream::valid_slot_name(&name) {
+                    return Err(bad(format!(
+                        "{name:?}: a replication slot name is lower-case letters, digits and \
+                         underscores, at most 63 characters"
+                    )));
+                }
+                self.wal_receive_slot = name;
+            }
+            "wal_receive_create_slot" => self.wal_receive_create_slot = boolean(v).map_err(bad)?,
+            "wal_receive_application_name" => {
+                let name = string(v).map_err(bad)?;
+                if name.is_empty() || name.len() > 63 || !name.is_ascii() {
+                    return Err(bad(format!("{name:?}: expected 1 to 63 ASCII characters")));
+                }
+                self.wal_receive_application_name = name;
+            }
+            "wal_receive_status_interval" => {
+                self.wal_receive_status_interval =
+                    Duration::from_secs(number(v, 1, 3600).map_err(bad)?)
+            }
+            "wal_receive_partial_interval" => {
+                self.wal_receive_partial_interval =
+                    Duration::from_secs(number(v, 0, 86_400).map_err(bad)?)
+            }
+            "wal_receive_spool" => {
+                let path = PathBuf::from(string(v).map_err(bad)?);
+                if !path.is_absolute() {
+                    return Err(bad(format!(
+                        "{}: expected an absolute path",
+                        path.display()
+                    )));
+                }
+                self.wal_receive_spool = path;
             }
             "progress_interval" => {
                 self.progress_interval = Duration::from_secs(number(v, 0, 86_400).map_err(bad)?)

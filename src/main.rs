@@ -365,6 +365,14 @@ async fn execute(
         Invocation::WalPrefetch { dir, names } => {
             wal::fetch::prefetch_worker(&ctx, &dir, &names).await;
         }
+        Invocation::WalReceive { opts } => {
+            let ctx = std::sync::Arc::new(ctx);
+            wal::receive::receive(ctx, &opts, async {
+                let signal = cairn::interrupted().await;
+                tracing::info!("{signal}: storing the open segment and stopping");
+            })
+            .await?;
+        }
         Invocation::BackupPush { opts, remote } => {
             let m = if remote {
                 cairn::backup::remote::push_remote(&ctx, &opts).await?

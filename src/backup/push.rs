@@ -93,7 +93,9 @@ pub async fn push(ctx: &Context, opts: &PushOptions) -> Result<Manifest, BackupE
             server: server_id,
         });
     }
-    session.check_archiving().await?;
+    session
+        .check_archiving(&ctx.config.wal_receive_slot)
+        .await?;
     cluster_lock(ctx, &session).await?;
     let segment_size = SegmentSize::new(session.wal_segment_size().await?).map_err(|e| {
         BackupError::BadArgument(format!("server reports an invalid wal_segment_size: {e}"))

@@ -204,7 +204,7 @@ pub async fn drill(ctx: &Context, opts: &DrillOptions) -> Result<Report, DrillEr
     };
     let outcome = tokio::select! {
         r = run(ctx, opts, &user_checks, &bin, &manifest, &mut scratch, &mut report) => r,
-        signal = interrupted() => Err(DrillError::Interrupted(signal)),
+        signal = crate::interrupted() => Err(DrillError::Interrupted(signal)),
     };
     // Stopping the server and removing the directory block: off the async
     // workers. A restore cut short by a signal may still have writers
@@ -219,21 +219,6 @@ pub async fn drill(ctx: &Context, opts: &DrillOptions) -> Result<Report, DrillEr
     }
     report.finish();
     Ok(report)
-}
-
-/// The first SIGINT or SIGTERM (never, where they cannot be watched).
-async fn interrupted() -> &'static str {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut int), Ok(mut term)) = (
-        signal(SignalKind::interrupt()),
-        signal(SignalKind::terminate()),
-    ) else {
-        return std::future::pending().await;
-    };
-    tokio::select! {
-        _ = int.recv() => "SIGINT",
-        _ = term.recv() => "SIGTERM",
-    }
 }
 
 async fn run(

@@ -397,8 +397,10 @@ impl PgSession {
         Ok(row.get(0))
     }
 
-    /// Refuses to start a backup whose WAL would never reach the archive.
-    pub async fn check_archiving(&self) -> Result<(), PgError> {
+    /// Refuses to start a backup whose WAL would never reach the archive:
+    /// neither archive_command nor wal-receive (an active physical slot
+    /// named `receiver_slot`) carries it there.
+    pub async fn check_archiving(&self, receiver_slot: &str) -> Result<(), PgError> {
         let mode = self.show("archive_mode").await?;
         let recovery = self.in_recovery().await?;
         let command = self.show("archive_command").await?;
@@ -407,7 +409,25 @@ impl PgSession {
         } else {
             String::new()
         };
-        check_archiving(&mode, recovery, &command, &library)
+        let refused = match check_archiving(&mode, recovery, &command, &library) {
+            Ok(()) => return Ok(()),
+            Err(e) => e,
+        };
+        let streamed = self
+            .client
+            .query_opt(
+                "SELECT 1 FROM pg_replication_slots WHERE slot_name = $1 \
+                 AND slot_type = 'physical' AND active",
+                &[&receiver_slot],
+            )
+            .await
+            .map_err(query_err("replication slots"))?
+            .is_some();
+        if streamed {
+            tracing::info!(slot = %receiver_slot, "WAL reaches the archive through wal-receive");
+            return Ok(());
+        }
+        Err(refused)
     }
 
     /// Starts a non-exclusive backup on this session; returns the start LSN and

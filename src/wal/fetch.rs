@@ -94,7 +94,10 @@ pub async fn fetch(
         size = match download(ctx, &name, dest, system).await {
             Ok(size) => size,
             Err(WalError::Storage(StorageError::NotFound { .. })) => {
-                return Err(missing(ctx, &name, system).await);
+                match end_partial(ctx, &name, dest, system).await? {
+                    Some(size) => Some(size),
+                    None => return Err(missing(ctx, &name, system).await),
+                }
             }
             Err(e) => return Err(e),
         };
@@ -381,6 +384,37 @@ async fn decode_stream<W: Write + Send + 'static>(
         Ok((first, len, out))
     })
     .await
+}
+
+/// At the end of the archive, the segment wal-receive was writing when it
+/// stopped: `wal/<segment>.partial` (the bytes it received, zero-padded),
+/// restored as the segment, so that recovery replays up to the last byte
+/// received. Only when no later WAL exists on the path: a `.partial` before
+/// other WAL is an old timeline's, never a substitute.
+async fn end_partial(
+    ctx: &Context,
+    name: &WalFileName,
+    dest: &Path,
+    system: Option<SystemId>,
+) -> Result<Option<SegmentSize>, WalError> {
+    let WalFileName::Segment(seg) = name else {
+        return Ok(None);
+    };
+    let partial = WalFileName::Partial(*seg);
+    if ctx.storage.head(&keys::wal(&partial)).await?.is_none() {
+        return Ok(None);
+    }
+    if !matches!(missing::explain(ctx, name, system).await?, Absence::End) {
+        return Ok(None);
+    }
+    tracing::info!(file = %name, "the end of the archive: restoring the streamed part of this segment ({partial})");
+    match download(ctx, &partial, dest, system).await {
+        Ok(size) => Ok(size),
+        // Replaced or removed meanwhile (the receiver completed it): as
+        // PostgreSQL asks again, the whole segment is there.
+        Err(WalError::Storage(StorageError::NotFound { .. })) => Ok(None),
+        Err(e) => Err(e),
+    }
 }
 
 /// Tells "the archive ends here" (or retention removed it on purpose) from

@@ -6,6 +6,7 @@
 pub mod check;
 pub mod fetch;
 pub mod push;
+pub mod receive;
 pub mod spool;
 pub mod verify;
 

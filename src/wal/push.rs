@@ -293,6 +293,29 @@ async fn push_one(
     }
 }
 
+/// Stores the WAL file at `path` as wal-push would (never over a different
+/// file of that name), for wal-receive's completed segments and history
+/// files.
+pub(crate) async fn store(ctx: &Context, path: &Path, name: WalFileName) -> Result<(), WalError> {
+    let budget = Semaphore::new(memory_cost(ctx, &ctx.config.codec(), 16 << 20) as usize);
+    push_one(ctx, path.to_path_buf(), name, &budget)
+        .await
+        .map(|_| ())
+}
+
+/// Stores wal-receive's open segment as `name` (a `.partial`), replacing
+/// the previous one: the one object in the archive that is ever replaced.
+pub(crate) async fn store_partial(
+    ctx: &Context,
+    path: &Path,
+    name: WalFileName,
+) -> Result<(), WalError> {
+    let (file, digest, _) = open_wal_file(path.to_path_buf(), name).await?;
+    upload(ctx, path, name, file, digest, PutMode::Overwrite)
+        .await
+        .map(|_| ())
+}
+
 /// The segment of a `.partial` file, which carries a segment's header.
 fn partial_of(name: &WalFileName) -> Option<crate::pg::wal::Segment> {
     match name {

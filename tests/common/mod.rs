@@ -791,6 +791,26 @@ impl Cluster {
         }
     }
 
+    /// `pg_ctl stop -m immediate`: a crash as far as the data directory
+    /// knows (no shutdown checkpoint, no WAL switch).
+    pub fn crash(&mut self) {
+        if self.running {
+            let out = as_pg(&self.pg_ctl(), &self.server.env)
+                .arg("-D")
+                .arg(&self.datadir)
+                .args(["-m", "immediate", "-w", "stop"])
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "pg_ctl stop -m immediate failed");
+            self.running = false;
+        }
+    }
+
+    /// After the postmaster was killed from outside: nothing to stop.
+    pub fn forget_running(&mut self) {
+        self.running = false;
+    }
+
     pub fn is_running(&self) -> bool {
         as_pg(&self.pg_ctl(), &self.server.env)
             .arg("-D")
