@@ -953,6 +953,7 @@ fn every_cairn_command_line_parses() {
         ),
         (k8s, &["wal-verify"]),
         (k8s, &["drill", "LATEST", "--dir", "/scratch/drill"]),
+        (k8s, &["wal-receive", "--create-slot", "--spool", "/spool"]),
         (
             k8s,
             &["--config", "/etc/cairn/cairn.yaml", "wal-push", "%p"],
@@ -970,6 +971,15 @@ fn every_cairn_command_line_parses() {
             &["delete", "retain", "4", "--within", "14d", "--confirm"],
         ),
         ("deploy/systemd/cairn-retention.service", &["wal-verify"]),
+        (
+            "deploy/systemd/cairn-wal-receive.service",
+            &[
+                "wal-receive",
+                "--create-slot",
+                "--spool",
+                "/var/lib/cairn-receive",
+            ],
+        ),
         ("deploy/systemd/cairn-drill.service", DRILL),
         ("deploy/cron/cairn", DRILL),
         (
@@ -1158,8 +1168,11 @@ fn systemd_units_are_valid() {
             "deploy/systemd/cairn-drill.timer",
             "deploy/systemd/cairn-retention.service",
             "deploy/systemd/cairn-retention.timer",
+            "deploy/systemd/cairn-wal-receive.service",
         ]
     );
+    // The one long-running service: started at boot, restarted always.
+    let daemon = "deploy/systemd/cairn-wal-receive.service";
     for unit in &units {
         let mut section = String::new();
         let mut keys: BTreeMap<(String, String), Vec<String>> = BTreeMap::new();
@@ -1182,7 +1195,17 @@ fn systemd_units_are_valid() {
         }
         let get = |s: &str, k: &str| keys.get(&(s.to_string(), k.to_string())).cloned();
         assert!(get("Unit", "Description").is_some(), "{unit}: Description");
-        if unit.ends_with(".service") {
+        if unit == daemon {
+            assert_eq!(get("Service", "Type"), Some(vec!["exec".into()]));
+            assert_eq!(get("Service", "Restart"), Some(vec!["always".into()]));
+            assert_eq!(get("Service", "User"), Some(vec!["postgres".into()]));
+            let exec = get("Service", "ExecStart").expect("ExecStart");
+            assert!(exec[0].starts_with("/usr/local/bin/cairn wal-receive "));
+            assert_eq!(
+                get("Install", "WantedBy"),
+                Some(vec!["multi-user.target".into()])
+            );
+        } else if unit.ends_with(".service") {
             assert_eq!(
                 get("Service", "Type"),
                 Some(vec!["oneshot".into()]),

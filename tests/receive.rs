@@ -10,8 +10,34 @@ use std::time::{Duration, Instant};
 use common::drill::{archiving_primary, fetch_to, ok, push, start_restored};
 use common::{Archive, Backend, Cluster, TestDir};
 
+/// A receiver process, killed if a test ends without stopping it.
+struct Receiver(Option<Child>);
+
+impl Receiver {
+    fn take(mut self) -> Child {
+        self.0.take().expect("a running receiver")
+    }
+
+    /// SIGKILL, then its output.
+    fn kill_9(self) -> std::process::Output {
+        let mut c = self.take();
+        c.kill().unwrap();
+        c.wait_with_output().unwrap()
+    }
+}
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.0.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
 /// Sends SIGTERM and waits for the exit, returning its output.
-fn terminate(mut child: Child) -> std::process::Output {
+fn terminate(receiver: Receiver) -> std::process::Output {
+    let mut child = receiver.take();
     let pid = child.id().to_string();
     Command::new("kill").args(["-TERM", &pid]).status().unwrap();
     let deadline = Instant::now() + Duration::from_secs(120);
@@ -38,8 +64,8 @@ fn restore_latest(t: &TestDir, a: &Archive, pg: &Archive, primary: &Cluster) -> 
 }
 
 /// `cairn wal-receive --create-slot` into `spool`, as a child process.
-fn start_receiver(on: &Archive, t: &TestDir, spool: &std::path::Path) -> Child {
-    on.spawn_cairn(
+fn start_receiver(on: &Archive, t: &TestDir, spool: &std::path::Path) -> Receiver {
+    Receiver(Some(on.spawn_cairn(
         &[
             "wal-receive",
             "--create-slot",
@@ -47,7 +73,7 @@ fn start_receiver(on: &Archive, t: &TestDir, spool: &std::path::Path) -> Child {
             spool.to_str().unwrap(),
         ],
         t.path(),
-    )
+    )))
 }
 
 /// The receiver as the cluster's synchronous standby.
@@ -206,7 +232,8 @@ fn the_drill_loses_nothing_on_gcs() {
 }
 
 /// A one-line error on stderr, and a non-zero exit, within a minute.
-fn refused(mut child: Child) -> String {
+fn refused(receiver: Receiver) -> String {
+    let mut child = receiver.take();
     let deadline = Instant::now() + Duration::from_secs(60);
     while child.try_wait().unwrap().is_none() {
         if Instant::now() > deadline {
@@ -239,7 +266,7 @@ fn faults_cost_nothing_and_bad_input_is_named() {
     let receive = |extra: &[&str], on: &Archive| {
         let mut args = vec!["wal-receive"];
         args.extend_from_slice(extra);
-        on.spawn_cairn(&args, t.path())
+        Receiver(Some(on.spawn_cairn(&args, t.path())))
     };
 
     // A slot name PostgreSQL would refuse; a slot that does not exist.
@@ -276,9 +303,7 @@ fn faults_cost_nothing_and_bad_input_is_named() {
     synchronous(&primary);
     primary.pgbench(&["-c", "2", "-t", "200"]);
     // Killed mid-segment; started again, it resumes without a hole.
-    let mut first = first;
-    first.kill().unwrap();
-    let killed = first.wait_with_output().unwrap();
+    let killed = first.kill_9();
     let second = receive(&["--spool", &spool_arg], &pg);
     synchronous(&primary);
     primary.pgbench(&["-c", "2", "-t", "200"]);

@@ -15,7 +15,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncSeekExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 
 use super::WalError;
@@ -264,13 +263,17 @@ struct Session<'a> {
     positions: &'a Positions,
     open: Option<OpenSegment>,
     last_partial: Instant,
+    /// What the last stored `.partial` holds.
+    partial_stored: Option<(Segment, u64)>,
 }
 
 /// The segment being written.
 struct OpenSegment {
     seg: Segment,
-    file: tokio::fs::File,
-    /// Bytes written from the segment's start.
+    file: Option<std::fs::File>,
+    /// Received and not yet written: a burst is written and fsynced at once.
+    pending: Vec<u8>,
+    /// Bytes received from the segment's start (written or pending).
     written: u64,
     /// Bytes fsynced.
     synced: u64,
@@ -292,6 +295,7 @@ impl<'a> Session<'a> {
             positions,
             open: None,
             last_partial: Instant::now(),
+            partial_stored: None,
         }
     }
 
@@ -351,12 +355,23 @@ impl<'a> Session<'a> {
         status.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let partial_every =
             (!self.opts.partial_interval.is_zero()).then_some(self.opts.partial_interval);
+        // Also when the server is idle: the last burst reaches the archive
+        // within the interval, not only when more WAL comes.
+        let mut partial_tick =
+            tokio::time::interval(partial_every.unwrap_or(Duration::from_secs(86_400)));
+        partial_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let msg = tokio::select! {
                 m = conn.next_stream() => m?,
                 _ = status.tick() => {
                     let at = self.position();
                     conn.send_status(at, at, Lsn(0), false).await?;
+                    continue;
+                }
+                _ = partial_tick.tick(), if partial_every.is_some() => {
+                    if partial_every.is_some_and(|e| self.last_partial.elapsed() >= e) {
+                        self.store_partial().await?;
+                    }
                     continue;
                 }
             };
@@ -427,10 +442,7 @@ impl<'a> Session<'a> {
             }
             let room = (SEGMENT.bytes() - offset) as usize;
             let n = room.min(data.len());
-            o.file
-                .write_all(&data[..n])
-                .await
-                .map_err(|e| self.spool.error(seg, e))?;
+            o.pending.extend_from_slice(&data[..n]);
             o.written += n as u64;
             data = &data[n..];
             at = Lsn(at.0 + n as u64);
@@ -449,14 +461,22 @@ impl<'a> Session<'a> {
             .unwrap_or(self.spool.timeline())
     }
 
+    /// Writes what is pending and fsyncs it.
     async fn sync(&mut self) -> Result<(), ReceiveError> {
         if let Some(o) = self.open.as_mut()
             && o.synced < o.written
         {
-            o.file
-                .sync_data()
-                .await
-                .map_err(|e| self.spool.error(o.seg, e))?;
+            let file = o.file.as_mut().expect("an open segment has its file");
+            let pending = &o.pending;
+            // A synchronous commit waits for this write and fsync: done
+            // here, with tokio moving this worker's other tasks elsewhere
+            // meanwhile, rather than after a hop to the blocking pool.
+            tokio::task::block_in_place(|| {
+                use std::io::Write;
+                file.write_all(pending).and_then(|()| file.sync_data())
+            })
+            .map_err(|e| self.spool.error(o.seg, e))?;
+            o.pending.clear();
             o.synced = o.written;
             Positions::raise(
                 &self.positions.flushed,
@@ -488,6 +508,9 @@ impl<'a> Session<'a> {
             return Ok(());
         }
         let (seg, synced) = (o.seg, o.synced);
+        if self.partial_stored == Some((seg, synced)) {
+            return Ok(());
+        }
         let path = self.spool.padded_copy(seg, synced).await?;
         let r = super::push::store_partial(self.ctx, &path, WalFileName::Partial(seg)).await;
         let _ = tokio::fs::remove_file(&path).await;
@@ -496,6 +519,7 @@ impl<'a> Session<'a> {
             &self.positions.archived,
             Lsn(seg.start_lsn(SEGMENT).0 + synced),
         );
+        self.partial_stored = Some((seg, synced));
         Ok(())
     }
 
@@ -746,20 +770,22 @@ impl Spool {
     /// rewritten: only what is received again is trusted).
     async fn create(&self, seg: Segment) -> Result<OpenSegment, ReceiveError> {
         let path = self.dir.join(format!("{seg}.partial"));
-        let mut file = tokio::fs::OpenOptions::new()
-            .create(true)
-            .write(true)
-            .truncate(true)
-            .open(&path)
-            .await
-            .map_err(|e| self.error(seg, e))?;
-        file.seek(std::io::SeekFrom::Start(0))
-            .await
-            .map_err(|e| self.error(seg, e))?;
+        let file = crate::blocking(move || {
+            Ok::<_, ReceiveError>(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .write(true)
+                    .truncate(true)
+                    .open(&path),
+            )
+        })
+        .await?
+        .map_err(|e| self.error(seg, e))?;
         self.set_timeline(seg.timeline);
         Ok(OpenSegment {
             seg,
-            file,
+            file: Some(file),
+            pending: Vec::new(),
             written: 0,
             synced: 0,
         })
