@@ -168,7 +168,7 @@ pub async fn receive(
     let (uploads, uploader) = Uploader::start(ctx.clone(), spool.dir.clone(), positions.clone());
     let progress = tokio::spawn(report_progress(ctx.clone(), positions.clone()));
     for seg in spool.completed().await? {
-        uploads.send(seg).ok();
+        uploads.send(Job::Segment(seg)).ok();
     }
     tokio::pin!(shutdown);
     let mut backoff = Duration::from_secs(1);
@@ -259,7 +259,7 @@ struct Session<'a> {
     ctx: &'a Context,
     opts: &'a ReceiveOptions,
     spool: &'a Spool,
-    uploads: &'a mpsc::UnboundedSender<Segment>,
+    uploads: &'a mpsc::UnboundedSender<Job>,
     positions: &'a Positions,
     open: Option<OpenSegment>,
     last_partial: Instant,
@@ -284,7 +284,7 @@ impl<'a> Session<'a> {
         ctx: &'a Context,
         opts: &'a ReceiveOptions,
         spool: &'a Spool,
-        uploads: &'a mpsc::UnboundedSender<Segment>,
+        uploads: &'a mpsc::UnboundedSender<Job>,
         positions: &'a Positions,
     ) -> Self {
         Session {
@@ -493,11 +493,13 @@ impl<'a> Session<'a> {
         drop(o.file);
         self.spool.complete(o.seg).await?;
         // The uploader outlives every session.
-        self.uploads.send(o.seg).ok();
+        self.uploads.send(Job::Segment(o.seg)).ok();
         Ok(())
     }
 
-    /// Stores the open segment as `wal/<segment>.partial`.
+    /// Queues the open segment, as it stands, to be stored as
+    /// `wal/<segment>.partial` (the uploader stores it; the stream goes on,
+    /// so synchronous commits never wait for an upload).
     async fn store_partial(&mut self) -> Result<(), ReceiveError> {
         self.sync().await?;
         self.last_partial = Instant::now();
@@ -511,14 +513,14 @@ impl<'a> Session<'a> {
         if self.partial_stored == Some((seg, synced)) {
             return Ok(());
         }
-        let path = self.spool.padded_copy(seg, synced).await?;
-        let r = super::push::store_partial(self.ctx, &path, WalFileName::Partial(seg)).await;
-        let _ = tokio::fs::remove_file(&path).await;
-        r?;
-        Positions::raise(
-            &self.positions.archived,
-            Lsn(seg.start_lsn(SEGMENT).0 + synced),
-        );
+        let copy = self.spool.padded_copy(seg, synced).await?;
+        self.uploads
+            .send(Job::Partial {
+                seg,
+                copy,
+                reach: synced,
+            })
+            .ok();
         self.partial_stored = Some((seg, synced));
         Ok(())
     }
@@ -695,6 +697,13 @@ impl Spool {
                     d.display()
                 )));
             }
+            // Snapshots a stopped receiver had queued for upload: the open
+            // segment is streamed again, and stored anew.
+            for e in std::fs::read_dir(&d).map_err(io)?.flatten() {
+                if e.file_name().to_string_lossy().starts_with(".upload-") {
+                    let _ = std::fs::remove_file(e.path());
+                }
+            }
             Ok(Spool {
                 dir: d,
                 _lock: lock,
@@ -822,7 +831,7 @@ impl Spool {
     async fn padded_copy(&self, seg: Segment, len: u64) -> Result<PathBuf, ReceiveError> {
         let (from, to) = (
             self.dir.join(format!("{seg}.partial")),
-            self.dir.join(format!(".upload-{seg}.partial")),
+            self.dir.join(format!(".upload-{seg}-{len}.partial")),
         );
         crate::blocking(move || {
             use std::io::{Read, Write};
@@ -847,9 +856,23 @@ impl Spool {
     }
 }
 
-/// Stores completed segments in the order they come, retrying each until
-/// it is stored (the spool holds it meanwhile), then removes it from the
-/// spool and the segment's `.partial` object from the archive.
+/// What the uploader stores, in the order queued.
+pub(crate) enum Job {
+    /// A completed segment in the spool.
+    Segment(Segment),
+    /// A padded copy of the open segment's first `reach` bytes.
+    Partial {
+        seg: Segment,
+        copy: PathBuf,
+        reach: u64,
+    },
+}
+
+/// Stores what the session queues, one object at a time (the memory
+/// bound), while the stream goes on: completed segments retried until
+/// stored (the spool holds them meanwhile), then removed from the spool
+/// with their `.partial` object; `.partial` snapshots tried once (the next
+/// one is never far) and skipped once their segment is stored.
 struct Uploader;
 
 impl Uploader {
@@ -857,41 +880,75 @@ impl Uploader {
         ctx: Arc<Context>,
         dir: PathBuf,
         positions: Arc<Positions>,
-    ) -> (mpsc::UnboundedSender<Segment>, tokio::task::JoinHandle<()>) {
+    ) -> (mpsc::UnboundedSender<Job>, tokio::task::JoinHandle<()>) {
         // Unbounded: the spool on disk is the buffer; the queue holds names.
-        let (tx, mut rx) = mpsc::unbounded_channel::<Segment>();
+        let (tx, mut rx) = mpsc::unbounded_channel::<Job>();
         let task = tokio::spawn(async move {
-            while let Some(seg) = rx.recv().await {
-                let path = dir.join(seg.to_string());
-                let mut backoff = Duration::from_secs(1);
-                let stored = loop {
-                    match super::push::store(&ctx, &path, WalFileName::Segment(seg)).await {
-                        Ok(()) => break true,
-                        Err(e @ WalError::Conflict { .. }) => {
-                            // Another file under this name: never overwritten;
-                            // this one stays in the spool for the operator.
-                            tracing::error!(error = %e, spool = %path.display(), "segment not stored");
-                            break false;
-                        }
-                        Err(e) => {
-                            tracing::warn!(segment = %seg, error = %crate::error_chain(&e), retry_in = ?backoff, "storing a segment failed; it stays in the spool");
-                            tokio::time::sleep(backoff).await;
-                            backoff = (backoff * 2).min(Duration::from_secs(60));
+            let mut stored_segments: std::collections::HashSet<Segment> =
+                std::collections::HashSet::new();
+            while let Some(job) = rx.recv().await {
+                match job {
+                    Job::Segment(seg) => {
+                        if store_segment(&ctx, &dir, seg, &positions).await {
+                            stored_segments.insert(seg);
                         }
                     }
-                };
-                if stored {
-                    Positions::raise(&positions.archived, seg.next(SEGMENT).start_lsn(SEGMENT));
-                }
-                if stored && tokio::fs::remove_file(&path).await.is_ok() {
-                    let partial = keys::wal(&WalFileName::Partial(seg));
-                    if let Err(e) = ctx.storage.delete_many(&[partial]).await {
-                        tracing::debug!(error = %e, "could not remove the segment's .partial");
+                    Job::Partial { seg, copy, reach } => {
+                        if !stored_segments.contains(&seg) {
+                            let name = WalFileName::Partial(seg);
+                            match super::push::store_partial(&ctx, &copy, name).await {
+                                Ok(()) => Positions::raise(
+                                    &positions.archived,
+                                    Lsn(seg.start_lsn(SEGMENT).0 + reach),
+                                ),
+                                Err(e) => tracing::warn!(
+                                    segment = %seg,
+                                    error = %crate::error_chain(&e),
+                                    "storing the open segment as .partial failed; the next try comes with the next interval"
+                                ),
+                            }
+                        }
+                        let _ = tokio::fs::remove_file(&copy).await;
                     }
-                    tracing::debug!(segment = %seg, "stored");
                 }
             }
         });
         (tx, task)
     }
+}
+
+/// Stores one completed segment, retrying until it is stored or refused as
+/// a conflict; then removes it from the spool and its `.partial` from the
+/// archive. Whether it was stored.
+async fn store_segment(ctx: &Context, dir: &Path, seg: Segment, positions: &Positions) -> bool {
+    let path = dir.join(seg.to_string());
+    let mut backoff = Duration::from_secs(1);
+    let stored = loop {
+        match super::push::store(ctx, &path, WalFileName::Segment(seg)).await {
+            Ok(()) => break true,
+            Err(e @ WalError::Conflict { .. }) => {
+                // Another file under this name: never overwritten; this one
+                // stays in the spool for the operator.
+                tracing::error!(error = %e, spool = %path.display(), "segment not stored");
+                break false;
+            }
+            Err(e) => {
+                tracing::warn!(segment = %seg, error = %crate::error_chain(&e), retry_in = ?backoff, "storing a segment failed; it stays in the spool");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(60));
+            }
+        }
+    };
+    if !stored {
+        return false;
+    }
+    Positions::raise(&positions.archived, seg.next(SEGMENT).start_lsn(SEGMENT));
+    if tokio::fs::remove_file(&path).await.is_ok() {
+        let partial = keys::wal(&WalFileName::Partial(seg));
+        if let Err(e) = ctx.storage.delete_many(&[partial]).await {
+            tracing::debug!(error = %e, "could not remove the segment's .partial");
+        }
+        tracing::debug!(segment = %seg, "stored");
+    }
+    true
 }
