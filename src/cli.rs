@@ -764,7 +764,6 @@ fn restore_command(global: &GlobalArgs) -> anyhow::Result<String> {
 pub const COMMANDS: [&str; 12] = [
     "wal-push",
     "wal-fetch",
-    "wal-receive",
     "backup-push",
     "backup-fetch",
     "backup-list",
@@ -773,6 +772,7 @@ pub const COMMANDS: [&str; 12] = [
     "wal-verify",
     "backup-verify",
     "drill",
+    "wal-receive",
     "wal-prefetch",
 ];
 

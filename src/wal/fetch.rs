@@ -407,7 +407,7 @@ async fn end_partial(
     if !matches!(missing::explain(ctx, name, system).await?, Absence::End) {
         return Ok(None);
     }
-    tracing::info!(file = %name, "the end of the archive: restoring the streamed part of this segment ({partial})");
+    tracing::info!(file = %name, "the end of the archive: restoring this segment's received part from {partial}");
     match download(ctx, &partial, dest, system).await {
         Ok(size) => Ok(size),
         // Replaced or removed meanwhile (the receiver completed it): as
