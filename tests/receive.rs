@@ -387,13 +387,7 @@ fn a_promotion_is_followed_onto_the_new_timeline() {
     let dir = a.dir.clone().unwrap();
     assert!(dir.join("wal/00000002.history").exists());
 
-    std::fs::remove_dir_all(&primary.datadir).unwrap();
-    let data = primary.datadir.clone();
-    ok(
-        &fetch_to(&pg, &t, &data, &["--recovery-target", "latest"]),
-        "backup-fetch",
-    );
-    let restored = start_restored(&t, &a, &data);
+    let restored = restore_latest(&t, &a, &pg, &primary);
     assert_eq!(restored.sql("select v from marker"), "on timeline 2");
     assert_eq!(
         restored.sql("select timeline_id from pg_control_checkpoint()"),
@@ -579,13 +573,7 @@ fn every_acknowledged_commit_survives_a_kill_9() {
     // The killed server's children die with their postmaster; the directory goes.
     primary.forget_running();
     std::thread::sleep(Duration::from_secs(1));
-    std::fs::remove_dir_all(&primary.datadir).unwrap();
-    let data = primary.datadir.clone();
-    ok(
-        &fetch_to(&pg, &t, &data, &["--recovery-target", "latest"]),
-        "backup-fetch",
-    );
-    let restored = start_restored(&t, &a, &data);
+    let restored = restore_latest(&t, &a, &pg, &primary);
     let kept: i64 = restored.sql("select count(*) from acked").parse().unwrap();
     let max: i64 = restored
         .sql("select coalesce(max(n), 0) from acked")

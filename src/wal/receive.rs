@@ -175,7 +175,8 @@ pub async fn receive(
     let result = loop {
         let mut session = Session::new(&ctx, opts, &spool, &uploads, &positions);
         let outcome = tokio::select! {
-            r = session.run() => r,
+            // A session only ends in an error; shutdown ends it from here.
+            r = session.run() => r.map(|never| match never {}),
             () = &mut shutdown => Ok(Ended::Shutdown),
         };
         // Whatever ended the session, what was received is on disk: store
@@ -299,7 +300,7 @@ impl<'a> Session<'a> {
         }
     }
 
-    async fn run(&mut self) -> Result<Ended, ReceiveError> {
+    async fn run(&mut self) -> Result<std::convert::Infallible, ReceiveError> {
         let mut conn =
             ReplicationConn::connect_as(&self.opts.postgres, &self.opts.application_name).await?;
         let system = conn.identify_system().await?;
@@ -321,10 +322,7 @@ impl<'a> Session<'a> {
                 .await?;
             let next = match started {
                 Started::TimelineEnded { next } => next,
-                Started::Streaming => match self.stream(&mut conn).await? {
-                    Some(next) => next,
-                    None => return Ok(Ended::Shutdown),
-                },
+                Started::Streaming => self.stream(&mut conn).await?,
             };
             let Some((tli, at)) = next else {
                 return Err(ReceiveError::Refused(format!(
@@ -350,7 +348,7 @@ impl<'a> Session<'a> {
     async fn stream(
         &mut self,
         conn: &mut ReplicationConn,
-    ) -> Result<Option<Option<(TimelineId, Lsn)>>, ReceiveError> {
+    ) -> Result<Option<(TimelineId, Lsn)>, ReceiveError> {
         let mut status = tokio::time::interval(self.opts.status_interval);
         status.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let partial_every =
@@ -404,7 +402,7 @@ impl<'a> Session<'a> {
                         conn.send_status(at, at, Lsn(0), false).await?;
                     }
                 }
-                StreamMessage::EndOfTimeline { next } => return Ok(Some(next)),
+                StreamMessage::EndOfTimeline { next } => return Ok(next),
             }
         }
     }
@@ -422,7 +420,7 @@ impl<'a> Session<'a> {
     async fn write(&mut self, start: Lsn, mut data: &[u8]) -> Result<(), ReceiveError> {
         let mut at = start;
         while !data.is_empty() {
-            let seg = Segment::containing(self.timeline_of_open(at), at, SEGMENT);
+            let seg = Segment::containing(self.timeline_of_open(), at, SEGMENT);
             let offset = at.0 - seg.start_lsn(SEGMENT).0;
             if self.open.as_ref().is_none_or(|o| o.seg != seg) {
                 if offset != 0 {
@@ -454,7 +452,7 @@ impl<'a> Session<'a> {
     }
 
     /// The timeline of the open segment (a stream continues on it).
-    fn timeline_of_open(&self, _at: Lsn) -> TimelineId {
+    fn timeline_of_open(&self) -> TimelineId {
         self.open
             .as_ref()
             .map(|o| o.seg.timeline)
