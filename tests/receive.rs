@@ -211,6 +211,24 @@ fn the_drill_loses_nothing_on(backend: Backend, major: Option<u32>) {
     assert!(again == dump, "the restored cluster's contents differ");
 }
 
+/// PostgreSQL 14 has no READ_REPLICATION_SLOT: the slot is checked by
+/// START_REPLICATION itself.
+#[test]
+fn the_drill_loses_nothing_on_postgresql_14() {
+    the_drill_loses_nothing_on(Backend::File, Some(14));
+}
+
+#[test]
+fn the_drill_loses_nothing_on_postgresql_16() {
+    the_drill_loses_nothing_on(Backend::File, Some(16));
+}
+
+/// 18: data checksums on by default.
+#[test]
+fn the_drill_loses_nothing_on_postgresql_18() {
+    the_drill_loses_nothing_on(Backend::File, Some(18));
+}
+
 #[test]
 fn the_drill_loses_nothing_on_postgresql_17() {
     the_drill_loses_nothing_on(Backend::File, Some(17));
@@ -429,8 +447,15 @@ fn storage_outages_are_ridden_out_by_the_spool() {
     primary.pgbench(&["-i", "-s", "1", "-q"]);
     push(&pg, &primary, &t, &[]);
     let spool = t.path().join("spool");
+    let textfiles = t.path().join("textfiles");
+    std::fs::create_dir(&textfiles).unwrap();
+    let exporter = common::NodeExporter::start(&textfiles);
     let receiver = start_receiver(
-        &pg.clone_with("CAIRN_METRICS_PUSH_URL", &gw.url()),
+        &pg.clone_with("CAIRN_METRICS_PUSH_URL", &gw.url())
+            .clone_with(
+                "CAIRN_METRICS_TEXTFILE",
+                textfiles.join("cairn.prom").to_str().unwrap(),
+            ),
         &t,
         &spool,
     );
@@ -468,6 +493,21 @@ fn storage_outages_are_ridden_out_by_the_spool() {
         metric("cairn_wal_receive_flushed_lsn").unwrap()
             >= metric("cairn_wal_receive_archived_lsn").unwrap()
     );
+    // The same figures in the receiver's own textfile, as node_exporter
+    // serves them (beside wal-push's `cairn.prom`).
+    assert!(textfiles.join("cairn-wal-receive.prom").exists());
+    let exported = |name: &str| {
+        common::sample(
+            &common::http_get(exporter.port, "/metrics"),
+            name,
+            &["command=\"wal-receive\""],
+        )
+    };
+    primary.wait_until("figures at node_exporter", Duration::from_secs(30), |_| {
+        exported("cairn_wal_receive_archived_lsn").unwrap_or(0.0) > 0.0
+    });
+    assert_eq!(exported("cairn_last_run_success"), Some(1.0));
+    assert!(exported("cairn_wal_receive_lag_bytes").is_some());
     primary.sql("create table marker (v text); insert into marker values ('after the outage')");
     let dump = primary.dumpall();
     primary.crash();
@@ -485,17 +525,21 @@ fn storage_outages_are_ridden_out_by_the_spool() {
     );
 }
 
-/// A spool that fills up: a clear error naming it, and the server was never
-/// told more was flushed than the spool holds.
+/// A spool that fills up (the storage unreachable, so segments pile up in
+/// a small tmpfs): a clear error naming it, and the server was never told
+/// more was flushed than the spool holds. Segments are zero-filled when
+/// created, so the disk fills at a segment's creation, before any of it
+/// is acknowledged.
 #[test]
 fn a_full_spool_stops_the_receiver_without_overstating_what_it_holds() {
     if !common::is_root() {
         panic!("this test mounts a tmpfs: run the suite as root (scripts/test.sh does)");
     }
     let t = TestDir::new();
-    let a = Archive::new(Backend::File);
+    let mut a = Archive::new(Backend::S3).with("CAIRN_STORAGE_TIMEOUT", "5");
     let (primary, pg) = archiving_primary(&t, &a);
-    let small = common::Tmpfs::mount(&t.path().join("small"), "8m");
+    // Room for two segments and a half.
+    let small = common::Tmpfs::mount(&t.path().join("small"), "40m");
     let spool = small.path().join("spool");
     let receiver = start_receiver(&pg, &t, &spool);
     primary.wait_until("the receiver to stream", Duration::from_secs(60), |c| {
@@ -503,30 +547,37 @@ fn a_full_spool_stops_the_receiver_without_overstating_what_it_holds() {
             .as_deref()
             == Some("1")
     });
-    primary.pgbench(&["-i", "-s", "2", "-q"]);
+    a.s3.as_mut().unwrap().stop();
+    primary.pgbench(&["-i", "-s", "4", "-q"]);
+    primary.sql("select pg_switch_wal()");
     let e = refused(receiver);
     assert!(
         e.contains("No space left on device") && e.contains(spool.to_str().unwrap()),
         "{e}"
     );
-    // What the slot was told against what the spool holds.
-    let partial = std::fs::read_dir(&spool)
+    // What the slot was told against where the spool's WAL ends.
+    let held_end = std::fs::read_dir(&spool)
         .unwrap()
-        .map(|e| e.unwrap().path())
-        .find(|p| p.extension().is_some_and(|x| x == "partial"))
-        .expect("the open segment");
-    let held = std::fs::metadata(&partial).unwrap().len();
-    let name = partial.file_stem().unwrap().to_string_lossy().into_owned();
+        .filter_map(|e| {
+            let name = e.unwrap().file_name().to_string_lossy().into_owned();
+            let seg = name.strip_suffix(".partial").unwrap_or(&name).to_string();
+            (seg.len() == 24 && seg.chars().all(|c| c.is_ascii_hexdigit())).then(|| {
+                let log = u64::from_str_radix(&seg[8..16], 16).unwrap();
+                let n = u64::from_str_radix(&seg[16..24], 16).unwrap();
+                ((log << 32) + (n + 1) * 16 * 1024 * 1024, name)
+            })
+        })
+        .max()
+        .expect("segments in the spool");
     let ok_held = primary.sql(&format!(
-        "select coalesce(restart_lsn <= pg_lsn(concat(to_hex(('x' || substr('{name}', 9, 8))::bit(32)::bigint), '/', \
-         to_hex(('x' || substr('{name}', 17, 8))::bit(32)::bigint * 16777216 + {held}))), true) \
-         from pg_replication_slots where slot_name = 'cairn'"
+        "select coalesce(restart_lsn <= pg_lsn('{:X}/{:X}'), true) \
+         from pg_replication_slots where slot_name = 'cairn'",
+        held_end.0 >> 32,
+        held_end.0 & 0xffff_ffff
     ));
     assert_eq!(ok_held, "t", "the slot moved past what the spool holds");
 }
 
-/// Synchronous: every commit acknowledged to the client before a `kill -9`
-/// of the postmaster is there after the restore.
 #[test]
 fn every_acknowledged_commit_survives_a_kill_9() {
     let t = TestDir::new();

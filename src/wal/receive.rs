@@ -206,7 +206,8 @@ pub async fn receive(
 }
 
 /// Every `progress_interval`: a log line with the positions and lags, and
-/// the same figures pushed to the Pushgateway when one is configured.
+/// the same figures pushed to the Pushgateway and/or written to the
+/// receiver's textfile, as configured.
 async fn report_progress(ctx: Arc<Context>, positions: Arc<Positions>) {
     let every = ctx.config.progress_interval;
     if every.is_zero() {
@@ -234,10 +235,18 @@ async fn report_progress(ctx: Arc<Context>, positions: Arc<Positions>) {
     }
 }
 
+/// The positions as metrics: pushed to the Pushgateway and/or written to
+/// the receiver's textfile beside `metrics_textfile`, as configured.
 async fn push_figures(ctx: &Context, positions: &Positions, healthy: bool) {
-    let Some(url) = &ctx.config.metrics_push_url else {
+    let url = ctx.config.metrics_push_url.as_ref();
+    let textfile = ctx
+        .config
+        .metrics_textfile
+        .as_deref()
+        .map(|t| crate::metrics::sibling_textfile(t, "wal-receive"));
+    if url.is_none() && textfile.is_none() {
         return;
-    };
+    }
     let run = crate::metrics::Run {
         command: "wal-receive",
         storage: ctx.storage.location().to_string(),
@@ -246,7 +255,19 @@ async fn push_figures(ctx: &Context, positions: &Positions, healthy: bool) {
         duration: Duration::ZERO,
         figures: positions.figures(),
     };
-    if let Err(e) = crate::metrics::push(url, &run, Duration::from_secs(10)).await {
+    if let Some(path) = textfile {
+        let run = run.clone();
+        let written =
+            tokio::task::spawn_blocking(move || crate::metrics::write_textfile(&path, &run)).await;
+        match written {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!("{e}"),
+            Err(e) => tracing::warn!("metrics textfile update failed: {e}"),
+        }
+    }
+    if let Some(url) = url
+        && let Err(e) = crate::metrics::push(url, &run, Duration::from_secs(10)).await
+    {
         tracing::warn!("{e}");
     }
 }
@@ -660,11 +681,32 @@ async fn newest_archived(ctx: &Context, tli: TimelineId) -> Result<Option<Segmen
 }
 
 /// The spool directory: `<segment>.partial` being written, `<segment>`
-/// complete and waiting for upload; one receiver at a time (a lock file).
+/// complete and waiting for upload, `.spare` zero-filled for the next
+/// segment; one receiver at a time (a lock file).
 struct Spool {
     dir: PathBuf,
     _lock: std::fs::File,
     timeline: std::sync::Mutex<TimelineId>,
+    /// A `.spare` is being zero-filled.
+    spare_busy: Arc<std::sync::atomic::AtomicBool>,
+}
+
+/// The next segment's file, zero-filled ahead.
+const SPARE: &str = ".spare";
+
+/// Creates `path` holding a segment's worth of zeroes, fsynced.
+fn zero_filled(path: &Path) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .write(true)
+        .truncate(true)
+        .open(path)?;
+    let zeroes = vec![0u8; 1 << 20];
+    for _ in 0..SEGMENT.bytes() / zeroes.len() as u64 {
+        f.write_all(&zeroes)?;
+    }
+    f.sync_all()
 }
 
 impl Spool {
@@ -695,10 +737,12 @@ impl Spool {
                     d.display()
                 )));
             }
-            // Snapshots a stopped receiver had queued for upload: the open
-            // segment is streamed again, and stored anew.
+            // Snapshots a stopped receiver had queued for upload (the open
+            // segment is streamed again, and stored anew) and zero-filling
+            // it was doing.
             for e in std::fs::read_dir(&d).map_err(io)?.flatten() {
-                if e.file_name().to_string_lossy().starts_with(".upload-") {
+                let name = e.file_name().to_string_lossy().into_owned();
+                if name.starts_with(".upload-") || name.ends_with(".zeroing") {
                     let _ = std::fs::remove_file(e.path());
                 }
             }
@@ -706,6 +750,7 @@ impl Spool {
                 dir: d,
                 _lock: lock,
                 timeline: std::sync::Mutex::new(TimelineId(1)),
+                spare_busy: Arc::default(),
             })
         })
         .await
@@ -773,22 +818,37 @@ impl Spool {
         Ok(self.completed().await?.last().map(|s| s.next(SEGMENT)))
     }
 
-    /// A new `<segment>.partial`, empty (a leftover from before a crash is
-    /// rewritten: only what is received again is trusted).
+    /// A new `<segment>.partial`, zero-filled to the segment size and
+    /// durable, its directory entry too (a leftover from before a crash is
+    /// replaced: only what is received again is trusted). Writing into
+    /// allocated blocks changes no file metadata, so each burst's
+    /// fdatasync flushes the data alone: appending made every synchronous
+    /// commit wait for an ext4 journal commit as well (about 0.5 ms).
+    /// PostgreSQL fills its WAL segments, and pg_receivewal its files, the
+    /// same way. It also means a full spool fails here, before any byte of
+    /// the segment is received, never in the middle of one. The zeroes are
+    /// written ahead, into `.spare`, while the segment before fills.
     async fn create(&self, seg: Segment) -> Result<OpenSegment, ReceiveError> {
         let path = self.dir.join(format!("{seg}.partial"));
+        let dir = self.dir.clone();
         let file = crate::blocking(move || {
-            Ok::<_, ReceiveError>(
-                std::fs::OpenOptions::new()
-                    .create(true)
-                    .write(true)
-                    .truncate(true)
-                    .open(&path),
-            )
+            Ok::<_, ReceiveError>((|| {
+                if std::fs::rename(dir.join(SPARE), &path).is_err() {
+                    let tmp = dir.join(format!(".{seg}.zeroing"));
+                    let made = zero_filled(&tmp).and_then(|()| std::fs::rename(&tmp, &path));
+                    if made.is_err() {
+                        let _ = std::fs::remove_file(&tmp);
+                    }
+                    made?;
+                }
+                crate::durable::sync_dir(&path)?;
+                std::fs::OpenOptions::new().write(true).open(&path)
+            })())
         })
         .await?
         .map_err(|e| self.error(seg, e))?;
         self.set_timeline(seg.timeline);
+        self.prepare_spare();
         Ok(OpenSegment {
             seg,
             file: Some(file),
@@ -796,6 +856,27 @@ impl Spool {
             written: 0,
             synced: 0,
         })
+    }
+
+    /// Zero-fills the next segment's file in the background (one at a
+    /// time). A failure only costs the next segment its head start; a full
+    /// spool is reported when that segment is created.
+    fn prepare_spare(&self) {
+        if self.spare_busy.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let (dir, busy) = (self.dir.clone(), self.spare_busy.clone());
+        tokio::task::spawn_blocking(move || {
+            let (tmp, spare) = (dir.join(".spare.zeroing"), dir.join(SPARE));
+            if !spare.exists() {
+                let made = zero_filled(&tmp).and_then(|()| std::fs::rename(&tmp, &spare));
+                if let Err(e) = made {
+                    let _ = std::fs::remove_file(&tmp);
+                    tracing::debug!(error = %e, "could not zero-fill the next segment ahead");
+                }
+            }
+            busy.store(false, Ordering::Release);
+        });
     }
 
     /// Removes an old timeline's `<segment>.partial`, once stored.
