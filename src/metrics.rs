@@ -1,8 +1,9 @@
 //! Prometheus metrics, for the people who alert on backups: how the last run
 //! of backup-push, backup-fetch, delete or wal-verify went, pushed to a
 //! Pushgateway (those commands run from cron and exit, so nothing could
-//! scrape them); and wal-push's running counters, kept in a node_exporter
-//! textfile (it runs once per WAL segment, far too often to push).
+//! scrape them); wal-push's running counters, kept in a node_exporter
+//! textfile (it runs once per WAL segment, far too often to push); and
+//! wal-receive's positions, pushed or kept in a textfile of its own.
 //! Formats are in docs/METRICS.md.
 
 use std::collections::BTreeMap;
@@ -455,6 +456,49 @@ pub fn update_textfile(path: &Path, run: &WalPushRun) -> Result<(), MetricsError
     }
     // A lost update after an OS crash only loses a count.
     f.commit(crate::durable::Durability::Atomic).map_err(io)
+}
+
+/// Writes a long-running command's state (wal-receive's positions and
+/// lags) as a node_exporter textfile of its own at `path`, labelled
+/// `command` and `storage` as a push would be, replaced whole (rename) so
+/// node_exporter never reads half of it. The file is the command's alone:
+/// each write replaces it.
+pub fn write_textfile(path: &Path, run: &Run) -> Result<(), MetricsError> {
+    let io = |source| MetricsError::Textfile {
+        path: path.to_path_buf(),
+        source,
+    };
+    let labels = format!(
+        "command=\"{}\",storage=\"{}\"",
+        escape_label(run.command),
+        escape_label(&run.storage)
+    );
+    let mut text = String::new();
+    for m in run_metrics(run, None) {
+        write_header(&mut text, m.name, m.help, m.kind);
+        let _ = writeln!(text, "{}{{{labels}}} {}", m.name, number(m.value));
+    }
+    let mut f = crate::durable::TempFile::create(path).map_err(io)?;
+    {
+        use std::io::Write as _;
+        use std::os::unix::fs::PermissionsExt;
+        f.write_all(text.as_bytes()).map_err(io)?;
+        f.file()
+            .set_permissions(std::fs::Permissions::from_mode(0o644))
+            .map_err(io)?;
+    }
+    f.commit(crate::durable::Durability::Atomic).map_err(io)
+}
+
+/// Where a long-running `command` keeps its textfile: beside wal-push's
+/// `metrics_textfile`, named after it (`cairn.prom` → `cairn-wal-receive.prom`),
+/// so node_exporter's textfile directory collects both.
+pub fn sibling_textfile(textfile: &Path, command: &str) -> PathBuf {
+    let stem = textfile
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "cairn".into());
+    textfile.with_file_name(format!("{stem}-{command}.prom"))
 }
 
 /// The textfile's new contents: `old`'s series of cairn's wal-push metrics,
