@@ -2,7 +2,8 @@
 # bench-receive.sh — cairn wal-receive next to pg_receivewal, in one run on one
 # throw-away cluster: how fast each catches up on WAL the server holds for its
 # slot, and what each costs pgbench's commit latency as the synchronous
-# standby (and asynchronous, for the floor); cairn's peak RSS.
+# standby (and asynchronous, for the floor); the catch-up into S3 (s3s-fs on
+# 127.0.0.1); cairn's peak RSS.
 #
 # Usage (as root, on Debian with PostgreSQL 15 server binaries):
 #   cargo build --release && scripts/bench-receive.sh [path-to-cairn]
@@ -15,6 +16,7 @@ unset "${!PG@}"
 
 readonly PGBIN=/usr/lib/postgresql/15/bin
 readonly ONLY_BASELINES=0
+readonly S3_BUCKET=bench S3_ACCESS_KEY=bench S3_SECRET_KEY=benchsecret
 readonly WAL_MB=${BENCH_WAL_MB:-1024} SECONDS_RUN=${BENCH_SECONDS:-20}
 SCRIPT_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 CAIRN=${1:-$SCRIPT_DIR/../target/release/cairn}
@@ -25,7 +27,7 @@ for t in initdb pgbench pg_ctl pg_receivewal psql; do
   [[ -x $PGBIN/$t ]] || die "PostgreSQL 15's $t not found in $PGBIN"
 done
 require_cairn
-[[ -x /usr/bin/time ]] || apt_install time || die "cannot install package 'time'"
+install_tools
 isolate_env
 
 make_work_dir /tmp/cairn-bench-receive.XXXXXX
@@ -43,6 +45,7 @@ export PGHOST=$SOCK PGPORT PGUSER=postgres
 runuser -u postgres -- "$PGBIN/pgbench" -i -q -s 20 -h "$SOCK" -p "$PGPORT" postgres >"$WORK/pgbench-init.log" 2>&1
 psql_ -c "select pg_create_physical_replication_slot('cairn', true)" >/dev/null
 psql_ -c "select pg_create_physical_replication_slot('pgrw', true)" >/dev/null
+psql_ -c "select pg_create_physical_replication_slot('cairn_s3', true)" >/dev/null
 
 # --- Catch-up throughput: WAL_MB of WAL held by both slots, then each client
 # reads it from the start.
@@ -56,7 +59,7 @@ bytes=$(psql_ -c "select pg_wal_lsn_diff('$target', '$start_lsn')::bigint")
 log "$((bytes / 1000000)) MB of WAL from $start_lsn to $target"
 slot_at() { psql_ -c "select pg_wal_lsn_diff(restart_lsn, '$target') >= 0 from pg_replication_slots where slot_name = '$1'"; }
 
-mkdir_pg "$WORK/pgrw" "$WORK/spool" "$WORK/archive"
+mkdir_pg "$WORK/pgrw" "$WORK/spool" "$WORK/spool-s3" "$WORK/archive"
 log "pg_receivewal: catch-up"
 t0=${EPOCHREALTIME/./}
 runuser -u postgres -- /usr/bin/time -f %M -o "$WORK/rss.pgrw" "$PGBIN/pg_receivewal" -D "$WORK/pgrw" --slot pgrw \
@@ -74,6 +77,23 @@ CAIRN_FLUSH_S=$(awk -v us="$((${EPOCHREALTIME/./} - t0))" 'BEGIN { printf "%.2f"
 segments=$((bytes / 16777216))
 until (($(find "$WORK/archive/wal" -name '0000*' ! -name '*.*' | wc -l) >= segments)); do sleep 0.05; done
 CAIRN_STORED_S=$(awk -v us="$((${EPOCHREALTIME/./} - t0))" 'BEGIN { printf "%.2f", us / 1e6 }')
+
+log "cairn wal-receive: catch-up (lz4, S3)"
+s3_start
+s3_objects() { find "$S3_ROOT/$S3_BUCKET/wal" -name '0000*' ! -name '*.*' 2>/dev/null | wc -l; }
+(
+  cairn_env "s3://$S3_BUCKET" CAIRN_COMPRESSION=lz4
+  t0=${EPOCHREALTIME/./}
+  runuser -u postgres -- /usr/bin/time -f %M -o "$WORK/rss.cairn-s3" "$CAIRN" wal-receive --slot cairn_s3 \
+    --spool "$WORK/spool-s3" 2>"$WORK/cairn-s3.log" &
+  until (($(s3_objects) >= segments)); do sleep 0.05; done
+  awk -v us="$((${EPOCHREALTIME/./} - t0))" 'BEGIN { printf "%.2f", us / 1e6 }' >"$WORK/s3.seconds"
+  pkill -TERM -f "^$CAIRN wal-receive --slot cairn_s3" || true
+  wait
+)
+CAIRN_S3_S=$(cat "$WORK/s3.seconds")
+s3_stop
+psql_ -c "select pg_drop_replication_slot('cairn_s3')" >/dev/null
 
 # --- Commit latency: pgbench -c 8 with each as the synchronous standby, and
 # with none. The cairn receiver keeps running (it follows the server).
@@ -111,15 +131,16 @@ echo
 echo "WAL receiver benchmark: $((bytes / 1000000)) MB of WAL to catch up on, $(nproc) CPUs, $(uname -r)"
 echo "PostgreSQL: $("$PGBIN/postgres" --version); cairn: $CAIRN"
 echo
-awk -v b="$bytes" -v p="$PGRW_S" -v f="$CAIRN_FLUSH_S" -v s="$CAIRN_STORED_S" 'BEGIN {
+awk -v b="$bytes" -v p="$PGRW_S" -v f="$CAIRN_FLUSH_S" -v s="$CAIRN_STORED_S" -v s3="$CAIRN_S3_S" 'BEGIN {
   printf "catch-up  pg_receivewal --synchronous (local dir)       %7.2f s  %7.1f MB/s\n", p, b / 1e6 / p
   printf "catch-up  cairn wal-receive, flushed in its spool        %7.2f s  %7.1f MB/s\n", f, b / 1e6 / f
   printf "catch-up  cairn wal-receive, stored (lz4, local dir)     %7.2f s  %7.1f MB/s\n", s, b / 1e6 / s
+  printf "catch-up  cairn wal-receive, stored (lz4, S3 s3s-fs)     %7.2f s  %7.1f MB/s\n", s3, b / 1e6 / s3
   printf "  cairn stored / pg_receivewal throughput = %.2f (target >= 1.0)  %s\n", p / s, (p / s >= 1.0) ? "MET" : "MISSED"
 }'
 awk -v c="$LAT_CAIRN" -v p="$LAT_PGRW" -v a="$LAT_ASYNC" 'BEGIN {
   printf "commit latency, pgbench -c 8 (mean of 2 runs each): cairn sync %s ms, pg_receivewal sync %s ms, async %s ms\n", c, p, a
   printf "  cairn / pg_receivewal = %.2f (target <= 1.2)  %s\n", c / p, (c / p <= 1.2) ? "MET" : "MISSED"
 }'
-echo "cairn wal-receive peak RSS over the run: $CAIRN_RSS MiB (target <= 128)"
+echo "cairn wal-receive peak RSS over the run: $CAIRN_RSS MiB (target <= 128); into S3: $(awk '{ printf "%.1f", $1 / 1024 }' "$WORK/rss.cairn-s3") MiB"
 echo "pg_receivewal peak RSS (catch-up): $(awk '{ printf "%.1f", $1 / 1024 }' "$WORK/rss.pgrw") MiB"
