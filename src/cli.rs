@@ -142,6 +142,11 @@ pub enum Command {
         /// server send at most that); 0 for no limit [config: max_rate]
         #[arg(long, value_name = "BYTES")]
         max_rate: Option<String>,
+        /// Fail the backup when a page's checksum fails (the cluster has data
+        /// checksums); otherwise such pages are recorded and reported
+        /// [config: fail_on_page_corruption]
+        #[arg(long)]
+        fail_on_page_corruption: bool,
         /// Push the outcome (success, duration, bytes) to this Prometheus
         /// Pushgateway, e.g. http://pushgateway:9091 [config: metrics_push_url]
         #[arg(long, value_name = "URL")]
@@ -536,6 +541,7 @@ pub fn resolve(cli: Cli, config: &Config) -> anyhow::Result<Invocation> {
             delta,
             full,
             remote,
+            fail_on_page_corruption,
             ..
         } => {
             let pgdata = pgdata
@@ -581,6 +587,8 @@ pub fn resolve(cli: Cli, config: &Config) -> anyhow::Result<Invocation> {
                         }
                     },
                     max_rate: config.max_rate,
+                    fail_on_page_corruption: fail_on_page_corruption
+                        || config.fail_on_page_corruption,
                 },
                 remote,
             }

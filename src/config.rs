@@ -93,6 +93,9 @@ pub struct Config {
     pub delta_max_steps: u32,
     /// Bytes per second backup-push reads (or the server sends), 0: no limit.
     pub max_rate: u64,
+    /// A page whose checksum fails fails the backup (else it is recorded
+    /// in the manifest and reported).
+    pub fail_on_page_corruption: bool,
     /// How often backup-push and backup-fetch log their progress when stderr
     /// is not a terminal; 0: never.
     pub progress_interval: Duration,
@@ -148,6 +151,7 @@ impl Default for Config {
             backup_concurrency: std::thread::available_parallelism()
                 .map(|n| n.get())
                 .unwrap_or(2),
+            fail_on_page_corruption: false,
             backup_fast_checkpoint: true,
             backup_archive_timeout: Duration::from_secs(600),
             delta_max_steps: 0,
@@ -374,6 +378,7 @@ impl Config {
                 self.wal_receive_slot = name;
             }
             "wal_receive_create_slot" => self.wal_receive_create_slot = boolean(v).map_err(bad)?,
+            "fail_on_page_corruption" => self.fail_on_page_corruption = boolean(v).map_err(bad)?,
             "wal_receive_application_name" => {
                 let name = string(v).map_err(bad)?;
                 if name.is_empty() || name.len() > 63 || !name.is_ascii() {

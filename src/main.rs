@@ -389,7 +389,8 @@ async fn execute(
                 parts = m.parts.len(),
                 "backup complete"
             );
-            figures.metrics = cairn::metrics::backup_figures(m.raw_size, m.stored_size);
+            figures.metrics =
+                cairn::metrics::backup_figures(m.raw_size, m.stored_size, m.corrupt_pages.len());
             out.line(&m.name)?;
         }
         Invocation::BackupFetch(opts) => {

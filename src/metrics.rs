@@ -54,13 +54,18 @@ impl Metric {
 }
 
 /// backup-push's figures.
-pub fn backup_figures(raw: u64, stored: u64) -> Vec<Metric> {
+pub fn backup_figures(raw: u64, stored: u64, corrupt_pages: usize) -> Vec<Metric> {
     vec![
         bytes_raw(raw),
         Metric::gauge(
             "cairn_last_bytes_stored",
             "Bytes the last successful backup stored, after compression and encryption.",
             stored as f64,
+        ),
+        Metric::gauge(
+            "cairn_backup_corrupt_pages",
+            "Pages whose checksum failed when the last successful backup read them.",
+            corrupt_pages as f64,
         ),
     ]
 }

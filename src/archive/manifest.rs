@@ -92,6 +92,22 @@ pub struct Manifest {
     pub tablespace_map: Option<String>,
     pub parts: Vec<PartEntry>,
     pub files: Vec<FileEntry>,
+    /// Pages whose checksum failed when the backup read them (the cluster
+    /// has data checksums; the page was not written since the backup
+    /// started, and failed again when read again): corrupt on disk, stored
+    /// as they were.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub corrupt_pages: Vec<CorruptPage>,
+}
+
+/// A page found corrupt on disk when a backup read it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CorruptPage {
+    /// The relation file, as in `files` (`base/5/16384.1`).
+    pub file: String,
+    /// The block number in its relation fork (counted across segment
+    /// files, as PostgreSQL's own messages count it).
+    pub block: u32,
 }
 
 /// One stored part: a tar stream, encoded.
@@ -326,6 +342,7 @@ pub(crate) mod tests {
             tablespace_map: None,
             parts: Vec::new(),
             files: Vec::new(),
+            corrupt_pages: Vec::new(),
         }
     }
 

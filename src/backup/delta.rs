@@ -220,6 +220,11 @@ impl<'a> PageSetReader<'a> {
         page_set_len(self.pages.len())
     }
 
+    /// Bytes before the first page: the header and the block list.
+    pub fn head_len(&self) -> u64 {
+        self.head.len() as u64
+    }
+
     pub fn is_empty(&self) -> bool {
         self.pages.is_empty()
     }

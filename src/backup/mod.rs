@@ -8,6 +8,7 @@
 pub mod delta;
 pub mod lock;
 pub mod mark;
+pub mod page_check;
 pub mod push;
 pub mod rate;
 pub mod remote;
@@ -56,6 +57,17 @@ pub enum BackupError {
          CHECKPOINT on the primary and try again"
     )]
     StandbyStartTaken { name: String, location: String },
+    #[error(
+        "backup {name} failed: {count} page(s) failed their checksum, the first {first}, and \
+         fail_on_page_corruption is set: the data directory's storage returned corrupt data; \
+         repair or restore those relations (the log and pg_checksums name them), or take the \
+         backup without --fail-on-page-corruption to keep the pages as they are"
+    )]
+    PageCorruption {
+        name: String,
+        count: usize,
+        first: String,
+    },
     #[error("backup {name} was not published: {reason}")]
     NotPublished { name: String, reason: String },
     #[error(

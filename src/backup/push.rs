@@ -14,12 +14,13 @@ use time::OffsetDateTime;
 use super::BackupError;
 use super::delta::DeltaBase;
 use super::lock::{BackupLock, cluster_lock};
+use super::page_check::PageCheck;
 use super::rate::{RateLimit, Reads};
 use super::store::{self, Lineage, Taken, part_name};
 use super::tar_split::{ControlFile, plan, write_part};
 use crate::Context;
 use crate::archive::catalog;
-use crate::archive::manifest::{FileEntry, Manifest, PartEntry, rfc3339};
+use crate::archive::manifest::{CorruptPage, FileEntry, Manifest, PartEntry, rfc3339};
 use crate::codec::PipeWriter;
 use crate::pg::client::{PgSession, PgSettings};
 use crate::pg::datadir::{self, Entry};
@@ -46,6 +47,8 @@ pub struct PushOptions {
     /// Bytes per second read from the data directory (remote: sent by the
     /// server), 0 for no limit.
     pub max_rate: u64,
+    /// A page whose checksum fails fails the backup.
+    pub fail_on_page_corruption: bool,
 }
 
 impl PushOptions {
@@ -144,13 +147,19 @@ pub async fn push(ctx: &Context, opts: &PushOptions) -> Result<Manifest, BackupE
     );
     let shared_delta = delta.clone().map(Arc::new);
     let limit = RateLimit::new(opts.max_rate).map(Arc::new);
+    let pages = page_check(&session, start_lsn).await?.map(Arc::new);
     let uploaded: Vec<(PartEntry, Vec<FileEntry>)> =
         futures::stream::iter(planned.into_iter().enumerate())
-            .map(|(i, part)| upload_part(ctx, &name, i, part, shared_delta.clone(), limit.clone()))
+            .map(|(i, part)| {
+                let (delta, limit, pages) = (shared_delta.clone(), limit.clone(), pages.clone());
+                upload_part(ctx, &name, i, part, delta, pages, limit)
+            })
             .buffered(opts.concurrency.max(1))
             .try_collect()
             .await?;
     ctx.progress.end();
+    let corrupt_pages = pages.map(|p| p.take_found()).unwrap_or_default();
+    check_pages(&name, &corrupt_pages, opts.fail_on_page_corruption)?;
     // An error above drops the session, which aborts the backup on the server.
 
     let stop = session.backup_stop(opts.archive_timeout).await?;
@@ -194,6 +203,7 @@ pub async fn push(ctx: &Context, opts: &PushOptions) -> Result<Manifest, BackupE
         permanent: opts.permanent,
         backup_label: stop.backup_label,
         tablespace_map: stop.tablespace_map,
+        corrupt_pages,
     };
     let manifest = taken.manifest(ctx, parts, files);
     store::publish(ctx, &manifest, running, opts.archive_timeout).await?;
@@ -270,6 +280,47 @@ async fn choose_parent(
     Ok(Some(DeltaBase::new(&latest)))
 }
 
+/// The page checks of a backup starting at `start_lsn`, when the cluster
+/// has data checksums (with 8 KiB pages, the only size cairn computes
+/// checksums for).
+async fn page_check(session: &PgSession, start_lsn: Lsn) -> Result<Option<PageCheck>, BackupError> {
+    if !session.data_checksums().await? {
+        return Ok(None);
+    }
+    let block_size = session.block_size().await?;
+    if block_size != PAGE_SIZE as u64 {
+        tracing::info!("not checking page checksums: the server's block_size is {block_size}");
+        return Ok(None);
+    }
+    Ok(Some(PageCheck::new(start_lsn)))
+}
+
+/// Says what the page checks found: a warning and the manifest's record,
+/// or with `fail` the backup's failure.
+pub(crate) fn check_pages(
+    name: &str,
+    found: &[CorruptPage],
+    fail: bool,
+) -> Result<(), BackupError> {
+    let Some(first) = found.first() else {
+        return Ok(());
+    };
+    if fail {
+        return Err(BackupError::PageCorruption {
+            name: name.to_string(),
+            count: found.len(),
+            first: format!("{} block {}", first.file, first.block),
+        });
+    }
+    tracing::warn!(
+        backup = %name,
+        pages = found.len(),
+        first = %format!("{} block {}", first.file, first.block),
+        "corrupt pages backed up as they are on disk (recorded in the manifest;          backup-verify lists them)"
+    );
+    Ok(())
+}
+
 /// Builds one part and uploads it as it is built.
 async fn upload_part(
     ctx: &Context,
@@ -277,6 +328,7 @@ async fn upload_part(
     index: usize,
     entries: Vec<Entry>,
     delta: Option<Arc<DeltaBase>>,
+    pages: Option<Arc<PageCheck>>,
     limit: Option<Arc<RateLimit>>,
 ) -> Result<(PartEntry, Vec<FileEntry>), BackupError> {
     let progress = ctx.progress.clone();
@@ -285,7 +337,14 @@ async fn upload_part(
             limit: limit.as_deref(),
             progress: &*progress,
         };
-        write_part(&entries, index, delta.as_deref(), reads, w)
+        write_part(
+            &entries,
+            index,
+            delta.as_deref(),
+            pages.as_deref(),
+            reads,
+            w,
+        )
     };
     let uploaded = store::upload(ctx, backup, part_name(index), false, build).await?;
     ctx.progress.part_done();

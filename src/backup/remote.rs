@@ -18,7 +18,7 @@ use super::push::PushOptions;
 use super::store::{self, Taken, part_name, store_part, upload_control_part};
 use super::tar_split::{ControlFile, append_dir, append_file};
 use crate::Context;
-use crate::archive::manifest::{FileEntry, Manifest, PartEntry, Stored};
+use crate::archive::manifest::{CorruptPage, FileEntry, Manifest, PartEntry, Stored};
 use crate::codec::{PipeReader, PipeWriter, pipe};
 use crate::pg::client::{PgError, PgSession, check_archiving};
 use crate::pg::datadir::Tablespace;
@@ -162,7 +162,27 @@ pub async fn push_remote(ctx: &Context, opts: &PushOptions) -> Result<Manifest, 
     let pg_manifest = received?;
     ctx.progress.end();
     let (stop_lsn, _) = position(&mut conn, "end").await?;
-    finish_query(&mut conn).await?;
+    // The server checks page checksums itself (VERIFY_CHECKSUMS, on by
+    // default): one warning per bad page, then, after everything was sent,
+    // an error (SQLSTATE XX001) in place of the command's completion.
+    let corrupt_pages = match finish_query(&mut conn).await {
+        Ok(()) => corrupt_pages_in(&conn.notices),
+        Err(e) if conn.last_error_code.as_deref() == Some(DATA_CORRUPTED) => {
+            let found = corrupt_pages_in(&conn.notices);
+            if found.is_empty() {
+                tracing::warn!(
+                    "the server reports page checksum failures in words cairn cannot read \
+                     (lc_messages is not English): see the server log for the pages; {e}"
+                );
+            }
+            if opts.fail_on_page_corruption && found.is_empty() {
+                return Err(e);
+            }
+            found
+        }
+        Err(e) => return Err(e),
+    };
+    super::push::check_pages(&name, &corrupt_pages, opts.fail_on_page_corruption)?;
 
     if let Some(m) = pg_manifest {
         control_files.push(ControlFile::new("backup_manifest", m));
@@ -202,6 +222,7 @@ pub async fn push_remote(ctx: &Context, opts: &PushOptions) -> Result<Manifest, 
         permanent: opts.permanent,
         backup_label,
         tablespace_map,
+        corrupt_pages,
     };
     let manifest = taken.manifest(ctx, parts, files);
     // BASE_BACKUP did not wait for archiving: publish waits for the WAL.
@@ -453,6 +474,30 @@ fn is_splitter_gone(e: &BackupError) -> bool {
 }
 
 /// Reads the command's end: the result sets after the stream, to Ready.
+/// `ERRCODE_DATA_CORRUPTED`, which ends a BASE_BACKUP that found bad pages.
+const DATA_CORRUPTED: &str = "XX001";
+
+/// The pages the server's checksum warnings name: `checksum verification
+/// failed in file "./base/5/16389", block 7: calculated … but expected …`.
+fn corrupt_pages_in(notices: &[String]) -> Vec<CorruptPage> {
+    let mut found: Vec<CorruptPage> = notices
+        .iter()
+        .filter_map(|n| {
+            let rest = n.strip_prefix("checksum verification failed in file \"")?;
+            let (file, rest) = rest.split_once('"')?;
+            let block = rest.strip_prefix(", block ")?;
+            let digits: String = block.chars().take_while(char::is_ascii_digit).collect();
+            Some(CorruptPage {
+                file: file.trim_start_matches("./").to_string(),
+                block: digits.parse().ok()?,
+            })
+        })
+        .collect();
+    found.sort_by(|a, b| (&a.file, a.block).cmp(&(&b.file, b.block)));
+    found.dedup();
+    found
+}
+
 async fn finish_query(conn: &mut ReplicationConn) -> Result<(), BackupError> {
     loop {
         if let Reply::Ready = conn.next_reply().await? {
@@ -651,6 +696,29 @@ fn parse_size(s: &str) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_server_s_checksum_warnings_name_the_pages() {
+        let notices = [
+            "checksum verification failed in file \"./base/5/16389\", block 7: calculated AB62 but expected 556B".to_string(),
+            "checksum verification failed in file \"./base/5/16389\", block 131075: calculated 1 but expected 2".into(),
+            "file \"./base/5/16389\" has a total of 2 checksum verification failures".into(),
+            "2 total checksum verification failures".into(),
+        ];
+        assert_eq!(
+            corrupt_pages_in(&notices),
+            vec![
+                CorruptPage {
+                    file: "base/5/16389".into(),
+                    block: 7
+                },
+                CorruptPage {
+                    file: "base/5/16389".into(),
+                    block: 131_075
+                },
+            ]
+        );
+    }
 
     #[test]
     fn base_backup_commands_follow_the_server_version() {

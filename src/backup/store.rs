@@ -15,7 +15,7 @@ use super::tar_split::{ControlFile, write_control_part};
 use crate::Context;
 use crate::archive::keys;
 use crate::archive::manifest::{
-    FULL_MANIFEST_VERSION, FileEntry, Kind, MANIFEST_VERSION, Manifest, PartEntry,
+    CorruptPage, FULL_MANIFEST_VERSION, FileEntry, Kind, MANIFEST_VERSION, Manifest, PartEntry,
 };
 use crate::archive::running::{Marker, Running};
 use crate::codec::{CodecError, PipeReader, PipeWriter, encode_stream, hex, pipe};
@@ -56,6 +56,8 @@ pub struct Taken {
     pub permanent: bool,
     pub backup_label: String,
     pub tablespace_map: Option<String>,
+    /// Pages found corrupt while reading (see `backup::page_check`).
+    pub corrupt_pages: Vec<CorruptPage>,
 }
 
 impl Taken {
@@ -105,6 +107,7 @@ impl Taken {
             tablespace_map: self.tablespace_map,
             parts,
             files,
+            corrupt_pages: self.corrupt_pages,
         }
     }
 }

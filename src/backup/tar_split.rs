@@ -10,6 +10,7 @@ use std::path::Path;
 
 use crate::archive::manifest::{FileEntry, Stored};
 use crate::backup::delta::{DeltaBase, FilePlan, PageSetReader};
+use crate::backup::page_check::{Layout, PageCheck};
 use crate::backup::rate::{Paced, Reads};
 use crate::codec::hex;
 use crate::pg::datadir::{Entry, EntryKind};
@@ -43,11 +44,13 @@ pub fn plan(entries: &[Entry], part_size: u64) -> Vec<Vec<Entry>> {
 /// vanished since the walk is left out; one that shrank is padded with zeros
 /// and one that grew is cut at its size when opened: replay of the WAL written
 /// during the backup repairs both, as it does torn pages. With `delta`, each
-/// file is stored as [`DeltaBase::plan_file`] decides.
+/// file is stored as [`DeltaBase::plan_file`] decides; with `pages`, the
+/// pages of relation files are checked against their checksums as they pass.
 pub fn write_part<W: Write>(
     entries: &[Entry],
     part: usize,
     delta: Option<&DeltaBase>,
+    pages: Option<&PageCheck>,
     reads: Reads<'_>,
     out: W,
 ) -> io::Result<(Vec<FileEntry>, W)> {
@@ -103,23 +106,37 @@ pub fn write_part<W: Write>(
                         entry.stored = Stored::Unchanged;
                     }
                     FilePlan::Whole => {
-                        entry.blake3 = append_file(
-                            &mut tar,
-                            &e.path,
-                            e.mode,
-                            e.mtime,
-                            size,
-                            Paced::new(file.take(size), reads),
-                            &e.source,
-                        )?;
+                        let data = Paced::new((&file).take(size), reads);
+                        entry.blake3 = match pages {
+                            Some(check) => {
+                                let data = check.reader(&e.path, &file, Layout::Whole, data);
+                                append_file(
+                                    &mut tar, &e.path, e.mode, e.mtime, size, data, &e.source,
+                                )
+                            }
+                            None => append_file(
+                                &mut tar, &e.path, e.mode, e.mtime, size, data, &e.source,
+                            ),
+                        }?;
                     }
-                    FilePlan::Pages(pages) => {
-                        let count = pages.len() as u64;
-                        let set = PageSetReader::new(&file, size, pages);
+                    FilePlan::Pages(blocks) => {
+                        let count = blocks.len() as u64;
+                        let set = PageSetReader::new(&file, size, blocks.clone());
+                        let layout = Layout::Pages {
+                            head: set.head_len(),
+                            blocks,
+                        };
                         let len = set.len();
                         let set = Paced::new(set, reads.recount());
-                        entry.blake3 =
-                            append_file(&mut tar, &e.path, e.mode, e.mtime, len, set, &e.source)?;
+                        entry.blake3 = match pages {
+                            Some(check) => {
+                                let set = check.reader(&e.path, &file, layout, set);
+                                append_file(&mut tar, &e.path, e.mode, e.mtime, len, set, &e.source)
+                            }
+                            None => {
+                                append_file(&mut tar, &e.path, e.mode, e.mtime, len, set, &e.source)
+                            }
+                        }?;
                         entry.stored = Stored::Pages {
                             bytes: len,
                             pages: count,
@@ -300,7 +317,7 @@ mod tests {
         e.source = p.clone();
         let mut gone = file("gone", 1);
         gone.source = d.path().join("gone");
-        let (files, tar) = write_part(&[e, gone], 0, None, Reads::FREE, Vec::new()).unwrap();
+        let (files, tar) = write_part(&[e, gone], 0, None, None, Reads::FREE, Vec::new()).unwrap();
         assert_eq!(files.len(), 1);
         assert_eq!(files[0].blake3, hex(blake3::hash(b"hello").as_bytes()));
         let mut a = tar::Archive::new(&tar[..]);

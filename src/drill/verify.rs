@@ -221,6 +221,16 @@ async fn verify_one(
         .await;
     ctx.progress.end();
     problems.extend(failures);
+    // Pages the backups found corrupt on disk: restored as they were.
+    for m in &chain {
+        problems.extend(m.corrupt_pages.iter().map(|p| {
+            format!(
+                "backup {}: block {} of {} failed its page checksum when the backup read it \
+                 (corrupt on disk then; stored and restored as it was)",
+                m.name, p.block, p.file
+            )
+        }));
+    }
     Ok(Verified {
         name,
         chain: chain.iter().map(|m| m.name.clone()).collect(),

@@ -297,6 +297,11 @@ impl PgSession {
         })
     }
 
+    /// `data_checksums`: whether the cluster's pages carry checksums.
+    pub async fn data_checksums(&self) -> Result<bool, PgError> {
+        Ok(self.show("data_checksums").await?.trim() == "on")
+    }
+
     /// Takes the session-level advisory lock `key` (in cairn's own class), held
     /// until this session ends, however the process ends. `Ok(None)` when it
     /// was taken; `Ok(Some(holder))` when another session holds it.

@@ -876,6 +876,18 @@ impl Cluster {
         check(out, "pgbench");
     }
 
+    /// pgbench in the background (a workload while something else runs).
+    pub fn pgbench_spawn(&self, args: &[&str]) -> std::process::Child {
+        Command::new(self.bin("pgbench"))
+            .args(self.conn())
+            .args(args)
+            .arg("postgres")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap()
+    }
+
     /// pg_dumpall output, without the `\restrict`/`\unrestrict` lines whose key
     /// is random per dump (PostgreSQL 15.14+), so two dumps of equal data match.
     pub fn dumpall(&self) -> String {

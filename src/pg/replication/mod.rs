@@ -61,7 +61,15 @@ pub struct ReplicationConn {
     /// Replies decoded but not yet handed out (a walsender ends a result set
     /// by starting the next thing, not always with CommandComplete).
     queued: std::collections::VecDeque<Reply>,
+    /// Notices (warnings) received during the current query, their text;
+    /// BASE_BACKUP reports page checksum failures this way.
+    pub notices: Vec<String>,
+    /// The SQLSTATE of the last error a query ended with.
+    pub last_error_code: Option<String>,
 }
+
+/// Notices kept per query, at most (a server may send one per bad page).
+const NOTICES_KEPT: usize = 100_000;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -98,6 +106,8 @@ impl ReplicationConn {
             rows: Vec::new(),
             in_rows: false,
             queued: std::collections::VecDeque::new(),
+            notices: Vec::new(),
+            last_error_code: None,
         };
         conn.startup(&t, application_name).await?;
         super::client::check_version(conn.version_num)?;
@@ -253,9 +263,12 @@ impl ReplicationConn {
                     self.rows.push(values);
                 }
                 Message::CommandComplete(_) => self.end_rows(),
-                Message::EmptyQueryResponse
-                | Message::NoticeResponse(_)
-                | Message::ParameterStatus(_) => {}
+                Message::NoticeResponse(body) => {
+                    if self.notices.len() < NOTICES_KEPT {
+                        self.notices.push(server_message(body.fields()));
+                    }
+                }
+                Message::EmptyQueryResponse | Message::ParameterStatus(_) => {}
                 Message::CopyOutResponse(_) => {
                     self.end_rows();
                     self.queued.push_back(Reply::CopyOut);
@@ -267,6 +280,7 @@ impl ReplicationConn {
                 Message::CopyDone => self.queued.push_back(Reply::CopyDone),
                 Message::ErrorResponse(body) => {
                     let message = server_message(body.fields());
+                    self.last_error_code = error_code(body.fields());
                     // Drain to ReadyForQuery, so the error is the whole story.
                     loop {
                         match self.read().await {
@@ -421,6 +435,16 @@ fn server_message(mut fields: ErrorFields<'_>) -> String {
         message = format!("{message} ({extra})");
     }
     message
+}
+
+/// An error's SQLSTATE (`C` field).
+fn error_code(mut fields: ErrorFields<'_>) -> Option<String> {
+    while let Ok(Some(f)) = fields.next() {
+        if f.type_() == b'C' {
+            return Some(String::from_utf8_lossy(f.value_bytes()).into_owned());
+        }
+    }
+    None
 }
 
 #[cfg(test)]
