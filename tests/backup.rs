@@ -5,6 +5,7 @@
 mod common;
 
 use std::path::Path;
+use std::process::Command;
 use std::time::Duration;
 
 use common::drill::{
@@ -511,15 +512,33 @@ fn pgbench_checksum(c: &Cluster) -> String {
     )
 }
 
-/// The drill on another major version, compared by query checksums (the
-/// machine's pg_dumpall 15 refuses newer servers); `remote`: the backup over
-/// the replication protocol (BASE_BACKUP's syntax changed in 15).
+/// `major` as the suite installs it: the machine's own (15, Debian 12's)
+/// or one of scripts/test.sh's embedded servers.
+fn server_of(major: u32) -> common::Server {
+    let system = common::Server::system();
+    let version = Command::new(system.bindir.join("postgres"))
+        .arg("--version")
+        .output()
+        .unwrap();
+    let version = String::from_utf8_lossy(&version.stdout).into_owned();
+    if version.contains(&format!(") {major}.")) {
+        system
+    } else {
+        common::Server::embedded(major)
+    }
+}
+
+/// The recovery drill on a major version, compared by query checksums (the
+/// machine's pg_dumpall 15 refuses newer servers): a full backup, changes,
+/// a second backup (a delta from the data directory; `remote`: over the
+/// replication protocol, whose BASE_BACKUP syntax changed in 15), more
+/// changes archived, the cluster destroyed, the chain restored and replayed.
 fn drill_on(major: u32, remote: bool) {
     let t = TestDir::new();
     let a = Archive::new(Backend::File)
         .with("CAIRN_BACKUP_PART_SIZE", "4194304")
         .with("CAIRN_BACKUP_ARCHIVE_TIMEOUT", "60");
-    let server = common::Server::embedded(major);
+    let server = server_of(major);
     let mut primary = Cluster::init_on(server.clone(), &t, "primary", &[]);
     primary.archive_to(&a);
     primary.start();
@@ -530,19 +549,32 @@ fn drill_on(major: u32, remote: bool) {
     );
     let pg = with_pg(&a, &primary);
     let datadir = primary.datadir.to_str().unwrap().to_string();
-    let args = if remote {
-        ["backup-push", "--remote"]
-    } else {
-        ["backup-push", &datadir]
+    let backup = |delta: bool| {
+        let mut args = vec!["backup-push"];
+        if remote {
+            args.push("--remote");
+        } else {
+            args.push(&datadir);
+            if delta {
+                args.push("--delta");
+            }
+        }
+        let pushed = pg.cairn(&args, t.path());
+        assert!(
+            pushed.status.success(),
+            "backup-push: {}\nserver log:\n{}",
+            stderr(&pushed),
+            primary.log_text()
+        );
+        String::from_utf8_lossy(&pushed.stdout).trim().to_string()
     };
-    let pushed = pg.cairn(&args, t.path());
-    assert!(
-        pushed.status.success(),
-        "backup-push: {}\nserver log:\n{}",
-        stderr(&pushed),
-        primary.log_text()
-    );
+    backup(false);
     primary.pgbench(&["-i", "-s", "10", "-q"]);
+    primary.pgbench(&["-c", "4", "-j", "2", "-t", "200"]);
+    let second = backup(true);
+    if !remote {
+        assert!(second.contains("_D_"), "not a delta: {second}");
+    }
     primary.pgbench(&["-c", "4", "-j", "2", "-t", "200"]);
     let before = pgbench_checksum(&primary);
     primary.sql("checkpoint");
@@ -565,16 +597,48 @@ fn drill_on(major: u32, remote: bool) {
     assert_eq!(pgbench_checksum(&restored), before);
 }
 
-/// pg_backup_start/stop (15+) and a newer control file.
+/// pg_start_backup/pg_stop_backup (12-14).
+#[test]
+fn drill_postgresql_14() {
+    drill_on(14, false);
+}
+
+/// pg_backup_start/stop (15+).
+#[test]
+fn drill_postgresql_15() {
+    drill_on(15, false);
+}
+
+#[test]
+fn drill_postgresql_16() {
+    drill_on(16, false);
+}
+
+/// A newer control file.
 #[test]
 fn drill_postgresql_17() {
     drill_on(17, false);
 }
 
-/// pg_start_backup/pg_stop_backup (12-14).
+/// Data checksums on by default.
 #[test]
-fn drill_postgresql_14() {
-    drill_on(14, false);
+fn drill_postgresql_18() {
+    drill_on(18, false);
+}
+
+#[test]
+fn remote_drill_postgresql_14() {
+    drill_on(14, true);
+}
+
+#[test]
+fn remote_drill_postgresql_15() {
+    drill_on(15, true);
+}
+
+#[test]
+fn remote_drill_postgresql_16() {
+    drill_on(16, true);
 }
 
 #[test]
@@ -583,6 +647,6 @@ fn remote_drill_postgresql_17() {
 }
 
 #[test]
-fn remote_drill_postgresql_14() {
-    drill_on(14, true);
+fn remote_drill_postgresql_18() {
+    drill_on(18, true);
 }
