@@ -135,8 +135,9 @@ pub enum Command {
         full: bool,
         /// Back up over the replication protocol, from a host that cannot see the
         /// data directory (the role needs REPLICATION); also chosen when no PGDATA
-        /// is given or configured. Remote backups are full backups.
-        #[arg(long, conflicts_with_all = ["pgdata", "delta"])]
+        /// is given or configured. Deltas of remote backups are PostgreSQL 17's
+        /// incremental backups (the server needs summarize_wal = on).
+        #[arg(long, conflicts_with = "pgdata")]
         remote: bool,
         /// Read at most BYTES per second from the data directory (remote: have the
         /// server send at most that); 0 for no limit [config: max_rate]
@@ -552,18 +553,6 @@ pub fn resolve(cli: Cli, config: &Config) -> anyhow::Result<Invocation> {
                 tracing::info!(
                     "no data directory given (argument, pgdata, PGDATA): backing up over the \
                      replication protocol"
-                );
-            }
-            if pgdata.is_none() && delta {
-                anyhow::bail!(
-                    "--delta needs the data directory: remote backups (over the replication \
-                     protocol) are full backups"
-                );
-            }
-            if pgdata.is_none() && !full && config.delta_max_steps > 0 {
-                tracing::info!(
-                    "taking a full backup: remote backups are full backups (delta_max_steps \
-                     applies to backups of a data directory)"
                 );
             }
             let remote = pgdata.is_none();

@@ -9,8 +9,8 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::drill::{
-    archiving_primary, destroy, encrypted, fails, fetch_to, ok, start_restored, stderr,
-    wait_archived, with_pg,
+    archiving_primary, destroy, encrypted, fails, fetch_to, ok, pgbench_checksum, start_restored,
+    stderr, wait_archived, with_pg,
 };
 use common::{AgeKey, Archive, Backend, Cluster, TestDir};
 
@@ -499,19 +499,6 @@ fn concurrent_backups_and_archiving_stalls_are_refused() {
     primary.stop();
 }
 
-/// A checksum of every pgbench table's rows, for servers newer than the
-/// machine's pg_dumpall can dump.
-fn pgbench_checksum(c: &Cluster) -> String {
-    c.sql(
-        "select string_agg(t || ':' || n || ':' || h, ' ' order by t) from ( \
-           select 'accounts' t, count(*) n, md5(string_agg(a::text, ',' order by aid)) h from pgbench_accounts a \
-           union all select 'branches', count(*), md5(string_agg(b::text, ',' order by bid)) from pgbench_branches b \
-           union all select 'tellers', count(*), md5(string_agg(t::text, ',' order by tid)) from pgbench_tellers t \
-           union all select 'history', count(*), md5(string_agg(h::text, ',' order by tid, bid, aid, mtime, delta)) from pgbench_history h \
-         ) s",
-    )
-}
-
 /// `major` as the suite installs it: the machine's own (15, Debian 12's)
 /// or one of scripts/test.sh's embedded servers.
 fn server_of(major: u32) -> common::Server {
@@ -530,9 +517,10 @@ fn server_of(major: u32) -> common::Server {
 
 /// The recovery drill on a major version, compared by query checksums (the
 /// machine's pg_dumpall 15 refuses newer servers): a full backup, changes,
-/// a second backup (a delta from the data directory; `remote`: over the
-/// replication protocol, whose BASE_BACKUP syntax changed in 15), more
-/// changes archived, the cluster destroyed, the chain restored and replayed.
+/// a second backup (a delta: from the data directory, or `remote`, over the
+/// replication protocol, whose BASE_BACKUP syntax changed in 15, an
+/// incremental backup from 17 on, else a full one), more changes archived,
+/// the cluster destroyed, the chain restored and replayed.
 fn drill_on(major: u32, remote: bool) {
     let t = TestDir::new();
     let a = Archive::new(Backend::File)
@@ -541,6 +529,9 @@ fn drill_on(major: u32, remote: bool) {
     let server = server_of(major);
     let mut primary = Cluster::init_on(server.clone(), &t, "primary", &[]);
     primary.archive_to(&a);
+    if major >= 17 {
+        primary.set(&[("summarize_wal", "on")]);
+    }
     primary.start();
     assert!(
         primary
@@ -555,9 +546,9 @@ fn drill_on(major: u32, remote: bool) {
             args.push("--remote");
         } else {
             args.push(&datadir);
-            if delta {
-                args.push("--delta");
-            }
+        }
+        if delta {
+            args.push("--delta");
         }
         let pushed = pg.cairn(&args, t.path());
         assert!(
@@ -572,7 +563,7 @@ fn drill_on(major: u32, remote: bool) {
     primary.pgbench(&["-i", "-s", "10", "-q"]);
     primary.pgbench(&["-c", "4", "-j", "2", "-t", "200"]);
     let second = backup(true);
-    if !remote {
+    if !remote || major >= 17 {
         assert!(second.contains("_D_"), "not a delta: {second}");
     }
     primary.pgbench(&["-c", "4", "-j", "2", "-t", "200"]);

@@ -19,6 +19,8 @@ pub const CLUSTERS: &str = "meta/clusters/";
 pub const MANIFEST_FILE: &str = "manifest.json";
 /// A backup's marker while it runs, written first (see [`super::running`]).
 pub const RUNNING_FILE: &str = "running.json";
+/// See [`server_manifest`].
+pub const SERVER_MANIFEST_FILE: &str = "backup_manifest";
 
 /// The object key of a WAL file.
 pub fn wal(name: &WalFileName) -> ObjectKey {
@@ -46,6 +48,13 @@ fn in_backup(backup: &str, file: &str) -> Result<ObjectKey, StorageError> {
 /// A backup's manifest.
 pub fn manifest(backup: &str) -> Result<ObjectKey, StorageError> {
     in_backup(backup, MANIFEST_FILE)
+}
+
+/// A remote backup's `backup_manifest` as the server wrote it, stored plain
+/// (never encrypted, like the manifest) so that a push-only host can upload
+/// it for the next incremental backup.
+pub fn server_manifest(backup: &str) -> Result<ObjectKey, StorageError> {
+    in_backup(backup, SERVER_MANIFEST_FILE)
 }
 
 /// A backup's running marker.

@@ -188,6 +188,20 @@ pub fn page_set_len(pages: usize) -> u64 {
     HEADER_LEN as u64 + pages as u64 * (4 + PAGE_SIZE as u64)
 }
 
+/// The head of a page-set entry: what a file of `file_len` bytes becomes
+/// by the `pages` that follow, in this order.
+pub fn page_set_head(file_len: u64, pages: &[u32]) -> Vec<u8> {
+    let mut head = Vec::with_capacity(HEADER_LEN + 4 * pages.len());
+    head.extend_from_slice(MAGIC);
+    head.extend_from_slice(&(PAGE_SIZE as u32).to_le_bytes());
+    head.extend_from_slice(&file_len.to_le_bytes());
+    head.extend_from_slice(&(pages.len() as u32).to_le_bytes());
+    for p in pages {
+        head.extend_from_slice(&p.to_le_bytes());
+    }
+    head
+}
+
 /// Reads a page-set entry out of a relation file: the header, then each page
 /// as it is now (zeros past a shrunk end; WAL replay repairs both).
 pub struct PageSetReader<'a> {
@@ -200,14 +214,7 @@ pub struct PageSetReader<'a> {
 
 impl<'a> PageSetReader<'a> {
     pub fn new(file: &'a File, size: u64, pages: Vec<u32>) -> Self {
-        let mut head = Vec::with_capacity(HEADER_LEN + 4 * pages.len());
-        head.extend_from_slice(MAGIC);
-        head.extend_from_slice(&(PAGE_SIZE as u32).to_le_bytes());
-        head.extend_from_slice(&size.to_le_bytes());
-        head.extend_from_slice(&(pages.len() as u32).to_le_bytes());
-        for p in &pages {
-            head.extend_from_slice(&p.to_le_bytes());
-        }
+        let head = page_set_head(size, &pages);
         PageSetReader {
             file,
             head,

@@ -6,6 +6,7 @@
 //! part, and the manifest, written last.
 
 pub mod delta;
+pub mod incremental;
 pub mod lock;
 pub mod mark;
 pub mod page_check;

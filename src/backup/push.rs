@@ -223,61 +223,105 @@ async fn choose_parent(
     start_lsn: Lsn,
     timeline: TimelineId,
 ) -> Result<Option<DeltaBase>, BackupError> {
-    if opts.kind == BackupKind::Full || opts.kind == (BackupKind::Auto { max_steps: 0 }) {
+    if !opts.kind.wants_delta() {
         return Ok(None);
     }
-    let full = |why: String| {
-        tracing::info!("taking a full backup: {why}");
-        Ok(None)
-    };
     let sysid = SystemId(system_identifier);
+    let latest = match latest_parent(
+        ctx,
+        opts.kind,
+        sysid,
+        session.version_num,
+        timeline,
+        Some(start_lsn),
+    )
+    .await?
+    {
+        Ok(m) => m,
+        Err(why) => return full_because(why),
+    };
+    let block_size = session.block_size().await?;
+    if block_size != PAGE_SIZE as u64 {
+        return full_because(format!(
+            "the server's block_size is {block_size}; deltas need {PAGE_SIZE}"
+        ));
+    }
+    Ok(Some(DeltaBase::new(&latest)))
+}
+
+/// Logs why a wanted delta is a full backup.
+pub(crate) fn full_because<T>(why: String) -> Result<Option<T>, BackupError> {
+    tracing::info!("taking a full backup: {why}");
+    Ok(None)
+}
+
+impl BackupKind {
+    /// Whether a delta may be taken at all.
+    pub fn wants_delta(self) -> bool {
+        !matches!(self, BackupKind::Full | BackupKind::Auto { max_steps: 0 })
+    }
+}
+
+/// The latest backup of cluster `sysid`, if a delta of a server of
+/// `version_num` on `timeline` (starting at `start_lsn`, when known) can be
+/// built on it; else why not.
+pub(crate) async fn latest_parent(
+    ctx: &Context,
+    kind: BackupKind,
+    sysid: SystemId,
+    version_num: u32,
+    timeline: TimelineId,
+    start_lsn: Option<Lsn>,
+) -> Result<Result<Manifest, String>, BackupError> {
     let Some(latest) = catalog::list(ctx)
         .await?
         .into_iter()
         .rfind(|m| m.system_identifier == sysid)
     else {
-        return full("no earlier backup of this cluster to build a delta on".into());
+        return Ok(Err(
+            "no earlier backup of this cluster to build a delta on".into()
+        ));
     };
-    if let BackupKind::Auto { max_steps } = opts.kind
+    if let BackupKind::Auto { max_steps } = kind
         && latest.chain_depth >= max_steps
     {
-        return full(format!(
+        return Ok(Err(format!(
             "{} ends a chain of {} deltas (delta_max_steps {max_steps})",
             latest.name, latest.chain_depth
-        ));
+        )));
     }
-    if latest.pg_version / 10000 != session.version_num / 10000 {
-        return full(format!(
+    if latest.pg_version / 10000 != version_num / 10000 {
+        return Ok(Err(format!(
             "{} was taken from PostgreSQL {}, this server is {}",
-            latest.name, latest.pg_version, session.version_num
-        ));
+            latest.name, latest.pg_version, version_num
+        )));
     }
-    let block_size = session.block_size().await?;
-    if block_size != PAGE_SIZE as u64 {
-        return full(format!(
-            "the server's block_size is {block_size}; deltas need {PAGE_SIZE}"
-        ));
-    }
-    if latest.stop_lsn > start_lsn {
-        return full(format!(
+    if let Some(start_lsn) = start_lsn
+        && latest.stop_lsn > start_lsn
+    {
+        return Ok(Err(format!(
             "{} ends at {}, after this backup starts ({start_lsn})",
             latest.name, latest.stop_lsn
-        ));
+        )));
     }
     if latest.timeline != timeline {
         let history = match crate::archive::timelines::read_history(ctx, timeline).await {
             Ok(h) => h,
             // A push-only host may lack the identity to read it.
-            Err(e) => return full(format!("cannot read timeline {timeline}'s history: {e}")),
+            Err(e) => {
+                return Ok(Err(format!(
+                    "cannot read timeline {timeline}'s history: {e}"
+                )));
+            }
         };
         if !history.is_some_and(|h| h.reaches(latest.timeline, latest.stop_lsn)) {
-            return full(format!(
+            return Ok(Err(format!(
                 "{} is on timeline {}, which is not in timeline {timeline}'s history at {}",
                 latest.name, latest.timeline, latest.stop_lsn
-            ));
+            )));
         }
     }
-    Ok(Some(DeltaBase::new(&latest)))
+    Ok(Ok(latest))
 }
 
 /// The page checks of a backup starting at `start_lsn`, when the cluster

@@ -5,7 +5,8 @@
 //! as they arrive, exactly like a local backup's; pg_control, backup_label,
 //! tablespace_map and the server's own `backup_manifest` go into the control
 //! part. Before the manifest is written, the WAL from start to stop must have
-//! reached the archive. Remote backups are always full.
+//! reached the archive. A remote delta is PostgreSQL 17's incremental
+//! backup ([`super::incremental`]).
 
 use std::io::Read;
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
@@ -13,9 +14,10 @@ use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 use bytes::Bytes;
 
 use super::BackupError;
+use super::incremental;
 use super::lock::cluster_lock;
 use super::push::PushOptions;
-use super::store::{self, Taken, part_name, store_part, upload_control_part};
+use super::store::{self, Lineage, Taken, part_name, store_part, upload_control_part};
 use super::tar_split::{ControlFile, append_dir, append_file};
 use crate::Context;
 use crate::archive::manifest::{CorruptPage, FileEntry, Manifest, PartEntry, Stored};
@@ -25,6 +27,7 @@ use crate::pg::datadir::Tablespace;
 use crate::pg::replication::{ReplicationConn, Reply};
 use crate::pg::wal::{Lsn, Segment, SegmentSize, SystemId, TimelineId};
 use crate::progress::Progress;
+use crate::storage::PutMode;
 
 /// Takes a base backup over a replication connection; returns its manifest.
 pub async fn push_remote(ctx: &Context, opts: &PushOptions) -> Result<Manifest, BackupError> {
@@ -73,30 +76,72 @@ pub async fn push_remote(ctx: &Context, opts: &PushOptions) -> Result<Manifest, 
             ))
         })?;
 
+    let sysid = SystemId(system.system_identifier);
+    let mut parent = incremental::choose(ctx, opts.kind, &mut conn, sysid, system.timeline).await?;
+    if let Some(p) = &parent
+        && let Err(e) = conn.upload_manifest(&p.server_manifest).await
+    {
+        tracing::info!(
+            "taking a full backup: the server does not take {}'s backup_manifest to build on: {e}",
+            p.delta.parent
+        );
+        parent = None;
+    }
+
     let (start_time, label) = opts.start();
-    conn.send_query(&base_backup_command(
-        conn.version_num,
-        &label,
-        opts.fast_checkpoint,
-        opts.max_rate,
-        ctx.progress.shown(),
-    ))
+    let command = |incremental: bool| {
+        base_backup_command(
+            conn.version_num,
+            &label,
+            opts.fast_checkpoint,
+            opts.max_rate,
+            ctx.progress.shown(),
+            incremental,
+        )
+    };
+    let (full, incremental) = (command(false), command(true));
+    conn.send_query(if parent.is_some() {
+        &incremental
+    } else {
+        &full
+    })
     .await?;
-    let (start_lsn, timeline) = position(&mut conn, "start").await?;
+    let (start_lsn, timeline) = match position(&mut conn, "start").await {
+        // What the server says when it cannot build on the parent (its
+        // WAL summaries do not reach back, another timeline, summaries
+        // turned off): a full backup instead.
+        Err(e) if parent.is_some() => {
+            let p = parent.take().map(|p| p.delta.parent).unwrap_or_default();
+            tracing::info!("taking a full backup: the server cannot build on {p}: {e}");
+            conn.send_query(&full).await?;
+            position(&mut conn, "start").await?
+        }
+        other => other?,
+    };
     let (tablespaces, estimate) = tablespace_rows(&mut conn).await?;
     let start_file = Segment::containing(timeline, start_lsn, segment_size);
-    let name = format!("base_{start_file}");
-    tracing::info!(backup = %name, lsn = %start_lsn, server = system.system_identifier, "remote backup started");
+    let name = match &parent {
+        Some(p) => format!("base_{start_file}_D_{}", p.delta.parent_start_wal_file),
+        None => format!("base_{start_file}"),
+    };
+    match &parent {
+        Some(p) => {
+            tracing::info!(backup = %name, lsn = %start_lsn, parent = %p.delta.parent, depth = p.delta.chain_depth, "remote incremental backup started")
+        }
+        None => {
+            tracing::info!(backup = %name, lsn = %start_lsn, server = system.system_identifier, "remote backup started")
+        }
+    }
     ctx.progress.begin(estimate, None);
     store::check_name_free(ctx, &name, standby).await?;
     let running = store::begin(
         ctx,
         &name,
-        SystemId(system.system_identifier),
+        sysid,
         timeline,
         start_lsn,
         segment_size,
-        None,
+        parent.as_ref().map(|p| p.delta.parent.as_str()),
         start_time,
     )
     .await?;
@@ -185,7 +230,21 @@ pub async fn push_remote(ctx: &Context, opts: &PushOptions) -> Result<Manifest, 
     super::push::check_pages(&name, &corrupt_pages, opts.fail_on_page_corruption)?;
 
     if let Some(m) = pg_manifest {
-        control_files.push(ControlFile::new("backup_manifest", m));
+        // Kept plain beside the backup for the next incremental; in the
+        // restore only of a full backup (an incremental's lists
+        // INCREMENTAL files, which the restore does not have).
+        let key = crate::archive::keys::server_manifest(&name)?;
+        crate::archive::objects::write_plain(ctx, &key, &m, PutMode::Overwrite).await?;
+        if parent.is_none() {
+            control_files.push(ControlFile::new("backup_manifest", m));
+        }
+    }
+    if parent.is_some() {
+        for f in &mut control_files {
+            if f.path == "backup_label" {
+                f.bytes = incremental::restorable_label(&f.bytes);
+            }
+        }
     }
     for needed in ["global/pg_control", "backup_label"] {
         if !control_files.iter().any(|f| f.path == needed) {
@@ -207,7 +266,11 @@ pub async fn push_remote(ctx: &Context, opts: &PushOptions) -> Result<Manifest, 
     parts.push(control);
     let taken = Taken {
         name,
-        lineage: None,
+        lineage: parent.map(|p| Lineage {
+            parent: p.delta.parent,
+            from_lsn: p.delta.from_lsn,
+            chain_depth: p.delta.chain_depth,
+        }),
         remote: true,
         start_lsn,
         stop_lsn,
@@ -243,6 +306,7 @@ fn base_backup_command(
     fast: bool,
     max_rate: u64,
     progress: bool,
+    incremental: bool,
 ) -> String {
     let label = label.replace('\'', "''");
     // The server paces in kB/s, from 32 kB/s to 1 GB/s.
@@ -250,10 +314,11 @@ fn base_backup_command(
     if version_num >= 150000 {
         format!(
             "BASE_BACKUP (LABEL '{label}', CHECKPOINT '{}', WAIT false, MANIFEST 'yes', \
-             TABLESPACE_MAP true{}{})",
+             TABLESPACE_MAP true{}{}{})",
             if fast { "fast" } else { "spread" },
             rate.map_or_else(String::new, |r| format!(", MAX_RATE {r}")),
-            if progress { ", PROGRESS true" } else { "" }
+            if progress { ", PROGRESS true" } else { "" },
+            if incremental { ", INCREMENTAL" } else { "" }
         )
     } else {
         format!(
@@ -415,7 +480,7 @@ async fn receive_archives(
                     return Ok(manifest);
                 }
             }
-            Reply::Rows(_) | Reply::Ready => {
+            Reply::Rows(_) | Reply::Ready | Reply::CopyIn => {
                 return Err(PgError::Query {
                     what: "BASE_BACKUP",
                     message: "the backup stream ended early".into(),
@@ -555,6 +620,38 @@ fn resplit(
                 // standby's signal file would make the restore a standby).
                 tar::EntryType::Regular | tar::EntryType::Continuous
                     if LEFT_OUT.contains(&path.as_str()) => {}
+                tar::EntryType::Regular | tar::EntryType::Continuous
+                    if incremental::relation_of(&path).is_some() =>
+                {
+                    let size = entry.size();
+                    let converted = incremental::convert(&mut entry, &path, size)?;
+                    let relation = incremental::relation_of(&path).unwrap_or(path);
+                    let len = converted.entry_len();
+                    let part = out.room_for(len)?;
+                    let blocks = (&mut entry).take(len - converted.head.len() as u64);
+                    let blake3 = append_file(
+                        out.tar()?,
+                        &relation,
+                        mode,
+                        mtime,
+                        len,
+                        converted.head.as_slice().chain(blocks),
+                        std::path::Path::new(&relation),
+                    )
+                    .map_err(stream_error)?;
+                    files.push(FileEntry {
+                        path: relation,
+                        dir: false,
+                        size: converted.file_len,
+                        mode,
+                        blake3,
+                        part: Some(part),
+                        stored: Stored::Pages {
+                            bytes: len,
+                            pages: converted.blocks as u64,
+                        },
+                    });
+                }
                 tar::EntryType::Regular | tar::EntryType::Continuous => {
                     let size = entry.size();
                     if let Some(control) = control_path(&path) {
@@ -723,21 +820,26 @@ mod tests {
     #[test]
     fn base_backup_commands_follow_the_server_version() {
         assert_eq!(
-            base_backup_command(150004, "it's", true, 0, false),
+            base_backup_command(150004, "it's", true, 0, false, false),
             "BASE_BACKUP (LABEL 'it''s', CHECKPOINT 'fast', WAIT false, MANIFEST 'yes', \
              TABLESPACE_MAP true)"
         );
         assert_eq!(
-            base_backup_command(140009, "x", false, 0, true),
+            base_backup_command(140009, "x", false, 0, true, false),
             "BASE_BACKUP LABEL 'x' PROGRESS NOWAIT MANIFEST 'yes' TABLESPACE_MAP"
         );
         assert_eq!(
-            base_backup_command(170000, "x", true, 50 << 20, true),
+            base_backup_command(170000, "x", true, 50 << 20, true, false),
             "BASE_BACKUP (LABEL 'x', CHECKPOINT 'fast', WAIT false, MANIFEST 'yes', \
              TABLESPACE_MAP true, MAX_RATE 51200, PROGRESS true)"
         );
         assert_eq!(
-            base_backup_command(120000, "x", true, 1000, false),
+            base_backup_command(170000, "x", false, 0, false, true),
+            "BASE_BACKUP (LABEL 'x', CHECKPOINT 'spread', WAIT false, MANIFEST 'yes', \
+             TABLESPACE_MAP true, INCREMENTAL)"
+        );
+        assert_eq!(
+            base_backup_command(120000, "x", true, 1000, false, false),
             "BASE_BACKUP LABEL 'x' FAST NOWAIT MAX_RATE 32 MANIFEST 'yes' TABLESPACE_MAP"
         );
     }

@@ -187,3 +187,16 @@ pub fn streaming_standby(
     });
     standby
 }
+
+/// A checksum of every pgbench table's rows, for servers newer than the
+/// machine's pg_dumpall can dump.
+pub fn pgbench_checksum(c: &Cluster) -> String {
+    c.sql(
+        "select string_agg(t || ':' || n || ':' || h, ' ' order by t) from ( \
+           select 'accounts' t, count(*) n, md5(string_agg(a::text, ',' order by aid)) h from pgbench_accounts a \
+           union all select 'branches', count(*), md5(string_agg(b::text, ',' order by bid)) from pgbench_branches b \
+           union all select 'tellers', count(*), md5(string_agg(t::text, ',' order by tid)) from pgbench_tellers t \
+           union all select 'history', count(*), md5(string_agg(h::text, ',' order by tid, bid, aid, mtime, delta)) from pgbench_history h \
+         ) s",
+    )
+}

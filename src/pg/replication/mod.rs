@@ -43,6 +43,8 @@ pub enum Reply {
     CopyOut,
     CopyData(Bytes),
     CopyDone,
+    /// The server waits for the client's COPY data (UPLOAD_MANIFEST).
+    CopyIn,
     /// The query is over; the connection is ready for the next.
     Ready,
 }
@@ -231,6 +233,36 @@ impl ReplicationConn {
         self.flush().await.map_err(|e| self.query_error(e))
     }
 
+    /// `UPLOAD_MANIFEST` (PostgreSQL 17+): sends a previous backup's
+    /// `backup_manifest`, which the next `BASE_BACKUP ( INCREMENTAL )` on
+    /// this connection builds on. The server checks it (its checksum, the
+    /// system identifier) only once it has it all.
+    pub async fn upload_manifest(&mut self, manifest: &[u8]) -> Result<(), PgError> {
+        self.send_query("UPLOAD_MANIFEST").await?;
+        loop {
+            match self.next_reply().await? {
+                Reply::CopyIn => break,
+                Reply::Ready => {
+                    return Err(self.query_error("the server did not take UPLOAD_MANIFEST"));
+                }
+                _ => {}
+            }
+        }
+        for chunk in manifest.chunks(64 * 1024) {
+            frontend::CopyData::new(chunk)
+                .map_err(|e| self.query_error(e.to_string()))?
+                .write(&mut self.out);
+            self.flush().await.map_err(|e| self.query_error(e))?;
+        }
+        frontend::copy_done(&mut self.out);
+        self.flush().await.map_err(|e| self.query_error(e))?;
+        loop {
+            if let Reply::Ready = self.next_reply().await? {
+                return Ok(());
+            }
+        }
+    }
+
     fn query_error(&self, message: impl Into<String>) -> PgError {
         PgError::Query {
             what: "replication connection",
@@ -278,6 +310,10 @@ impl ReplicationConn {
                     self.queued.push_back(Reply::CopyData(body.into_bytes()));
                 }
                 Message::CopyDone => self.queued.push_back(Reply::CopyDone),
+                Message::CopyInResponse(_) => {
+                    self.end_rows();
+                    self.queued.push_back(Reply::CopyIn);
+                }
                 Message::ErrorResponse(body) => {
                     let message = server_message(body.fields());
                     self.last_error_code = error_code(body.fields());

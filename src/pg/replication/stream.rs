@@ -246,7 +246,10 @@ impl ReplicationConn {
                 }
                 super::Reply::Ready => return Ok(next),
                 // The CopyDone of the stream itself, echoed in the reply queue.
-                super::Reply::CopyDone | super::Reply::CopyData(_) | super::Reply::CopyOut => {}
+                super::Reply::CopyDone
+                | super::Reply::CopyData(_)
+                | super::Reply::CopyOut
+                | super::Reply::CopyIn => {}
             }
         }
     }
