@@ -124,15 +124,15 @@ mkdir_pg() { mkdir -p "$@" && chown postgres:postgres "$@"; }
 # ---------------------------------------------------------------------------
 # The throw-away cluster (PGDATA, SOCK: set by the script)
 # ---------------------------------------------------------------------------
-# init_cluster [dir]...: initdb into PGDATA, reachable only on 127.0.0.1:PGPORT (a
-# free port) and the socket directory SOCK; the dirs are made for postgres too. The
-# script appends its own settings to postgresql.conf.
+# init_cluster [dir]...: initdb into PGDATA (with INITDB_EXTRA's options), reachable
+# only on 127.0.0.1:PGPORT (a free port) and the socket directory SOCK; the dirs are
+# made for postgres too. The script appends its own settings to postgresql.conf.
 init_cluster() {
   PGPORT=$(free_port)
   mkdir_pg "$SOCK" "$@"
   chmod 700 "$SOCK"
   log "initdb in $PGDATA, port $PGPORT"
-  runuser -u postgres -- "$PGBIN/initdb" -D "$PGDATA" -U postgres --auth=trust -E UTF8 --no-sync >"$WORK/initdb.log" 2>&1 ||
+  runuser -u postgres -- "$PGBIN/initdb" -D "$PGDATA" -U postgres --auth=trust -E UTF8 --no-sync ${INITDB_EXTRA:-} >"$WORK/initdb.log" 2>&1 ||
     { cat "$WORK/initdb.log" >&2; die "initdb failed"; }
   cat >>"$PGDATA/postgresql.conf" <<EOF
 listen_addresses = '127.0.0.1'
