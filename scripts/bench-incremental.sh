@@ -58,8 +58,6 @@ elapsed() {
   runuser -u postgres -- "$@" >>"$WORK/run.log" 2>&1 || { tail -n 20 "$WORK/run.log" >&2; die "failed: $*"; }
   awk -v us="$((${EPOCHREALTIME/./} - t0))" 'BEGIN { printf "%.2f", us / 1e6 }'
 }
-# using <archive> <command>...: the command with that archive as its storage.
-using() { local a=$1; shift; env CAIRN_STORAGE="file://$WORK/$a" "$@"; }
 list() { runuser -u postgres -- env CAIRN_STORAGE="file://$WORK/$1" "$CAIRN" backup-list --json; }
 stored() { list "$1" | jq ".[] | select(.name == \"$2\") | .stored_size"; }
 newest() { list "$1" | jq -r '.[-1].name'; }
@@ -86,7 +84,7 @@ EOF
   export PGPORT
   [[ $(psql_ -c "show data_checksums") == "$sums" ]] || die "data_checksums is not $sums"
   wait_archiving
-  LOCAL_S[$sums]=$(elapsed using local "$CAIRN" backup-push "$PGDATA")
+  LOCAL_S[$sums]=$(elapsed env CAIRN_STORAGE=file://$WORK/local "$CAIRN" backup-push "$PGDATA")
   log "local full backup-push, data checksums $sums: ${LOCAL_S[$sums]} s"
   [[ $sums == on ]] || { pg_stop; rm -rf "$PGDATA"; }
 done
@@ -94,7 +92,7 @@ done
 # --- Remote full, 1 % changed, remote incremental, local delta; the
 # anchor's full and incremental. Each chain in its own archive.
 log "remote full backup-push"
-REMOTE_FULL_S=$(elapsed using remote "$CAIRN" backup-push --remote)
+REMOTE_FULL_S=$(elapsed env CAIRN_STORAGE=file://$WORK/remote "$CAIRN" backup-push --remote)
 FULL=$(newest remote)
 mkdir_pg "$WORK/pgbb"
 log "pg_basebackup full"
@@ -104,7 +102,7 @@ log "changing 1 % of pgbench_accounts (aid <= $rows)"
 psql_ -c "update pgbench_accounts set abalance = abalance + 1 where aid <= $rows" >/dev/null
 psql_ -c "checkpoint" >/dev/null
 log "remote incremental backup-push"
-REMOTE_INCR_S=$(elapsed using remote "$CAIRN" backup-push --remote --delta)
+REMOTE_INCR_S=$(elapsed env CAIRN_STORAGE=file://$WORK/remote "$CAIRN" backup-push --remote --delta)
 INCR=$(newest remote)
 [[ $INCR == *_D_* ]] || die "the remote delta $INCR is not incremental: see $WORK/run.log"
 log "pg_basebackup --incremental"
@@ -112,15 +110,15 @@ PGBB_INCR_S=$(elapsed "$PGBIN/pg_basebackup" -D "$WORK/pgbb/incr" -c fast -X non
   --incremental "$WORK/pgbb/full/backup_manifest")
 # cairn's local delta of the same change, on the local full taken above.
 log "local delta backup-push"
-LOCAL_DELTA_S=$(elapsed using local "$CAIRN" backup-push --delta "$PGDATA")
+LOCAL_DELTA_S=$(elapsed env CAIRN_STORAGE=file://$WORK/local "$CAIRN" backup-push --delta "$PGDATA")
 LOCAL_DELTA=$(newest local)
 [[ $LOCAL_DELTA == *_D_* ]] || die "the local delta $LOCAL_DELTA is not a delta"
 
 # --- Restores: the full alone, full + incremental; pg_combinebackup.
 log "backup-fetch of the remote full"
-FETCH_FULL_S=$(elapsed using remote "$CAIRN" backup-fetch "$WORK/restore-full" "$FULL")
+FETCH_FULL_S=$(elapsed env CAIRN_STORAGE=file://$WORK/remote "$CAIRN" backup-fetch "$WORK/restore-full" "$FULL")
 log "backup-fetch of full + incremental"
-FETCH_INCR_S=$(elapsed using remote "$CAIRN" backup-fetch "$WORK/restore-incr" "$INCR")
+FETCH_INCR_S=$(elapsed env CAIRN_STORAGE=file://$WORK/remote "$CAIRN" backup-fetch "$WORK/restore-incr" "$INCR")
 log "pg_combinebackup"
 COMBINE_S=$(elapsed "$PGBIN/pg_combinebackup" -o "$WORK/pgbb/combined" "$WORK/pgbb/full" "$WORK/pgbb/incr")
 # The same relation files as PostgreSQL's own tool rebuilds: cairn's restore
