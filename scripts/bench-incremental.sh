@@ -124,8 +124,9 @@ COMBINE_S=$(elapsed "$PGBIN/pg_combinebackup" -o "$WORK/pgbb/combined" "$WORK/pg
 # The same relation files as PostgreSQL's own tool rebuilds: cairn's restore
 # of full + incremental against pg_combinebackup's (relation files are what
 # the incremental rebuilds; both backups ran on an idle cluster).
-differ=0
+differ=0 compared=0
 while IFS= read -r f; do
+  compared=$((compared + 1))
   cmp -s "$WORK/restore-incr/$f" "$WORK/pgbb/combined/$f" || { differ=$((differ + 1)); log "differs from pg_combinebackup's: $f"; }
 done < <(cd "$WORK/pgbb/combined" && find base global -type f -regex '.*/[0-9]+\(_vm\|_fsm\|_init\)?\(\.[0-9]+\)?')
 
@@ -145,7 +146,7 @@ awk -v f="$FETCH_FULL_S" -v i="$FETCH_INCR_S" -v c="$COMBINE_S" 'BEGIN {
   printf "backup-fetch full + incremental         %7.2f s   (pg_combinebackup alone: %.2f s)\n", i, c
   printf "  chain / full: %.2f (target <= 1.2)\n", i / f
 }'
-echo "relation files differing from pg_combinebackup's reconstruction: $differ"
+echo "relation files differing from pg_combinebackup's reconstruction: $differ of $compared"
 awk -v off="${LOCAL_S[off]}" -v on="${LOCAL_S[on]}" 'BEGIN {
   printf "local backup-push, same data: checksums off %.2f s, on (verified) %.2f s: %+.1f %% (target <= 10 %%)\n", off, on, (on / off - 1) * 100
 }'

@@ -143,7 +143,8 @@ fn an_incremental_chain_restores_on_postgresql_18() {
     chain_restores(18);
 }
 
-/// Summaries turned off between backups: a full backup, and the reason.
+/// A parent taken from the data directory, summaries turned off between
+/// backups: a full backup, and the reason.
 /// A damaged incremental part: backup-fetch fails and names it, and
 /// backup-verify too.
 #[test]
@@ -152,7 +153,15 @@ fn what_the_server_cannot_do_is_a_full_backup_and_damage_is_named() {
     let a = Archive::new(Backend::File);
     let (mut c, pg) = summarizing(&t, &a, 17);
     c.pgbench(&["-i", "-s", "5", "-q"]);
-    remote(&pg, &t, &[]);
+    // The latest backup was taken from the data directory: no server
+    // manifest to build on.
+    ok(
+        &pg.cairn(&["backup-push", c.datadir.to_str().unwrap()], t.path()),
+        "local backup-push",
+    );
+    let (name, log) = remote(&pg, &t, &["--delta"]);
+    assert!(!name.contains("_D_"), "{name}");
+    assert!(log.contains("no server backup_manifest"), "{log}");
     c.pgbench(&["-c", "2", "-t", "200"]);
     let (incremental, _) = remote(&pg, &t, &["--delta"]);
     assert!(incremental.contains("_D_"), "{incremental}");
