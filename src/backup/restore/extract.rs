@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use super::super::BackupError;
 use super::super::delta::PageSetHead;
-use super::dest::{Layout, WRITE_QUEUE, WriteOp, write_files};
+use super::dest::{Layout, WRITE_QUEUE, WriteOp, WriteStats, write_files};
 use super::plan::{Action, PartWork};
 use crate::Context;
 use crate::archive::keys;
@@ -30,6 +30,10 @@ pub struct Job {
     /// Set when a part failed: the others stop.
     pub stop: AtomicBool,
     pub progress: crate::progress::SharedProgress,
+    /// Files may exist already (`backup-fetch --delta`): written where they
+    /// differ only.
+    pub delta: bool,
+    pub stats: Arc<WriteStats>,
 }
 
 /// Downloads, decodes and extracts one part, verifying each file against the
@@ -75,7 +79,8 @@ pub async fn extract_part(
     });
     let (ops, queue) = std::sync::mpsc::sync_channel(WRITE_QUEUE);
     let extract = tokio::task::spawn_blocking(move || extraction.run(reader, expected, &ops));
-    let write = tokio::task::spawn_blocking(move || write_files(queue));
+    let stats = job.stats.clone();
+    let write = tokio::task::spawn_blocking(move || write_files(queue, &stats));
     let (decoded, extracted, written) = futures::join!(decode, extract, write);
     // The earliest stage's error is the cause; later stages only saw their
     // input end, the extractor its writer stop.
@@ -240,7 +245,11 @@ impl Extraction {
         ops: &std::sync::mpsc::SyncSender<WriteOp>,
     ) -> Result<(), BackupError> {
         let send = |op: WriteOp| self.send(ops, op);
-        send(WriteOp::Create(target))?;
+        send(if self.job.delta {
+            WriteOp::Update(target)
+        } else {
+            WriteOp::Create(target)
+        })?;
         let mut hasher = blake3::Hasher::new();
         let mut len = 0u64;
         let mut body = Vec::new();

@@ -1,5 +1,6 @@
 //! `cairn backup-fetch <dest> <NAME|LATEST>`: restores a base backup (with
-//! its delta chain) into an empty directory. The pure [`plan`] says which
+//! its delta chain) into an empty directory, or with `--delta` over an
+//! existing data directory of the same cluster, keeping what matches. The pure [`plan`] says which
 //! parts to read and what to do with each file; [`extract`] downloads,
 //! decodes, verifies and extracts parts concurrently; [`dest`] owns the
 //! destination; [`recovery`] the settings it starts with. The control part
@@ -39,26 +40,94 @@ pub struct FetchOptions {
     pub restore_command: String,
     /// Parts downloaded and extracted at once.
     pub concurrency: usize,
+    /// Restore over an existing data directory of the same cluster, keeping
+    /// what already matches (`--delta`).
+    pub delta: bool,
 }
 
 /// Restores a backup; returns its manifest.
 pub async fn fetch(ctx: &Context, opts: &FetchOptions) -> Result<Manifest, BackupError> {
     let manifest = catalog::resolve(ctx, &opts.name).await?;
     let chain = catalog::chain(ctx, manifest).await?;
-    let planned = plan::plan(&chain)?;
     let Some(manifest) = chain.last().cloned() else {
         return Err(BackupError::BadArgument("empty backup chain".into()));
     };
     let layout = Layout::new(&manifest, &opts.dest, &opts.tablespace_map)?;
+    if opts.delta {
+        return fetch_delta(ctx, chain, layout, opts)
+            .await
+            .map(|()| manifest);
+    }
+    let planned = plan::plan(&chain)?;
     let created = {
         let layout = layout.clone();
         crate::blocking(move || layout.prepare()).await?
     };
-    let result = restore(ctx, &chain, planned, &layout, opts).await;
+    let stats = Arc::new(dest::WriteStats::default());
+    let result = restore(ctx, &chain, planned, &layout, opts, stats).await;
     if result.is_err() {
         let _ = tokio::task::spawn_blocking(move || created.undo()).await;
     }
     result.map(|()| manifest)
+}
+
+/// `--delta`: the restore over an existing data directory of the same
+/// cluster. Files that already hold what the restore would write are kept
+/// (and parts holding nothing else not read); the others are rewritten
+/// where they differ; what the backup does not have is removed. The result
+/// is the directory a restore into an empty one gives. A failure leaves the
+/// directory unable to start (pg_control goes first, comes back last): run
+/// the same command again to finish.
+async fn fetch_delta(
+    ctx: &Context,
+    chain: Vec<Manifest>,
+    layout: Layout,
+    opts: &FetchOptions,
+) -> Result<(), BackupError> {
+    let Some(last) = chain.last().cloned() else {
+        return Ok(());
+    };
+    let candidates = plan::reusable(&chain)?;
+    let (kept, kept_bytes) = {
+        let (layout, threads) = (layout.clone(), opts.concurrency);
+        crate::blocking(move || {
+            layout.prepare_delta(&last)?;
+            Ok::<_, BackupError>(layout.matching(&candidates, threads))
+        })
+        .await?
+    };
+    let planned = plan::plan_keeping(&chain, &kept)?;
+    let stats = Arc::new(dest::WriteStats::default());
+    let result = restore(ctx, &chain, planned, &layout, opts, stats.clone()).await;
+    if let Err(e) = result {
+        return Err(BackupError::BadArgument(format!(
+            "{e}; {} is partly restored and cannot start (no global/pg_control): run \
+             backup-fetch --delta again to finish",
+            opts.dest.display()
+        )));
+    }
+    {
+        let layout = layout.clone();
+        crate::blocking(move || {
+            layout.finish_delta()?;
+            layout.sync()
+        })
+        .await?;
+    }
+    let (written, unchanged) = stats.totals();
+    tracing::info!(
+        kept_files = kept.len(),
+        kept_bytes,
+        rewritten_bytes_found_unchanged = unchanged,
+        written_bytes = written,
+        "delta restore: {} files ({:.1} MB) kept as they were; of the rest, {:.1} MB \
+         already matched and {:.1} MB were written",
+        kept.len(),
+        kept_bytes as f64 / 1e6,
+        unchanged as f64 / 1e6,
+        written as f64 / 1e6
+    );
+    Ok(())
 }
 
 async fn restore(
@@ -67,6 +136,7 @@ async fn restore(
     planned: plan::RestorePlan,
     layout: &Layout,
     opts: &FetchOptions,
+    stats: Arc<dest::WriteStats>,
 ) -> Result<(), BackupError> {
     let Some(last) = chain.last() else {
         return Ok(());
@@ -98,6 +168,8 @@ async fn restore(
         // destination while a failed restore is being removed.
         stop: AtomicBool::new(false),
         progress: ctx.progress.clone(),
+        delta: opts.delta,
+        stats,
     });
     ctx.progress
         .begin(planned.bytes, Some(planned.parts as u64));

@@ -5,7 +5,7 @@
 //! holding nothing needed are not read; the restored backup's control part
 //! (pg_control) comes last.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use crate::archive::ArchiveError;
 use crate::archive::manifest::{FileEntry, Manifest, PartEntry, Stored};
@@ -52,7 +52,20 @@ pub struct RestorePlan {
 
 /// Plans the restore of `chain` (full first, the restored backup last).
 pub fn plan(chain: &[Manifest]) -> Result<RestorePlan, ArchiveError> {
-    let sources = sources(chain)?;
+    plan_keeping(chain, &HashSet::new())
+}
+
+/// Plans the restore of `chain` over a directory where the files in `keep`
+/// already hold what the restore would write (`backup-fetch --delta`):
+/// those are left alone, and parts holding nothing else are not read.
+pub fn plan_keeping(
+    chain: &[Manifest],
+    keep: &HashSet<String>,
+) -> Result<RestorePlan, ArchiveError> {
+    let mut sources = sources(chain)?;
+    for actions in &mut sources {
+        actions.retain(|path, _| !keep.contains(path));
+    }
     let mut out = RestorePlan::default();
     for (k, (manifest, actions)) in chain.iter().zip(&sources).enumerate() {
         let is_last = k + 1 == chain.len();
@@ -121,6 +134,53 @@ pub fn verify_all(chain: &[Manifest]) -> RestorePlan {
     }
     out
 }
+
+/// A file of the restored backup written whole from one entry (no page set
+/// of a later backup patches it): a file already holding `size` bytes
+/// whose BLAKE3 is `blake3` is what the restore would write.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reusable {
+    pub path: String,
+    pub size: u64,
+    pub blake3: String,
+}
+
+/// Files a restore over an existing directory may keep when they match,
+/// with what they must hold. The control files are always written (they
+/// come last, and say where recovery starts).
+pub fn reusable(chain: &[Manifest]) -> Result<Vec<Reusable>, ArchiveError> {
+    let sources = sources(chain)?;
+    let mut out = Vec::new();
+    for (k, actions) in sources.iter().enumerate() {
+        for (path, action) in actions {
+            if !matches!(action, Action::Write { .. })
+                || CONTROL_FILES.contains(&path.as_str())
+                || sources[k + 1..]
+                    .iter()
+                    .any(|later| later.contains_key(path))
+            {
+                continue;
+            }
+            if let Some(e) = chain[k].files.iter().find(|f| &f.path == path) {
+                out.push(Reusable {
+                    path: path.clone(),
+                    size: e.size,
+                    blake3: e.blake3.clone(),
+                });
+            }
+        }
+    }
+    out.sort_by(|a, b| a.path.cmp(&b.path));
+    Ok(out)
+}
+
+/// Written on every restore, never kept.
+const CONTROL_FILES: [&str; 4] = [
+    "global/pg_control",
+    "backup_label",
+    "tablespace_map",
+    "backup_manifest",
+];
 
 /// For each backup of `chain` (full first), the files to take from it: for
 /// every file of the last backup, the newest backup that holds it whole, then
@@ -213,8 +273,9 @@ mod tests {
         }
     }
 
-    #[test]
-    fn each_file_comes_from_its_newest_whole_copy_then_page_sets() {
+    /// A full backup (base/1/10, base/1/11, base/1/gone, pg_control) and a
+    /// delta on it: base/1/10 as a page set, base/1/11 unchanged, gone gone.
+    fn full_and_delta() -> [Manifest; 2] {
         let mut full = crate::archive::manifest::tests::sample();
         full.parts = vec![part("part_00001.tar", false), part("part_00002.tar", true)];
         full.files = vec![
@@ -240,6 +301,12 @@ mod tests {
             file("base/1/11", 0, Stored::Unchanged),
             file("global/pg_control", 1, Stored::Whole),
         ];
+        [full, delta]
+    }
+
+    #[test]
+    fn each_file_comes_from_its_newest_whole_copy_then_page_sets() {
+        let [full, delta] = full_and_delta();
         let p = plan(&[full, delta]).unwrap();
         assert_eq!(p.stages.len(), 2);
         // The full backup's control part holds only pg_control, which the
@@ -256,6 +323,27 @@ mod tests {
         );
         assert_eq!(p.stages[1].control.len(), 1);
         assert_eq!(p.parts, 3);
+    }
+
+    #[test]
+    fn only_files_written_whole_and_never_patched_may_be_kept() {
+        let chain = full_and_delta();
+        let kept = reusable(&chain).unwrap();
+        assert_eq!(
+            kept.iter().map(|r| r.path.as_str()).collect::<Vec<_>>(),
+            ["base/1/11"]
+        );
+        // Keeping it leaves the full backup's data part for base/1/10 only.
+        let p = plan_keeping(&chain, &HashSet::from(["base/1/11".to_string()])).unwrap();
+        assert_eq!(p.stages[0].data[0].files["base/1/11"].1, Action::Skip);
+        assert_eq!(
+            p.stages[0].data[0].files["base/1/10"].1,
+            Action::Write { mode: 0o600 }
+        );
+        // Nothing else needed from a part: it is not read at all.
+        let all = HashSet::from(["base/1/10".to_string(), "base/1/11".to_string()]);
+        let p = plan_keeping(&chain, &all).unwrap();
+        assert!(p.stages[0].data.is_empty());
     }
 
     #[test]
