@@ -433,9 +433,10 @@ fn completed_in(spool: &std::path::Path) -> usize {
         .count()
 }
 
-/// Storage gone for a while: commits go on (the spool is durable), the
-/// spool grows, and once storage is back the uploads catch up; progress is
-/// logged and pushed to a real Pushgateway throughout.
+/// Storage gone for a while, and the server restarted meanwhile: commits go
+/// on (the spool is durable), the receiver reconnects, the spool grows, and
+/// once storage is back the uploads catch up; progress is logged, pushed to
+/// a real Pushgateway and written for node_exporter throughout.
 #[test]
 fn storage_outages_are_ridden_out_by_the_spool() {
     let t = TestDir::new();
@@ -463,6 +464,10 @@ fn storage_outages_are_ridden_out_by_the_spool() {
 
     a.s3.as_mut().unwrap().stop();
     primary.pgbench(&["-i", "-s", "3", "-q"]);
+    // The server restarts meanwhile: the receiver reconnects (and checks
+    // the archive's cluster record, which it cannot read now) and goes on.
+    primary.stop();
+    primary.start();
     primary.sql("select pg_switch_wal()");
     primary.wait_until(
         "segments to pile up in the spool",
@@ -516,6 +521,7 @@ fn storage_outages_are_ridden_out_by_the_spool() {
     assert!(out.status.success(), "{log}");
     assert!(log.contains("it stays in the spool"), "{log}");
     assert!(log.contains("receiving"), "no progress lines: {log}");
+    assert!(log.contains("reconnecting"), "no reconnect: {log}");
 
     let restored = restore_latest(&t, &a, &pg, &primary);
     assert_eq!(restored.sql("select v from marker"), "after the outage");

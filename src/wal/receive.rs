@@ -151,7 +151,10 @@ fn retryable(e: &ReceiveError) -> bool {
         ReceiveError::Pg(PgError::Query { message, .. }) => {
             !(message.contains("does not exist") || message.contains("is active for PID"))
         }
-        ReceiveError::Wal(WalError::Storage(_)) => true,
+        // Storage unreachable for a while (as the cluster is admitted on
+        // each connect, too): the spool holds the stream meanwhile.
+        ReceiveError::Wal(WalError::Storage(_))
+        | ReceiveError::Wal(WalError::Archive(crate::archive::ArchiveError::Storage(_))) => true,
         _ => false,
     }
 }
