@@ -64,7 +64,9 @@ pub struct Config {
     pub compression: Compression,
     pub zstd_level: i32,
     pub age_recipients: Vec<age::x25519::Recipient>,
-    pub age_identity_file: Option<PathBuf>,
+    /// Files of age identities (several identities each): reading tries every
+    /// one, so a restore works across a key rotation.
+    pub age_identity_file: Vec<PathBuf>,
     pub s3_endpoint: Option<String>,
     pub s3_region: Option<String>,
     pub s3_force_path_style: bool,
@@ -132,7 +134,7 @@ impl Default for Config {
             compression: Compression::Lz4,
             zstd_level: 3,
             age_recipients: Vec::new(),
-            age_identity_file: None,
+            age_identity_file: Vec::new(),
             s3_endpoint: None,
             s3_region: None,
             s3_force_path_style: false,
@@ -245,7 +247,11 @@ impl Config {
                 *recipients_file = Some((PathBuf::from(string(v).map_err(bad)?), s.source.clone()))
             }
             "age_identity_file" => {
-                self.age_identity_file = Some(PathBuf::from(string(v).map_err(bad)?))
+                self.age_identity_file = list(v)
+                    .map_err(bad)?
+                    .into_iter()
+                    .map(PathBuf::from)
+                    .collect()
             }
             "s3_endpoint" => self.s3_endpoint = Some(endpoint(v).map_err(bad)?),
             "s3_region" => self.s3_region = Some(string(v).map_err(bad)?),

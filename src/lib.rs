@@ -71,9 +71,11 @@ impl Context {
         if let Some(k) = self.keyring.get() {
             return Ok(k.clone());
         }
-        let loaded = match &self.config.age_identity_file {
-            Some(p) => Some(Keyring::from_file(p)?),
-            None => None,
+        let files = &self.config.age_identity_file;
+        let loaded = if files.is_empty() {
+            None
+        } else {
+            Some(Keyring::from_files(files)?)
         };
         Ok(self.keyring.get_or_init(|| loaded).clone())
     }

@@ -141,7 +141,7 @@ fn the_configmap_cairn_yaml_loads_once_its_key_is_filled_in() {
         .unwrap_or_else(|e| panic!("configmap.yaml's cairn.yaml: {e}"));
     assert_eq!(c.age_recipients.len(), 1);
     assert!(
-        c.age_identity_file.is_none(),
+        c.age_identity_file.is_empty(),
         "the pushing pods must not be told about an identity"
     );
     assert!(c.postgres.host.is_some() && c.postgres.user.is_some());

@@ -130,6 +130,24 @@ impl fmt::Debug for Keyring {
 }
 
 impl Keyring {
+    /// Reads age identity files, every identity of each: objects encrypted
+    /// to any of them decrypt (keys kept across a rotation).
+    pub fn from_files(paths: &[PathBuf]) -> Result<Self, CodecError> {
+        let mut identities = Vec::new();
+        for p in paths {
+            identities.extend(Self::from_file(p)?.identities);
+        }
+        Ok(Keyring {
+            identities,
+            source: paths
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+                .into(),
+        })
+    }
+
     /// Reads an age identity file (`AGE-SECRET-KEY-1…` lines; `#` comments).
     pub fn from_file(path: &Path) -> Result<Self, CodecError> {
         let bad = |detail: String| CodecError::IdentityFile {
