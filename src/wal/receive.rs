@@ -151,8 +151,8 @@ fn retryable(e: &ReceiveError) -> bool {
         ReceiveError::Pg(PgError::Query { message, .. }) => {
             !(message.contains("does not exist") || message.contains("is active for PID"))
         }
-        // Storage unreachable for a while (as the cluster is admitted on
-        // each connect, too): the spool holds the stream meanwhile.
+        // Storage unreachable for a while (also when the first connection
+        // admits the cluster): the spool holds the stream meanwhile.
         ReceiveError::Wal(WalError::Storage(_))
         | ReceiveError::Wal(WalError::Archive(crate::archive::ArchiveError::Storage(_))) => true,
         _ => false,
@@ -174,9 +174,12 @@ pub async fn receive(
         uploads.send(Job::Segment(seg)).ok();
     }
     tokio::pin!(shutdown);
+    // The cluster this process has admitted to the archive: a reconnect to
+    // the same cluster needs no storage (which may be what is down).
+    let admitted = std::sync::Mutex::new(None);
     let mut backoff = Duration::from_secs(1);
     let result = loop {
-        let mut session = Session::new(&ctx, opts, &spool, &uploads, &positions);
+        let mut session = Session::new(&ctx, opts, &spool, &uploads, &positions, &admitted);
         let outcome = tokio::select! {
             // A session only ends in an error; shutdown ends it from here.
             r = session.run() => r.map(|never| match never {}),
@@ -286,6 +289,7 @@ struct Session<'a> {
     spool: &'a Spool,
     uploads: &'a mpsc::UnboundedSender<Job>,
     positions: &'a Positions,
+    admitted: &'a std::sync::Mutex<Option<crate::pg::wal::SystemId>>,
     open: Option<OpenSegment>,
     last_partial: Instant,
     /// What the last stored `.partial` holds.
@@ -311,6 +315,7 @@ impl<'a> Session<'a> {
         spool: &'a Spool,
         uploads: &'a mpsc::UnboundedSender<Job>,
         positions: &'a Positions,
+        admitted: &'a std::sync::Mutex<Option<crate::pg::wal::SystemId>>,
     ) -> Self {
         Session {
             ctx,
@@ -318,6 +323,7 @@ impl<'a> Session<'a> {
             spool,
             uploads,
             positions,
+            admitted,
             open: None,
             last_partial: Instant::now(),
             partial_stored: None,
@@ -328,13 +334,18 @@ impl<'a> Session<'a> {
         let mut conn =
             ReplicationConn::connect_as(&self.opts.postgres, &self.opts.application_name).await?;
         let system = conn.identify_system().await?;
-        crate::archive::registry::admit(
-            self.ctx,
-            crate::pg::wal::SystemId(system.system_identifier),
-            Segment::containing(system.timeline, system.position, SEGMENT),
-        )
-        .await
-        .map_err(WalError::from)?;
+        let sysid = crate::pg::wal::SystemId(system.system_identifier);
+        let known = *self.admitted.lock().unwrap_or_else(|p| p.into_inner());
+        if known != Some(sysid) {
+            crate::archive::registry::admit(
+                self.ctx,
+                sysid,
+                Segment::containing(system.timeline, system.position, SEGMENT),
+            )
+            .await
+            .map_err(WalError::from)?;
+            *self.admitted.lock().unwrap_or_else(|p| p.into_inner()) = Some(sysid);
+        }
         self.ensure_slot(&mut conn).await?;
         let (mut timeline, mut start) = self
             .start_position(&mut conn, system.timeline, system.position)
