@@ -4,8 +4,9 @@
 //! stores a fraction of the full, restores (compared by query checksums
 //! over every table, after replay) with `INCREMENTAL FROM` gone from
 //! backup_label;
-//! what the server cannot do is a full backup with the reason; a damaged
-//! incremental part fails the restore, naming it.
+//! what the server cannot do (summaries off, a new timeline after a
+//! restore) is a full backup with the reason; a damaged incremental part
+//! fails the restore, naming it.
 
 mod common;
 
@@ -216,5 +217,54 @@ fn what_the_server_cannot_do_is_a_full_backup_and_damage_is_named() {
         String::from_utf8_lossy(&out.stdout).contains(&part_name),
         "{}",
         String::from_utf8_lossy(&out.stdout)
+    );
+}
+
+/// After a point-in-time restore the cluster is on a new timeline, and its
+/// server has no WAL summaries of the old one: the first remote delta on the
+/// old timeline's backup cannot be built, so it is a full backup with the
+/// server's reason; the next one builds on that full.
+#[test]
+fn a_new_timeline_without_summaries_gets_a_full_backup_then_deltas() {
+    let t = TestDir::new();
+    let a = Archive::new(Backend::File);
+    let (mut c, pg) = summarizing(&t, &a, 17);
+    c.pgbench(&["-i", "-s", "2", "-q"]);
+    let (full, _) = remote(&pg, &t, &[]);
+    c.pgbench(&["-c", "2", "-t", "100"]);
+    wait_archived(&c);
+    destroy(&mut c);
+
+    let data = c.datadir.clone();
+    ok(
+        &fetch_to(&pg, &t, &data, &["--recovery-target", "latest"]),
+        "backup-fetch",
+    );
+    common::chown_pg(&data);
+    let mut restored = Cluster::existing(&t, data);
+    restored.set_server(common::Server::embedded(17));
+    restored.set_env(a.env.clone());
+    restored.start();
+    restored.wait_until("the promotion", Duration::from_secs(120), |r| {
+        r.try_sql("select pg_is_in_recovery()").as_deref() == Some("f")
+    });
+    assert_eq!(
+        restored.sql("select timeline_id from pg_control_checkpoint()"),
+        "2"
+    );
+    let pg = with_pg(&a, &restored);
+    let (name, log) = remote(&pg, &t, &["--delta"]);
+    assert!(!name.contains("_D_"), "{name}\n{log}");
+    // The server's own words: its summaries do not reach back that far.
+    assert!(
+        log.contains(&format!("the server cannot build on {full}"))
+            && log.contains("WAL summaries"),
+        "{log}"
+    );
+    restored.pgbench(&["-c", "2", "-t", "100"]);
+    let (next, log) = remote(&pg, &t, &["--delta"]);
+    assert!(
+        next.contains(&format!("_D_{}", &name[5..])),
+        "{next}\n{log}"
     );
 }
