@@ -13,7 +13,8 @@ mod common;
 use std::time::Duration;
 
 use common::drill::{
-    destroy, fetch_to, list, ok, pgbench_checksum, stderr, wait_archived, with_pg,
+    destroy, differences, fetch_to, list, ok, pgbench_checksum, stderr, tree, wait_archived,
+    with_pg,
 };
 use common::{Archive, Backend, Cluster, TestDir};
 
@@ -114,6 +115,31 @@ fn chain_restores(major: u32) {
             .contains("INCREMENTAL"),
         "backup_label still says INCREMENTAL FROM"
     );
+    // The chain restored over the full's restore (--delta) gives the same
+    // files, keeping those the incrementals left unchanged.
+    let over = t.path().join("over");
+    ok(&fetch_to(&pg, &t, &over, &[]), "backup-fetch of the chain");
+    let fresh = tree(&over);
+    std::fs::remove_dir_all(&over).unwrap();
+    ok(
+        &pg.cairn(&["backup-fetch", over.to_str().unwrap(), &full], t.path()),
+        "backup-fetch of the full",
+    );
+    let out = fetch_to(&pg, &t, &over, &["--delta"]);
+    assert!(
+        out.status.success(),
+        "backup-fetch --delta: {}",
+        stderr(&out)
+    );
+    let diff = differences(&fresh, &tree(&over));
+    assert!(diff.is_empty(), "{diff:#?}");
+    let kept: usize = stderr(&out)
+        .split("kept_files=")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    assert!(kept > 500, "only {kept} files kept: {}", stderr(&out));
     common::chown_pg(&data);
     let mut restored = Cluster::existing(&t, data);
     restored.set_server(server);

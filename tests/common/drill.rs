@@ -200,3 +200,55 @@ pub fn pgbench_checksum(c: &Cluster) -> String {
          ) s",
     )
 }
+
+/// Every file, directory and link under `root`, by relative path: a file's
+/// bytes (postgresql.auto.conf's without the time its recovery settings
+/// were added), a link's target, a directory as such.
+pub fn tree(root: &Path) -> std::collections::BTreeMap<String, Vec<u8>> {
+    let mut out = std::collections::BTreeMap::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for e in std::fs::read_dir(&dir).unwrap() {
+            let e = e.unwrap();
+            let path = e.path();
+            let rel = path.strip_prefix(root).unwrap().display().to_string();
+            let kind = e.file_type().unwrap();
+            if kind.is_symlink() {
+                let to = std::fs::read_link(&path).unwrap();
+                out.insert(rel, format!("-> {}", to.display()).into_bytes());
+            } else if kind.is_dir() {
+                out.insert(rel, b"<dir>".to_vec());
+                stack.push(path);
+            } else if rel == "postgresql.auto.conf" {
+                // The recovery settings' comment says when they were added.
+                let text = std::fs::read_to_string(&path).unwrap();
+                let kept: Vec<&str> = text
+                    .lines()
+                    .filter(|l| !l.starts_with("# Added by cairn backup-fetch"))
+                    .collect();
+                out.insert(rel, kept.join("\n").into_bytes());
+            } else {
+                out.insert(rel, std::fs::read(&path).unwrap());
+            }
+        }
+    }
+    out
+}
+
+pub fn differences(
+    a: &std::collections::BTreeMap<String, Vec<u8>>,
+    b: &std::collections::BTreeMap<String, Vec<u8>>,
+) -> Vec<String> {
+    let mut out = Vec::new();
+    for (k, v) in a {
+        match b.get(k) {
+            None => out.push(format!("only in the fresh restore: {k}")),
+            Some(w) if w != v => out.push(format!("differs: {k}")),
+            _ => {}
+        }
+    }
+    for k in b.keys().filter(|k| !a.contains_key(*k)) {
+        out.push(format!("only in the delta restore: {k}"));
+    }
+    out
+}

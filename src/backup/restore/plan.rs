@@ -136,7 +136,7 @@ pub fn verify_all(chain: &[Manifest]) -> RestorePlan {
 }
 
 /// A file of the restored backup written whole from one entry (no page set
-/// of a later backup patches it): a file already holding `size` bytes
+/// of a later backup changes it): a file already holding `size` bytes
 /// whose BLAKE3 is `blake3` is what the restore would write.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Reusable {
@@ -150,22 +150,41 @@ pub struct Reusable {
 /// come last, and say where recovery starts).
 pub fn reusable(chain: &[Manifest]) -> Result<Vec<Reusable>, ArchiveError> {
     let sources = sources(chain)?;
+    let by_path: Vec<HashMap<&str, &FileEntry>> = chain
+        .iter()
+        .map(|m| m.files.iter().map(|f| (f.path.as_str(), f)).collect())
+        .collect();
     let mut out = Vec::new();
     for (k, actions) in sources.iter().enumerate() {
         for (path, action) in actions {
-            if !matches!(action, Action::Write { .. })
-                || CONTROL_FILES.contains(&path.as_str())
-                || sources[k + 1..]
-                    .iter()
-                    .any(|later| later.contains_key(path))
-            {
+            if !matches!(action, Action::Write { .. }) || CONTROL_FILES.contains(&path.as_str()) {
                 continue;
             }
-            if let Some(e) = chain[k].files.iter().find(|f| &f.path == path) {
+            let Some(whole) = by_path[k].get(path.as_str()) else {
+                continue;
+            };
+            // Later page sets must leave the file as it is: no pages, the
+            // same length (how an incremental backup stores a relation file
+            // unchanged since its parent).
+            let untouched =
+                sources[k + 1..]
+                    .iter()
+                    .enumerate()
+                    .all(|(j, later)| match later.get(path) {
+                        None => true,
+                        Some(Action::Patch { .. }) => {
+                            by_path[k + 1 + j].get(path.as_str()).is_some_and(|e| {
+                                matches!(e.stored, Stored::Pages { pages: 0, .. })
+                                    && e.size == whole.size
+                            })
+                        }
+                        Some(_) => false,
+                    });
+            if untouched {
                 out.push(Reusable {
                     path: path.clone(),
-                    size: e.size,
-                    blake3: e.blake3.clone(),
+                    size: whole.size,
+                    blake3: whole.blake3.clone(),
                 });
             }
         }
@@ -327,12 +346,24 @@ mod tests {
 
     #[test]
     fn only_files_written_whole_and_never_patched_may_be_kept() {
-        let chain = full_and_delta();
+        let mut chain = full_and_delta();
         let kept = reusable(&chain).unwrap();
         assert_eq!(
             kept.iter().map(|r| r.path.as_str()).collect::<Vec<_>>(),
             ["base/1/11"]
         );
+        // A page set of no pages at the same length (an incremental's
+        // unchanged file) leaves the file as its whole copy: kept too.
+        chain[1].files[0].stored = Stored::Pages {
+            bytes: 24,
+            pages: 0,
+        };
+        let kept = reusable(&chain).unwrap();
+        assert_eq!(kept.len(), 2);
+        assert_eq!(kept[0].blake3, chain[0].files[0].blake3);
+        // At another length it is not.
+        chain[1].files[0].size = 16384;
+        assert_eq!(reusable(&chain).unwrap().len(), 1);
         // Keeping it leaves the full backup's data part for base/1/10 only.
         let p = plan_keeping(&chain, &HashSet::from(["base/1/11".to_string()])).unwrap();
         assert_eq!(p.stages[0].data[0].files["base/1/11"].1, Action::Skip);
