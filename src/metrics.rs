@@ -447,20 +447,21 @@ pub fn update_textfile(path: &Path, run: &WalPushRun) -> Result<(), MetricsError
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
         Err(e) => return Err(io(e)),
     };
-    let text = updated_textfile(&old, run);
-    // PostgreSQL runs archive_command with umask 0077; node_exporter runs as
-    // another user and must read the file.
-    let mut f = crate::durable::TempFile::create(path).map_err(io)?;
-    {
-        use std::io::Write as _;
-        use std::os::unix::fs::PermissionsExt;
-        f.write_all(text.as_bytes()).map_err(io)?;
-        f.file()
-            .set_permissions(std::fs::Permissions::from_mode(0o644))
-            .map_err(io)?;
-    }
-    // A lost update after an OS crash only loses a count.
-    f.commit(crate::durable::Durability::Atomic).map_err(io)
+    replace_textfile(path, &updated_textfile(&old, run)).map_err(io)
+}
+
+/// Replaces the textfile at `path` with `text`, whole (rename), readable by
+/// node_exporter: PostgreSQL runs archive_command with umask 0077 and
+/// node_exporter runs as another user. A lost update after an OS crash only
+/// loses a figure.
+fn replace_textfile(path: &Path, text: &str) -> std::io::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::PermissionsExt;
+    let mut f = crate::durable::TempFile::create(path)?;
+    f.write_all(text.as_bytes())?;
+    f.file()
+        .set_permissions(std::fs::Permissions::from_mode(0o644))?;
+    f.commit(crate::durable::Durability::Atomic)
 }
 
 /// Writes a long-running command's state (wal-receive's positions and
@@ -483,16 +484,7 @@ pub fn write_textfile(path: &Path, run: &Run) -> Result<(), MetricsError> {
         write_header(&mut text, m.name, m.help, m.kind);
         let _ = writeln!(text, "{}{{{labels}}} {}", m.name, number(m.value));
     }
-    let mut f = crate::durable::TempFile::create(path).map_err(io)?;
-    {
-        use std::io::Write as _;
-        use std::os::unix::fs::PermissionsExt;
-        f.write_all(text.as_bytes()).map_err(io)?;
-        f.file()
-            .set_permissions(std::fs::Permissions::from_mode(0o644))
-            .map_err(io)?;
-    }
-    f.commit(crate::durable::Durability::Atomic).map_err(io)
+    replace_textfile(path, &text).map_err(io)
 }
 
 /// Where a long-running `command` keeps its textfile: beside wal-push's

@@ -56,12 +56,12 @@ pub async fn choose(
             version / 10000
         ));
     }
-    if show(conn, "summarize_wal").await? != "on" {
+    if conn.show("summarize_wal").await? != "on" {
         return full_because(
             "summarize_wal is off on the server; turn it on for incremental backups".into(),
         );
     }
-    let block_size = show(conn, "block_size").await?;
+    let block_size = conn.show("block_size").await?;
     if block_size != PAGE_SIZE.to_string() {
         return full_because(format!(
             "the server's block_size is {block_size}; deltas need {PAGE_SIZE}"
@@ -83,14 +83,6 @@ pub async fn choose(
         delta: DeltaBase::new(&latest),
         server_manifest,
     }))
-}
-
-async fn show(conn: &mut ReplicationConn, name: &str) -> Result<String, BackupError> {
-    let rows = conn.query_rows(&format!("SHOW {name}")).await?;
-    Ok(rows
-        .first()
-        .and_then(|r| r.first().cloned().flatten())
-        .unwrap_or_default())
 }
 
 /// Whether a path in the server's stream is an incremental file, and the

@@ -51,23 +51,16 @@ pub async fn push_remote(ctx: &Context, opts: &PushOptions) -> Result<Manifest, 
             system.system_identifier, server_id
         )));
     }
-    let show = async |conn: &mut ReplicationConn, name: &str| -> Result<String, BackupError> {
-        let rows = conn.query_rows(&format!("SHOW {name}")).await?;
-        Ok(rows
-            .first()
-            .and_then(|r| r.first().cloned().flatten())
-            .unwrap_or_default())
-    };
-    let mode = show(&mut conn, "archive_mode").await?;
-    let standby = conn.version_num >= 140000 && show(&mut conn, "in_hot_standby").await? == "on";
-    let command = show(&mut conn, "archive_command").await?;
+    let mode = conn.show("archive_mode").await?;
+    let standby = conn.version_num >= 140000 && conn.show("in_hot_standby").await? == "on";
+    let command = conn.show("archive_command").await?;
     let library = if conn.version_num >= 150000 {
-        show(&mut conn, "archive_library").await?
+        conn.show("archive_library").await?
     } else {
         String::new()
     };
     check_archiving(&mode, standby, &command, &library)?;
-    let segment_size = show(&mut conn, "wal_segment_size").await?;
+    let segment_size = conn.show("wal_segment_size").await?;
     let segment_size = parse_size(&segment_size)
         .and_then(|b| SegmentSize::new(b).ok())
         .ok_or_else(|| {

@@ -257,9 +257,7 @@ impl Layout {
         let Ok(f) = fs::File::open(&path) else {
             return false;
         };
-        if f.metadata().map(|m| m.len()).ok() != Some(c.size)
-            || !f.metadata().is_ok_and(|m| m.is_file())
-        {
+        if !f.metadata().is_ok_and(|m| m.is_file() && m.len() == c.size) {
             return false;
         }
         let mut hasher = blake3::Hasher::new();

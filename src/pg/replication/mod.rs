@@ -233,6 +233,15 @@ impl ReplicationConn {
         self.flush().await.map_err(|e| self.query_error(e))
     }
 
+    /// A setting's value (`SHOW`, which walsenders answer), empty if none.
+    pub async fn show(&mut self, name: &str) -> Result<String, PgError> {
+        let rows = self.query_rows(&format!("SHOW {name}")).await?;
+        Ok(rows
+            .first()
+            .and_then(|r| r.first().cloned().flatten())
+            .unwrap_or_default())
+    }
+
     /// `UPLOAD_MANIFEST` (PostgreSQL 17+): sends a previous backup's
     /// `backup_manifest`, which the next `BASE_BACKUP ( INCREMENTAL )` on
     /// this connection builds on. The server checks it (its checksum, the
