@@ -65,7 +65,7 @@ fn restore_latest(t: &TestDir, a: &Archive, pg: &Archive, primary: &Cluster) -> 
 
 /// `cairn wal-receive --create-slot` into `spool`, as a child process.
 fn start_receiver(on: &Archive, t: &TestDir, spool: &std::path::Path) -> Receiver {
-    Receiver(Some(on.spawn_cairn(
+    Receiver(Some(on.spawn_cairn_as_pg(
         &[
             "wal-receive",
             "--create-slot",
@@ -284,7 +284,7 @@ fn faults_cost_nothing_and_bad_input_is_named() {
     let receive = |extra: &[&str], on: &Archive| {
         let mut args = vec!["wal-receive"];
         args.extend_from_slice(extra);
-        Receiver(Some(on.spawn_cairn(&args, t.path())))
+        Receiver(Some(on.spawn_cairn_as_pg(&args, t.path())))
     };
 
     // A slot name PostgreSQL would refuse; a slot that does not exist.
@@ -448,8 +448,7 @@ fn storage_outages_are_ridden_out_by_the_spool() {
     primary.pgbench(&["-i", "-s", "1", "-q"]);
     push(&pg, &primary, &t, &[]);
     let spool = t.path().join("spool");
-    let textfiles = t.path().join("textfiles");
-    std::fs::create_dir(&textfiles).unwrap();
+    let textfiles = t.sub("textfiles");
     let exporter = common::NodeExporter::start(&textfiles);
     let receiver = start_receiver(
         &pg.clone_with("CAIRN_METRICS_PUSH_URL", &gw.url())

@@ -601,6 +601,25 @@ impl Archive {
             .unwrap()
     }
 
+    /// Starts cairn as the PostgreSQL user, without waiting for it; its
+    /// output is captured. The child is cairn itself (no runuser between),
+    /// so signals sent to it reach cairn. For long-running commands that
+    /// share a file archive with `archive_command`: directories they create
+    /// must stay writable for the cluster's own wal-push.
+    pub fn spawn_cairn_as_pg(&self, args: &[&str], cwd: &Path) -> Child {
+        use std::os::unix::process::CommandExt;
+        let path = std::env::var("PATH").unwrap_or_default();
+        let mut c = self.command(&cairn_bin(), &path, args, cwd);
+        if is_root() {
+            let (u, g) = postgres_ids();
+            c.uid(u).gid(g).env("HOME", cwd);
+        }
+        c.stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    }
+
     fn command(&self, program: &Path, path: &str, args: &[&str], cwd: &Path) -> Command {
         let mut c = Command::new(program);
         c.args(args).current_dir(cwd).env_clear();
