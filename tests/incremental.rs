@@ -173,7 +173,9 @@ fn an_incremental_chain_restores_on_postgresql_18() {
 /// A parent taken from the data directory, summaries turned off between
 /// backups: a full backup, and the reason.
 /// A damaged incremental part: backup-fetch fails and names it, and
-/// backup-verify too.
+/// backup-verify too. A damaged server manifest of the parent, a parent
+/// deleted between backups, and an emptied archive each give a full
+/// backup or a delta on what is left, with the reason.
 #[test]
 fn what_the_server_cannot_do_is_a_full_backup_and_damage_is_named() {
     let t = TestDir::new();
@@ -244,6 +246,48 @@ fn what_the_server_cannot_do_is_a_full_backup_and_damage_is_named() {
         "{}",
         String::from_utf8_lossy(&out.stdout)
     );
+
+    // The parent's server manifest damaged in storage: a full backup, with
+    // the reason, not a failed one.
+    c.start();
+    let manifest = dir.join("backup_manifest");
+    let mut bytes = std::fs::read(&manifest).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0xff;
+    std::fs::write(&manifest, bytes).unwrap();
+    let (full, log) = remote(&pg, &t, &["--delta"]);
+    assert!(!full.contains("_D_"), "{full}");
+    assert!(
+        log.contains(&format!(
+            "the server backup_manifest of {again} cannot be read"
+        )),
+        "{log}"
+    );
+    // The parent deleted between backups: the next delta builds on what
+    // is left.
+    c.pgbench(&["-c", "2", "-t", "100"]);
+    let (doomed, _) = remote(&pg, &t, &["--delta"]);
+    assert!(doomed.contains(&format!("_D_{}", &full[5..])), "{doomed}");
+    ok(
+        &pg.cairn(&["delete", "target", &doomed, "--confirm"], t.path()),
+        "delete target",
+    );
+    c.pgbench(&["-c", "2", "-t", "100"]);
+    let (next, log) = remote(&pg, &t, &["--delta"]);
+    assert!(
+        next.contains(&format!("_D_{}", &full[5..])),
+        "{next}\n{log}"
+    );
+    // Nothing left to build on: a full backup, and the log says why.
+    ok(
+        &pg.cairn(&["delete", "everything", "--confirm"], t.path()),
+        "delete everything",
+    );
+    let (name, log) = remote(&pg, &t, &["--delta"]);
+    assert!(!name.contains("_D_"), "{name}");
+    assert!(log.contains("taking a full backup"), "{log}");
+    let out = fetch_to(&pg, &t, &t.path().join("last"), &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
 }
 
 /// After a point-in-time restore the cluster is on a new timeline, and its

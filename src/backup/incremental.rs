@@ -72,12 +72,24 @@ pub async fn choose(
         Err(why) => return full_because(why),
     };
     let key = keys::server_manifest(&latest.name)?;
-    let Some(server_manifest) = crate::archive::objects::read_plain(ctx, &key, None).await? else {
-        return full_because(format!(
-            "{} has no server backup_manifest to build on (a backup of the data directory, \
-             or one taken by an older cairn)",
-            latest.name
-        ));
+    let server_manifest = match crate::archive::objects::read_plain(ctx, &key, None).await {
+        Ok(Some(m)) => m,
+        Ok(None) => {
+            return full_because(format!(
+                "{} has no server backup_manifest to build on (a backup of the data directory, \
+                 or one taken by an older cairn)",
+                latest.name
+            ));
+        }
+        // A damaged copy costs a full backup, not tonight's backup; the
+        // parent itself is no worse for it (restores read cairn's manifest).
+        Err(crate::archive::ArchiveError::Codec(e)) => {
+            return full_because(format!(
+                "the server backup_manifest of {} cannot be read ({e})",
+                latest.name
+            ));
+        }
+        Err(e) => return Err(e.into()),
     };
     Ok(Some(Parent {
         delta: DeltaBase::new(&latest),
