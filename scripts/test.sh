@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs cairn's whole test suite on a fresh machine. Installs what the tests need
 # when it is missing: PostgreSQL server binaries (Debian packages), the s3s-fs S3
-# server (crates.io), the GCS emulator and kubernetes-validate (PyPI) and
+# server (crates.io), moto (a second S3), the GCS emulator and
+# kubernetes-validate (PyPI) and
 # systemd-analyze (Debian), cached in $TEST_TOOLS_DIR
 # (default ~/.cache/cairn-test-tools) between runs, and the Prometheus
 # Pushgateway and node_exporter (Debian). Builds once, in release mode,
@@ -29,6 +30,16 @@ if [ ! -x "$TOOLS/gcs-venv/bin/gcp-storage-emulator" ]; then
   echo "test.sh: installing gcp-storage-emulator"
   python3 -m venv "$TOOLS/gcs-venv"
   "$TOOLS/gcs-venv/bin/pip" install --quiet gcp-storage-emulator
+fi
+
+# A second S3 implementation: moto's server mode, in its own virtualenv, at a
+# pinned version. It enforces If-None-Match atomically (racing writers too).
+MOTO_VERSION=5.2.5
+if [ "$("$TOOLS/moto-venv/bin/python" -c 'import moto; print(moto.__version__)' 2>/dev/null)" != "$MOTO_VERSION" ]; then
+  echo "test.sh: installing moto $MOTO_VERSION"
+  rm -rf "$TOOLS/moto-venv"
+  python3 -m venv "$TOOLS/moto-venv"
+  "$TOOLS/moto-venv/bin/pip" install --quiet "moto[server]==$MOTO_VERSION"
 fi
 
 # Kubernetes manifests (tests/deploy.rs): kubernetes-validate checks them

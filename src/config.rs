@@ -70,6 +70,8 @@ pub struct Config {
     pub s3_endpoint: Option<String>,
     pub s3_region: Option<String>,
     pub s3_force_path_style: bool,
+    /// `None`: by endpoint (AWS: when supported; others: when required).
+    pub s3_checksum: Option<crate::storage::S3Checksum>,
     pub gcs_endpoint: Option<String>,
     pub log_level: tracing::Level,
     pub log_format: LogFormat,
@@ -138,6 +140,7 @@ impl Default for Config {
             s3_endpoint: None,
             s3_region: None,
             s3_force_path_style: false,
+            s3_checksum: None,
             gcs_endpoint: None,
             log_level: tracing::Level::INFO,
             log_format: LogFormat::Text,
@@ -256,6 +259,7 @@ impl Config {
             "s3_endpoint" => self.s3_endpoint = Some(endpoint(v).map_err(bad)?),
             "s3_region" => self.s3_region = Some(string(v).map_err(bad)?),
             "s3_force_path_style" => self.s3_force_path_style = boolean(v).map_err(bad)?,
+            "s3_checksum" => self.s3_checksum = Some(string(v).map_err(bad)?.parse().map_err(bad)?),
             "gcs_endpoint" => self.gcs_endpoint = Some(endpoint(v).map_err(bad)?),
             "log_level" => {
                 self.log_level = match string(v).map_err(bad)?.as_str() {
@@ -441,6 +445,7 @@ impl Config {
             s3_endpoint: self.s3_endpoint.clone(),
             s3_region: self.s3_region.clone(),
             s3_force_path_style: self.s3_force_path_style,
+            s3_checksum: self.s3_checksum,
             gcs_endpoint: self.gcs_endpoint.clone(),
             part_size: self.upload_part_size,
         }

@@ -281,6 +281,13 @@ fn drills_of_full_and_delta_backups_pass_on_s3() {
     drills_pass(Backend::S3);
 }
 
+/// The second S3 implementation (moto), as an S3-compatible store is set
+/// up: a custom endpoint, path style, checksums only where required.
+#[test]
+fn drills_of_full_and_delta_backups_pass_on_a_second_s3_server() {
+    drills_pass(Backend::Moto);
+}
+
 #[test]
 fn drills_of_full_and_delta_backups_pass_on_gcs() {
     drills_pass(Backend::Gcs);

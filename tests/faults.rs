@@ -225,6 +225,7 @@ fn a_damaged_archived_copy_is_replaced_by_the_good_one() {
 fn behind_proxy(a: &Archive) -> (FaultProxy, Archive) {
     let (port, var) = match a.backend {
         Backend::S3 => (a.s3.as_ref().unwrap().port, "CAIRN_S3_ENDPOINT"),
+        Backend::Moto => (a.moto.as_ref().unwrap().port, "CAIRN_S3_ENDPOINT"),
         Backend::Gcs => (a.gcs.as_ref().unwrap().port, "CAIRN_GCS_ENDPOINT"),
         Backend::File => unreachable!("a directory has no network"),
     };

@@ -89,6 +89,23 @@ fn drill_s3_zstd() {
     drill(Backend::S3, "zstd", false, &[]);
 }
 
+/// The second S3 implementation, encrypted, with the SDK's checksums on
+/// every request.
+#[test]
+fn drill_second_s3_server_lz4_age_checksummed() {
+    let t = TestDir::new();
+    let k = AgeKey::new(t.path());
+    let archive = Archive::new(Backend::Moto)
+        .with("CAIRN_S3_CHECKSUM", "when_supported")
+        .with("CAIRN_AGE_RECIPIENTS", &k.recipient)
+        .with(
+            "CAIRN_AGE_IDENTITY_FILE",
+            &k.identity_file.display().to_string(),
+        );
+    let (_primary, dump) = archive_workload(&t, &archive, &[]);
+    restore_and_compare(&t, &archive, &dump);
+}
+
 #[test]
 fn drill_gcs_uncompressed_small_segments() {
     drill(Backend::Gcs, "none", false, &["--wal-segsize=1"]);

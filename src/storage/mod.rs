@@ -211,6 +211,9 @@ pub struct StorageOptions {
     pub s3_endpoint: Option<String>,
     pub s3_region: Option<String>,
     pub s3_force_path_style: bool,
+    /// When the S3 client computes and checks CRC checksums; `None` picks
+    /// by endpoint (see [`S3Checksum::for_endpoint`]).
+    pub s3_checksum: Option<S3Checksum>,
     pub gcs_endpoint: Option<String>,
     /// Bodies larger than this go up in parts (S3 multipart, GCS resumable chunks).
     pub part_size: usize,
@@ -224,10 +227,82 @@ impl Default for StorageOptions {
             s3_endpoint: None,
             s3_region: None,
             s3_force_path_style: false,
+            s3_checksum: None,
             gcs_endpoint: None,
             part_size: 32 << 20,
         }
     }
+}
+
+/// When the S3 client adds CRC checksums to uploads and checks them on
+/// downloads (`s3_checksum`). The AWS SDK does both on every request by
+/// default; several S3-compatible servers answer such requests with 501 or
+/// a signature error, so a custom endpoint gets them only where the API
+/// requires them. cairn's own checksums (manifest BLAKE3, codec frame
+/// checksums) cover the data either way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum S3Checksum {
+    /// On every request that supports them (the SDK's default).
+    WhenSupported,
+    /// Only where the operation requires one.
+    WhenRequired,
+}
+
+impl S3Checksum {
+    /// AWS itself (no endpoint) gets checksums on everything; S3-compatible
+    /// servers only where required.
+    pub fn for_endpoint(endpoint: Option<&str>) -> S3Checksum {
+        match endpoint {
+            None => S3Checksum::WhenSupported,
+            Some(_) => S3Checksum::WhenRequired,
+        }
+    }
+}
+
+impl std::str::FromStr for S3Checksum {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "when_supported" => Ok(S3Checksum::WhenSupported),
+            "when_required" => Ok(S3Checksum::WhenRequired),
+            other => Err(format!(
+                "{other:?} is not an S3 checksum mode (when_supported or when_required)"
+            )),
+        }
+    }
+}
+
+/// The first line of an SDK message, at most 200 characters: some embed
+/// whole debug dumps.
+pub(crate) fn first_line(s: &str) -> String {
+    let line = s.lines().next().unwrap_or_default();
+    match line.char_indices().nth(200) {
+        Some((i, _)) => format!("{}…", &line[..i]),
+        None => line.to_string(),
+    }
+}
+
+/// A credential provider's error chain as one readable line: request URLs
+/// (long, and they repeat what the message names) and the SDK's debug dumps
+/// of service errors (`unhandled error (X): Error { code: "X", message:
+/// "…" }`, reduced to `X: …`) left out.
+pub(crate) fn concise(e: &dyn std::error::Error) -> String {
+    let mut s = crate::error_chain(e);
+    while let Some(at) = s.find(" for url (") {
+        let end = s[at..].find(')').map_or(s.len(), |i| at + i + 1);
+        s.replace_range(at..end, "");
+    }
+    if let Some(at) = s.find("unhandled error (") {
+        let quoted = |field: &str| {
+            let from = s[at..].find(&format!("{field}: \""))? + at + field.len() + 3;
+            let len = s[from..].find('"')?;
+            Some(s[from..from + len].to_string())
+        };
+        if let (Some(code), Some(message)) = (quoted("code"), quoted("message")) {
+            s = format!("{}{code}: {message}", &s[..at]);
+        }
+    }
+    first_line(&s)
 }
 
 /// A parsed storage URL.

@@ -1,6 +1,10 @@
 //! S3 backend (AWS and S3-compatible servers). Small bodies go up in one PutObject;
 //! larger or streamed ones as multipart uploads. Create-if-absent uses
 //! `If-None-Match: *`, which AWS and current S3-compatible servers enforce atomically.
+//! A server that answers it with 501 (older Ceph, R2 before 2024, some
+//! gateways) is asked with HEAD first instead, for the rest of the process:
+//! that still never overwrites an object a finished writer stored, but two
+//! writers racing for the same key can no longer be told apart by the server.
 //! The SDK's own retries are off: every request goes through [`RetryPolicy`].
 
 use std::time::Duration;
@@ -20,6 +24,7 @@ use super::{
     Storage, StorageError, StorageOptions,
 };
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 #[derive(Debug)]
 pub struct S3Storage {
@@ -33,6 +38,15 @@ pub struct S3Storage {
     endpoint: String,
     /// A request that makes no progress for this long is abandoned.
     idle: Duration,
+    /// Cleared when the server answers `If-None-Match` with 501.
+    conditional: AtomicBool,
+}
+
+/// Whether an upload's answer says the server does not implement conditional writes.
+fn lacks_conditional<E: ProvideErrorMetadata>(
+    e: &SdkError<E, aws_smithy_runtime_api::http::Response>,
+) -> bool {
+    e.raw_response().map(|r| r.status().as_u16()) == Some(501) || e.code() == Some("NotImplemented")
 }
 
 /// How long resolving credentials may take before cairn says there are none; the
@@ -73,6 +87,22 @@ impl S3Storage {
                 }
             }
         };
+        // Token files of workload identities (IRSA, EKS Pod Identity): a
+        // missing or unreadable one is named here, not buried in the
+        // chain's "no credentials".
+        for var in [
+            "AWS_WEB_IDENTITY_TOKEN_FILE",
+            "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE",
+        ] {
+            if let Some(path) = std::env::var_os(var)
+                && let Err(e) = tokio::fs::read(&path).await
+            {
+                return Err(fail(format!(
+                    "cannot read the token file {} ({var}): {e}",
+                    std::path::Path::new(&path).display()
+                )));
+            }
+        }
         let credentials =
             aws_config::default_provider::credentials::DefaultCredentialsChain::builder()
                 .imds_client(imds)
@@ -82,13 +112,30 @@ impl S3Storage {
         match tokio::time::timeout(CREDENTIALS_TIMEOUT, credentials.provide_credentials()).await {
             Ok(Ok(_)) => {}
             Ok(Err(e)) => {
-                // The error's own text, not its sources: those embed debug dumps.
-                let why = format!(" ({})", first_line(&e.to_string()));
-                return Err(fail(format!(
-                    "no AWS credentials found{why}; set AWS_ACCESS_KEY_ID and \
-                     AWS_SECRET_ACCESS_KEY, AWS_PROFILE, or run with an instance or web-identity \
-                     role"
-                )));
+                let why = super::concise(&e);
+                let var = |name: &str| std::env::var(name).unwrap_or_default();
+                return Err(fail(
+                    if std::env::var_os("AWS_WEB_IDENTITY_TOKEN_FILE").is_some() {
+                        format!(
+                            "STS did not let the web identity token ({}) assume role {} \
+                         (AWS_ROLE_ARN): {why}",
+                            var("AWS_WEB_IDENTITY_TOKEN_FILE"),
+                            var("AWS_ROLE_ARN")
+                        )
+                    } else if std::env::var_os("AWS_CONTAINER_CREDENTIALS_FULL_URI").is_some() {
+                        format!(
+                            "the container credentials endpoint {} (AWS_CONTAINER_CREDENTIALS_FULL_URI) \
+                         gave no credentials: {why}",
+                            var("AWS_CONTAINER_CREDENTIALS_FULL_URI")
+                        )
+                    } else {
+                        format!(
+                            "no AWS credentials found ({why}); set AWS_ACCESS_KEY_ID and \
+                         AWS_SECRET_ACCESS_KEY, AWS_PROFILE, or run with an instance or \
+                         web-identity role"
+                        )
+                    },
+                ));
             }
             Err(_) => return Err(fail("timed out looking for AWS credentials".into())),
         }
@@ -105,8 +152,24 @@ impl S3Storage {
             .timeout_config(timeouts)
             .load()
             .await;
-        let mut conf =
-            aws_sdk_s3::config::Builder::from(&sdk).force_path_style(opts.s3_force_path_style);
+        use aws_sdk_s3::config::{RequestChecksumCalculation, ResponseChecksumValidation};
+        let (request, response) = match opts
+            .s3_checksum
+            .unwrap_or_else(|| super::S3Checksum::for_endpoint(opts.s3_endpoint.as_deref()))
+        {
+            super::S3Checksum::WhenSupported => (
+                RequestChecksumCalculation::WhenSupported,
+                ResponseChecksumValidation::WhenSupported,
+            ),
+            super::S3Checksum::WhenRequired => (
+                RequestChecksumCalculation::WhenRequired,
+                ResponseChecksumValidation::WhenRequired,
+            ),
+        };
+        let mut conf = aws_sdk_s3::config::Builder::from(&sdk)
+            .force_path_style(opts.s3_force_path_style)
+            .request_checksum_calculation(request)
+            .response_checksum_validation(response);
         if let Some(ep) = &opts.s3_endpoint {
             conf = conf.endpoint_url(ep);
         }
@@ -122,7 +185,54 @@ impl S3Storage {
                 .clone()
                 .unwrap_or_else(|| "the S3 endpoint of the region".into()),
             idle: opts.idle_timeout,
+            conditional: AtomicBool::new(true),
         })
+    }
+
+    /// Whether create-if-absent may be left to the server.
+    fn conditional(&self, mode: PutMode) -> bool {
+        mode == PutMode::CreateIfAbsent && self.conditional.load(Ordering::Relaxed)
+    }
+
+    /// The server refused `If-None-Match`: from now on this process asks
+    /// first ([`Self::refuse_existing`]), and says so once. The error to
+    /// return: the object exists, or a transient one, so that the request
+    /// is retried without the header.
+    async fn without_conditional(&self, op: &'static str, key: &str) -> StorageError {
+        if self.conditional.swap(false, Ordering::Relaxed) {
+            tracing::warn!(
+                "{} does not support conditional writes (If-None-Match, HTTP 501); cairn checks \
+                 that an object is absent before creating it instead, which cannot stop two \
+                 writers racing for the same key",
+                self.endpoint
+            );
+        }
+        match self.refuse_existing(key).await {
+            Err(e) => e,
+            Ok(()) => StorageError::Transient {
+                op,
+                key: key.to_string(),
+                location: self.location.clone(),
+                message: "retrying without If-None-Match".into(),
+            },
+        }
+    }
+
+    /// Create-if-absent without the server's help: fails when `key` exists.
+    async fn refuse_existing(&self, key: &str) -> Result<(), StorageError> {
+        let object = ObjectKey::new(key).map_err(|e| StorageError::Permanent {
+            op: "head",
+            key: key.to_string(),
+            location: self.location.clone(),
+            message: e.to_string(),
+        })?;
+        match self.head(&object).await? {
+            Some(_) => Err(StorageError::AlreadyExists {
+                key: key.to_string(),
+                location: self.location.clone(),
+            }),
+            None => Ok(()),
+        }
     }
 
     /// Runs one request under the watchdog (see `watch::request`).
@@ -252,20 +362,27 @@ impl S3Storage {
 
     async fn put_single(&self, key: &str, body: Bytes, mode: PutMode) -> Result<(), StorageError> {
         let full = self.full_key(key);
+        if mode == PutMode::CreateIfAbsent && !self.conditional(mode) {
+            self.refuse_existing(key).await?;
+        }
         self.retry
             .run(|| async {
                 let progress = Progress::new();
+                let conditional = self.conditional(mode);
                 let mut req = self
                     .client
                     .put_object()
                     .bucket(&self.bucket)
                     .key(&full)
                     .body(Self::body(body.clone(), &progress));
-                if mode == PutMode::CreateIfAbsent {
+                if conditional {
                     req = req.if_none_match("*");
                 }
                 match self.watched("put", key, &progress, req.send()).await? {
                     Ok(_) => Ok(()),
+                    Err(e) if conditional && lacks_conditional(&e) => {
+                        Err(self.without_conditional("put", key).await)
+                    }
                     Err(e) => Err(self.upload_error("put", key, e).await),
                 }
             })
@@ -280,6 +397,9 @@ impl S3Storage {
         mode: PutMode,
     ) -> Result<(), StorageError> {
         let full = self.full_key(key);
+        if mode == PutMode::CreateIfAbsent && !self.conditional(mode) {
+            self.refuse_existing(key).await?;
+        }
         let upload_id = self
             .retry
             .run(|| async {
@@ -340,6 +460,7 @@ impl S3Storage {
                 .build();
             self.retry
                 .run(|| async {
+                    let conditional = self.conditional(mode);
                     let mut req = self
                         .client
                         .complete_multipart_upload()
@@ -347,13 +468,19 @@ impl S3Storage {
                         .key(&full)
                         .upload_id(&upload_id)
                         .multipart_upload(done.clone());
-                    if mode == PutMode::CreateIfAbsent {
+                    if conditional {
                         req = req.if_none_match("*");
                     }
-                    self.watched("complete upload of", key, &Progress::new(), req.send())
+                    match self
+                        .watched("complete upload of", key, &Progress::new(), req.send())
                         .await?
-                        .map(|_| ())
-                        .map_err(|e| self.error("complete upload of", key, e))
+                    {
+                        Ok(_) => Ok(()),
+                        Err(e) if conditional && lacks_conditional(&e) => {
+                            Err(self.without_conditional("complete upload of", key).await)
+                        }
+                        Err(e) => Err(self.error("complete upload of", key, e)),
+                    }
                 })
                 .await
         }
@@ -372,16 +499,6 @@ impl S3Storage {
                 .await;
         }
         result
-    }
-}
-
-/// The first line of an SDK message, at most 200 characters: some embed
-/// whole debug dumps.
-fn first_line(s: &str) -> String {
-    let line = s.lines().next().unwrap_or_default();
-    match line.char_indices().nth(200) {
-        Some((i, _)) => format!("{}…", &line[..i]),
-        None => line.to_string(),
     }
 }
 

@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod drill;
+pub mod identity;
 pub mod proxy;
 pub mod wal;
 
@@ -315,6 +316,58 @@ impl Drop for Daemon {
     }
 }
 
+/// A second, independent S3 implementation: moto's server mode (PyPI), in
+/// memory, with one bucket. Unlike s3s-fs it enforces `If-None-Match: *`
+/// atomically, racing writers included; it does not check signatures.
+pub struct MotoServer {
+    _daemon: Daemon,
+    pub port: u16,
+    pub bucket: String,
+}
+
+impl MotoServer {
+    pub fn start() -> Self {
+        let port = free_port();
+        let bucket = "cairn-test".to_string();
+        let daemon = Daemon::start(
+            Command::new(tool("moto-venv/bin/moto_server", "moto")).args([
+                "-H",
+                "127.0.0.1",
+                "-p",
+                &port.to_string(),
+            ]),
+            port,
+            "moto_server",
+        );
+        // CreateBucket: moto takes it unsigned.
+        let answer = http_request(port, "PUT", &format!("/{bucket}"), "");
+        assert!(
+            answer.starts_with("HTTP/1.1 200") || answer.starts_with("HTTP/1.0 200"),
+            "creating the moto bucket: {answer}"
+        );
+        MotoServer {
+            _daemon: daemon,
+            port,
+            bucket,
+        }
+    }
+}
+
+/// One HTTP/1.0 request to 127.0.0.1:`port`; the whole answer, head and body.
+pub fn http_request(port: u16, method: &str, path: &str, body: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    write!(
+        s,
+        "{method} {path} HTTP/1.0\r\nHost: 127.0.0.1:{port}\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut response = String::new();
+    s.read_to_string(&mut response).unwrap();
+    response
+}
+
 /// The GCS emulator (gcp-storage-emulator), in memory, with one bucket.
 pub struct GcsServer {
     _daemon: Daemon,
@@ -459,7 +512,24 @@ pub fn sample(text: &str, name: &str, labels: &[&str]) -> Option<f64> {
 pub enum Backend {
     File,
     S3,
+    /// S3 on moto, the second S3 implementation.
+    Moto,
     Gcs,
+}
+
+/// What cairn needs to reach `bucket` on the S3 server at `port`.
+fn s3_env(bucket: &str, port: u16) -> Vec<(String, String)> {
+    [
+        ("CAIRN_STORAGE", format!("s3://{bucket}/cluster-a")),
+        ("CAIRN_S3_ENDPOINT", format!("http://127.0.0.1:{port}")),
+        ("CAIRN_S3_REGION", "us-east-1".into()),
+        ("CAIRN_S3_FORCE_PATH_STYLE", "true".into()),
+        ("AWS_ACCESS_KEY_ID", S3_KEY.into()),
+        ("AWS_SECRET_ACCESS_KEY", S3_SECRET.into()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect()
 }
 
 /// A fresh archive on one backend, with the environment cairn needs to reach it.
@@ -468,6 +538,7 @@ pub struct Archive {
     pub env: Vec<(String, String)>,
     pub s3: Option<S3Server>,
     pub gcs: Option<GcsServer>,
+    pub moto: Option<MotoServer>,
     pub dir: Option<PathBuf>,
     _tmp: TestDir,
 }
@@ -476,7 +547,7 @@ impl Archive {
     pub fn new(backend: Backend) -> Self {
         let tmp = TestDir::new();
         let mut env = vec![("CAIRN_STORAGE_TIMEOUT".to_string(), "5".to_string())];
-        let (mut s3, mut gcs, mut dir) = (None, None, None);
+        let (mut s3, mut gcs, mut moto, mut dir) = (None, None, None, None);
         match backend {
             Backend::File => {
                 let d = tmp.sub("archive");
@@ -485,21 +556,13 @@ impl Archive {
             }
             Backend::S3 => {
                 let s = S3Server::start();
-                env.extend([
-                    (
-                        "CAIRN_STORAGE".into(),
-                        format!("s3://{}/cluster-a", s.bucket),
-                    ),
-                    (
-                        "CAIRN_S3_ENDPOINT".into(),
-                        format!("http://127.0.0.1:{}", s.port),
-                    ),
-                    ("CAIRN_S3_REGION".into(), "us-east-1".into()),
-                    ("CAIRN_S3_FORCE_PATH_STYLE".into(), "true".into()),
-                    ("AWS_ACCESS_KEY_ID".into(), S3_KEY.into()),
-                    ("AWS_SECRET_ACCESS_KEY".into(), S3_SECRET.into()),
-                ]);
+                env.extend(s3_env(&s.bucket, s.port));
                 s3 = Some(s);
+            }
+            Backend::Moto => {
+                let m = MotoServer::start();
+                env.extend(s3_env(&m.bucket, m.port));
+                moto = Some(m);
             }
             Backend::Gcs => {
                 let g = GcsServer::start();
@@ -521,6 +584,7 @@ impl Archive {
             env,
             s3,
             gcs,
+            moto,
             dir,
             _tmp: tmp,
         }
@@ -529,6 +593,12 @@ impl Archive {
     pub fn with(mut self, k: &str, v: &str) -> Self {
         self.env.retain(|(key, _)| key != k);
         self.env.push((k.into(), v.into()));
+        self
+    }
+
+    /// This archive's environment without `k`.
+    pub fn without(mut self, k: &str) -> Self {
+        self.env.retain(|(key, _)| key != k);
         self
     }
 
@@ -542,6 +612,7 @@ impl Archive {
             env,
             s3: None,
             gcs: None,
+            moto: None,
             dir: self.dir.clone(),
             _tmp: TestDir::new(),
         }

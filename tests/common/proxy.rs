@@ -29,6 +29,14 @@ pub enum Fault {
     ResetResponseAfter(u64),
     /// Passes both ways at most this many bytes per second.
     Throttle(u64),
+    /// Answers a connection whose first request carries this header (lower
+    /// case) with an S3 `501 NotImplemented` error, as a server without the
+    /// feature does; passes other connections through.
+    NotImplemented(&'static str),
+    /// Answers a connection whose first request lacks this header line
+    /// (`name: value`, lower case) with 401, as a store that checks
+    /// credentials does (the GCS emulator checks none); passes the others.
+    Unauthorized(&'static str),
 }
 
 type Plan = Arc<Mutex<VecDeque<(Fault, usize)>>>;
@@ -109,6 +117,36 @@ impl Drop for FaultProxy {
 fn serve(client: TcpStream, upstream: u16, fault: Option<Fault>, stop: Arc<AtomicBool>) {
     if fault == Some(Fault::Refuse) {
         reset(&client);
+        return;
+    }
+    if let Some(Fault::Unauthorized(line)) = fault
+        && !first_request_head(&client).contains(&format!("\r\n{line}\r\n"))
+    {
+        let body = "{\"error\":{\"code\":401,\"message\":\"Invalid Credentials\"}}";
+        let mut c = &client;
+        let _ = write!(
+            c,
+            "HTTP/1.1 401 Unauthorized\r\nContent-Type: application/json\r\n\
+             Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        let _ = client.shutdown(Shutdown::Both);
+        return;
+    }
+    if let Some(Fault::NotImplemented(header)) = fault
+        && first_request_head(&client).contains(&format!("\r\n{header}:"))
+    {
+        let body = "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>NotImplemented\
+                    </Code><Message>A header you provided implies functionality that is not \
+                    implemented</Message></Error>";
+        let mut c = &client;
+        let _ = write!(
+            c,
+            "HTTP/1.1 501 Not Implemented\r\nContent-Type: application/xml\r\n\
+             Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        let _ = client.shutdown(Shutdown::Both);
         return;
     }
     let Ok(server) = TcpStream::connect(("127.0.0.1", upstream)) else {
@@ -194,6 +232,26 @@ fn pump(
     }
     done.store(true, Ordering::Relaxed);
     let _ = to.shutdown(Shutdown::Write);
+}
+
+/// The head of the first request on `client`, in lower case, read without
+/// taking it (empty if none comes).
+fn first_request_head(client: &TcpStream) -> String {
+    let _ = client.set_read_timeout(Some(Duration::from_secs(5)));
+    let mut buf = vec![0u8; 16 << 10];
+    let mut seen = 0;
+    for _ in 0..100 {
+        match client.peek(&mut buf) {
+            Ok(n) if n > seen => seen = n,
+            Ok(_) => std::thread::sleep(Duration::from_millis(10)),
+            Err(_) => break,
+        }
+        let head = String::from_utf8_lossy(&buf[..seen]).to_ascii_lowercase();
+        if let Some(end) = head.find("\r\n\r\n") {
+            return head[..end + 2].to_string();
+        }
+    }
+    String::new()
 }
 
 /// Closes a connection with a reset (RST), as a crashed peer or a middlebox does.
