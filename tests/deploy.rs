@@ -438,6 +438,13 @@ fn kubernetes_manifests_pass_the_api_servers_own_checks() {
                     }
                 }
                 if runs_cairn_image(c) || mentions_cairn_binary(c) {
+                    // One storage identity for every pod that runs cairn,
+                    // swapped by replacing serviceaccount.yaml.
+                    let account = str_of(&spec["serviceAccountName"]);
+                    assert!(
+                        account == "cairn" && by_kind.contains_key(&("ServiceAccount", account)),
+                        "{owner}: runs cairn, so it needs serviceAccountName: cairn"
+                    );
                     assert_eq!(
                         spec["enableServiceLinks"].as_bool(),
                         Some(false),
@@ -449,6 +456,66 @@ fn kubernetes_manifests_pass_the_api_servers_own_checks() {
         }
     }
     assert!(pods_seen >= 3, "pod templates found: {pods_seen}");
+}
+
+/// The workload-identity variants (deploy/kubernetes/identity/) pass the
+/// API's schemas and each replaces serviceaccount.yaml (or the storage
+/// Secret, for a GCS key file) with what its cloud needs.
+#[test]
+fn identity_manifests_match_the_api_schemas_and_replace_the_service_account() {
+    let tool = common::tools_dir().join("k8s-venv/bin/kubernetes-validate");
+    let files = files_in("deploy/kubernetes/identity", Some("yaml"));
+    assert_eq!(files.len(), 4, "{files:?}");
+    for version in KUBERNETES_VERSIONS {
+        let out = Command::new(&tool)
+            .arg("--strict")
+            .args(["--kubernetes-version", version])
+            .args(files.iter().map(|f| repo().join(f)))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "kubernetes-validate --strict (Kubernetes {version}): {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let annotation = |f: &str, key: &str| {
+        let docs = yaml_docs(f);
+        assert_eq!(docs.len(), 1, "{f}");
+        let d = &docs[0];
+        if kind(d) == "ServiceAccount" {
+            assert_eq!(name(d), "cairn", "{f}");
+            assert_eq!(
+                d["automountServiceAccountToken"].as_bool(),
+                Some(false),
+                "{f}"
+            );
+        }
+        str_of(&d["metadata"]["annotations"][key]).to_string()
+    };
+    let k = "deploy/kubernetes/identity";
+    assert!(
+        annotation(&format!("{k}/aws-irsa.yaml"), "eks.amazonaws.com/role-arn")
+            .starts_with("arn:aws:iam::")
+    );
+    assert!(
+        annotation(
+            &format!("{k}/gke-workload-identity.yaml"),
+            "iam.gke.io/gcp-service-account"
+        )
+        .ends_with(".iam.gserviceaccount.com")
+    );
+    assert_eq!(
+        annotation(
+            &format!("{k}/aws-pod-identity.yaml"),
+            "eks.amazonaws.com/role-arn"
+        ),
+        ""
+    );
+    let key = &yaml_docs(&format!("{k}/gcs-key-file.yaml"))[0];
+    assert_eq!((kind(key), name(key)), ("Secret", "cairn-gcs-key"));
+    assert!(key["stringData"]["gcs-key.json"].is_string());
 }
 
 /// Whether a container's arguments run the cairn binary (archive_command).

@@ -74,23 +74,55 @@ impl GcsStorage {
             http: Some(reqwest_middleware::ClientBuilder::new(http).build()),
             ..ClientConfig::default()
         };
-        let has_key_file = std::env::var_os("GOOGLE_APPLICATION_CREDENTIALS").is_some();
+        let key_file = std::env::var_os("GOOGLE_APPLICATION_CREDENTIALS");
+        // GKE Workload Identity and GCE: the metadata server, named by
+        // GCE_METADATA_HOST where it is not at its usual address.
+        let metadata_host = std::env::var_os("GCE_METADATA_HOST").is_some();
+        if let Some(path) = &key_file
+            && let Err(e) = tokio::fs::File::open(path).await
+        {
+            return Err(fail(format!(
+                "cannot read the Google service-account key file {} \
+                 (GOOGLE_APPLICATION_CREDENTIALS): {e}",
+                std::path::Path::new(path).display()
+            )));
+        }
         if let Some(ep) = &opts.gcs_endpoint {
             config.storage_endpoint = ep.trim_end_matches('/').to_string();
         }
-        let config = if opts.gcs_endpoint.is_some() && !has_key_file {
-            // Emulators and private endpoints without a key file take no credentials.
+        let config = if opts.gcs_endpoint.is_some() && key_file.is_none() && !metadata_host {
+            // Emulators and private endpoints without a credential source
+            // take no credentials.
             config.anonymous()
         } else {
             match tokio::time::timeout(Duration::from_secs(5), config.with_auth()).await {
                 Ok(Ok(c)) => c,
                 Ok(Err(e)) => {
-                    return Err(fail(format!(
-                        "no Google credentials found ({e}); set GOOGLE_APPLICATION_CREDENTIALS to a \
-                         service-account key file or run where application default credentials exist"
-                    )));
+                    let e = super::concise(&e);
+                    return Err(fail(match (&key_file, metadata_host) {
+                        (Some(path), _) => format!(
+                            "no access token for the service-account key file {} \
+                             (GOOGLE_APPLICATION_CREDENTIALS): {e}",
+                            std::path::Path::new(path).display()
+                        ),
+                        (None, true) => format!(
+                            "no access token from the metadata server (GCE_METADATA_HOST): {e}; \
+                             check the pod's Kubernetes service account is bound to a Google one"
+                        ),
+                        (None, false) => format!(
+                            "no Google credentials found ({e}); set GOOGLE_APPLICATION_CREDENTIALS \
+                             to a service-account key file, or run with GKE Workload Identity or \
+                             on GCE"
+                        ),
+                    }));
                 }
-                Err(_) => return Err(fail("timed out looking for Google credentials".into())),
+                Err(_) => {
+                    return Err(fail(
+                        "timed out getting Google credentials (5 s): the metadata server or token \
+                         endpoint did not answer"
+                            .into(),
+                    ));
+                }
             }
         };
         Ok(GcsStorage {
@@ -156,7 +188,7 @@ impl GcsStorage {
             },
             GcsError::HttpClient(h) | GcsError::RawResponse(h, _) => {
                 let status = h.status().map(|s| s.as_u16());
-                let message = crate::error_chain(&e);
+                let message = super::concise(&e);
                 match status {
                     Some(404) => StorageError::NotFound { key, location },
                     Some(412) => StorageError::AlreadyExists { key, location },
@@ -178,7 +210,7 @@ impl GcsStorage {
                 op,
                 key,
                 location,
-                message: crate::error_chain(&e),
+                message: super::concise(&e),
             },
         }
     }
