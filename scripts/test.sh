@@ -61,6 +61,8 @@ command -v systemd-analyze >/dev/null || apt_install systemd
 command -v prometheus-pushgateway >/dev/null && command -v prometheus-node-exporter >/dev/null ||
   apt_install --no-install-recommends prometheus-pushgateway prometheus-node-exporter
 command -v script >/dev/null || apt_install bsdutils
+# A clock off the server's (tests/wal_cli.rs): libfaketime.
+[ -e /usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1 ] || apt_install faketime
 
 # PostgreSQL 14, 16, 17 and 18 beside the machine's 15, so that every
 # supported major passes the recovery drill (14 takes backups with the old

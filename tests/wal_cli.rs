@@ -262,6 +262,20 @@ fn unreachable_or_misconfigured_storage_is_fatal_to_recovery() {
     assert_exit(&fetch(&bad, &d, &name), 128, "signature");
     assert_exit(&push(&bad, &d, &name), 1, "signature");
 
+    // A clock two hours ahead of the server's (libfaketime, from Debian's
+    // faketime, which scripts/test.sh installs): S3 signatures carry the
+    // time, and the server refuses them.
+    let skewed = a
+        .clone_with(
+            "LD_PRELOAD",
+            "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1",
+        )
+        .with("FAKETIME", "+2h");
+    let out = push(&skewed, &d, &name);
+    assert_exit(&out, 1, "RequestTimeTooSkewed");
+    assert!(stderr(&out).contains("clock"), "{}", stderr(&out));
+    assert_exit(&fetch(&skewed, &d, &name), 128, "RequestTimeTooSkewed");
+
     // No credentials at all: a fast, clear failure, no metadata-service hang.
     let mut none = a.clone_with("HOME", t.path().to_str().unwrap());
     none.env.retain(|(k, _)| !k.starts_with("AWS_"));

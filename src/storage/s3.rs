@@ -283,6 +283,10 @@ impl S3Storage {
             _ => false,
         };
         let message = match (&code, e.message()) {
+            (Some(c), Some(m)) if c == "RequestTimeTooSkewed" => format!(
+                "{c}: {m}; this machine's clock is off by more than the server accepts \
+                 (15 minutes on AWS): set it right (NTP)"
+            ),
             (Some(c), Some(m)) => format!("{c}: {m}"),
             (Some(c), None) => c.clone(),
             _ => match status {
@@ -426,34 +430,34 @@ impl S3Storage {
             let mut next = Some(first);
             let mut number = 1;
             while let Some(chunk) = next {
-                let etag = self
-                    .retry
-                    .run(|| async {
-                        let progress = Progress::new();
-                        let req = self
-                            .client
-                            .upload_part()
-                            .bucket(&self.bucket)
-                            .key(&full)
-                            .upload_id(&upload_id)
-                            .part_number(number)
-                            .body(Self::body(chunk.clone(), &progress))
-                            .send();
-                        match self.watched("upload part of", key, &progress, req).await? {
-                            Ok(out) => Ok(out),
-                            Err(e) => Err(self.upload_error("upload part of", key, e).await),
-                        }
-                    })
-                    .await?
-                    .e_tag;
+                // The next chunk is read (compressed, encrypted) while this
+                // one goes up: one part in flight and one filling, so that
+                // neither the producer nor the network waits for the other.
+                let upload = self.retry.run(|| async {
+                    let progress = Progress::new();
+                    let req = self
+                        .client
+                        .upload_part()
+                        .bucket(&self.bucket)
+                        .key(&full)
+                        .upload_id(&upload_id)
+                        .part_number(number)
+                        .body(Self::body(chunk.clone(), &progress))
+                        .send();
+                    match self.watched("upload part of", key, &progress, req).await? {
+                        Ok(out) => Ok(out),
+                        Err(e) => Err(self.upload_error("upload part of", key, e).await),
+                    }
+                });
+                let (uploaded, following) = tokio::try_join!(upload, rest.next_chunk())?;
                 parts.push(
                     CompletedPart::builder()
                         .part_number(number)
-                        .set_e_tag(etag)
+                        .set_e_tag(uploaded.e_tag)
                         .build(),
                 );
                 number += 1;
-                next = rest.next_chunk().await?;
+                next = following;
             }
             let done = CompletedMultipartUpload::builder()
                 .set_parts(Some(parts))
@@ -510,8 +514,9 @@ impl Storage for S3Storage {
 
     fn put_buffering(&self, size: u64) -> u64 {
         // A single PUT needs the whole body (S3 wants its length); multipart
-        // uploads hold one part at a time.
-        size.min(self.part_size as u64)
+        // uploads hold the part in flight and the next one filling.
+        let part = self.part_size as u64;
+        if size <= part { size } else { 2 * part }
     }
 
     async fn put(&self, key: &ObjectKey, body: PutBody, mode: PutMode) -> Result<(), StorageError> {
