@@ -315,6 +315,11 @@ fn stalled_and_broken_connections_s3() {
 }
 
 #[test]
+fn stalled_and_broken_connections_second_s3() {
+    stalled_and_broken_connections(Backend::Moto);
+}
+
+#[test]
 fn stalled_and_broken_connections_gcs() {
     stalled_and_broken_connections(Backend::Gcs);
 }
