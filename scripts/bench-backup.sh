@@ -149,7 +149,9 @@ fi
 ARCHIVE_PARTS=()
 if [[ $ONLY_BASELINES != 1 ]]; then
   s3_start
+  moto_start
   ARCHIVE_PARTS+=("CAIRN_STORAGE=file://$WAL_ARCHIVE CAIRN_COMPRESSION=lz4 CAIRN_LOG_LEVEL=warn $CAIRN wal-push %p")
+  ARCHIVE_PARTS+=("CAIRN_STORAGE=s3://$MOTO_BUCKET/lz4 CAIRN_S3_ENDPOINT=http://127.0.0.1:$MOTO_PORT CAIRN_S3_REGION=us-east-1 CAIRN_S3_FORCE_PATH_STYLE=true AWS_ACCESS_KEY_ID=$S3_ACCESS_KEY AWS_SECRET_ACCESS_KEY=$S3_SECRET_KEY CAIRN_COMPRESSION=lz4 CAIRN_LOG_LEVEL=warn $CAIRN wal-push %p")
   ARCHIVE_PARTS+=("CAIRN_STORAGE=s3://$S3_BUCKET/lz4 CAIRN_S3_ENDPOINT=http://127.0.0.1:$S3_PORT CAIRN_S3_REGION=us-east-1 CAIRN_S3_FORCE_PATH_STYLE=true AWS_ACCESS_KEY_ID=$S3_ACCESS_KEY AWS_SECRET_ACCESS_KEY=$S3_SECRET_KEY CAIRN_COMPRESSION=lz4 CAIRN_LOG_LEVEL=warn $CAIRN wal-push %p")
 fi
 ((HAVE_PGBR)) && ARCHIVE_PARTS+=("pgbackrest --config=$PGBR_CONF --stanza=bench archive-push %p")
@@ -318,6 +320,9 @@ if [[ $ONLY_BASELINES != 1 ]]; then
   # -------------------------------------------------------------------------
   fetch l-fetch "cairn local" "lz4 (LATEST)" "$W" LATEST
   fetch s-fetch "cairn s3" "lz4 (by name)" "s3://$S3_BUCKET/lz4" "${BACKUP_NAME[s-lz4]}"
+  # The second S3 implementation (moto, in memory, one Python process).
+  push m-lz4 "cairn moto" "lz4" "s3://$MOTO_BUCKET/lz4" "" CAIRN_COMPRESSION=lz4
+  fetch m-fetch "cairn moto" "lz4 (by name)" "s3://$MOTO_BUCKET/lz4" "${BACKUP_NAME[m-lz4]}"
   rm -rf "$WAL_ARCHIVE/basebackups"
   unset "${!CAIRN_@}" AWS_ACCESS_KEY_ID AWS_SECRET_ACCESS_KEY
 fi
@@ -357,6 +362,7 @@ if [[ $ONLY_BASELINES != 1 ]]; then
   rm -rf "$WAL_ARCHIVE/basebackups"
   unset "${!CAIRN_@}"
   s3_stop
+  moto_stop
 fi
 
 # ---------------------------------------------------------------------------

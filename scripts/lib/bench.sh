@@ -47,6 +47,14 @@ install_tools() {
       fi
     fi
   fi
+  # moto, the second S3 implementation (scripts/test.sh installs the same copy).
+  MOTO_SERVER=$HOME/.cache/cairn-test-tools/moto-venv/bin/moto_server
+  if [[ $ONLY_BASELINES != 1 && ! -x $MOTO_SERVER ]]; then
+    log "installing moto 5.2.5 (once, into ~/.cache/cairn-test-tools/moto-venv)"
+    python3 -m venv "$HOME/.cache/cairn-test-tools/moto-venv" &&
+      "$HOME/.cache/cairn-test-tools/moto-venv/bin/pip" install -q "moto[server]==5.2.5" >&2 ||
+      die "cannot install moto"
+  fi
   HAVE_PGBR=1
   command -v pgbackrest >/dev/null || apt_install pgbackrest || HAVE_PGBR=0
   ((HAVE_PGBR)) || echo "pgbackrest: not installed"
@@ -99,6 +107,7 @@ cleanup() {
   set +e
   cd /
   if [[ -n $S3_PID ]]; then kill "$S3_PID" 2>/dev/null; wait "$S3_PID" 2>/dev/null; fi
+  if [[ -n ${MOTO_PID:-} ]]; then kill "$MOTO_PID" 2>/dev/null; wait "$MOTO_PID" 2>/dev/null; fi
   ((PG_RUNNING)) && runuser -u postgres -- "$PGBIN/pg_ctl" -D "$PGDATA" -m immediate -w stop >/dev/null 2>&1
   for pid in $(our_cairn_pids); do kill "$pid" 2>/dev/null; done
   rm -rf "$WORK"
@@ -281,6 +290,28 @@ s3_start() {
   done
 }
 
+# moto_start: moto's S3 server (in memory) on a free port (MOTO_PORT, MOTO_PID),
+# with the bucket MOTO_BUCKET; returns once the bucket exists.
+readonly MOTO_BUCKET=bench-moto
+moto_start() {
+  local i
+  MOTO_PORT=$(free_port)
+  "$MOTO_SERVER" -H 127.0.0.1 -p "$MOTO_PORT" >"$WORK/moto.log" 2>&1 &
+  MOTO_PID=$!
+  for ((i = 0; ; i++)); do
+    curl -sf -X PUT "http://127.0.0.1:$MOTO_PORT/$MOTO_BUCKET" >/dev/null 2>&1 && break
+    kill -0 "$MOTO_PID" 2>/dev/null || { cat "$WORK/moto.log" >&2; die "moto_server exited"; }
+    ((i < 200)) || die "moto_server does not answer on port $MOTO_PORT"
+    sleep 0.1
+  done
+}
+
+moto_stop() {
+  kill "$MOTO_PID"
+  wait "$MOTO_PID" 2>/dev/null || true
+  MOTO_PID=""
+}
+
 # s3_stop: stops s3s-fs and removes its data.
 s3_stop() {
   kill "$S3_PID"
@@ -295,7 +326,10 @@ cairn_env() {
   export CAIRN_LOG_LEVEL=warn CAIRN_STORAGE=$1
   shift
   if [[ $CAIRN_STORAGE == s3://* ]]; then
-    export CAIRN_S3_ENDPOINT=http://127.0.0.1:$S3_PORT CAIRN_S3_REGION=us-east-1 CAIRN_S3_FORCE_PATH_STYLE=true
+    # The moto bucket is on moto's port, every other one on s3s-fs's.
+    local port=$S3_PORT
+    [[ $CAIRN_STORAGE != "s3://$MOTO_BUCKET/"* ]] || port=$MOTO_PORT
+    export CAIRN_S3_ENDPOINT=http://127.0.0.1:$port CAIRN_S3_REGION=us-east-1 CAIRN_S3_FORCE_PATH_STYLE=true
     export AWS_ACCESS_KEY_ID=$S3_ACCESS_KEY AWS_SECRET_ACCESS_KEY=$S3_SECRET_KEY
   fi
   local kv
