@@ -149,9 +149,19 @@ fi
 ARCHIVE_PARTS=()
 if [[ $ONLY_BASELINES != 1 ]]; then
   s3_start
-  moto_start
   ARCHIVE_PARTS+=("CAIRN_STORAGE=file://$WAL_ARCHIVE CAIRN_COMPRESSION=lz4 CAIRN_LOG_LEVEL=warn $CAIRN wal-push %p")
-  ARCHIVE_PARTS+=("CAIRN_STORAGE=s3://$MOTO_BUCKET/lz4 CAIRN_S3_ENDPOINT=http://127.0.0.1:$MOTO_PORT CAIRN_S3_REGION=us-east-1 CAIRN_S3_FORCE_PATH_STYLE=true AWS_ACCESS_KEY_ID=$S3_ACCESS_KEY AWS_SECRET_ACCESS_KEY=$S3_SECRET_KEY CAIRN_COMPRESSION=lz4 CAIRN_LOG_LEVEL=warn $CAIRN wal-push %p")
+  # moto's part is a no-op until its run starts moto and names the port in
+  # $WORK/moto-port, so that its slower uploads delay no other run's wait for
+  # its end-of-backup segment (and archive_command, in PGDATA, never changes).
+  cat >"$WORK/moto-archive" <<EOF
+#!/bin/sh
+[ -e "$WORK/moto-port" ] || exit 0
+exec env CAIRN_STORAGE=s3://$MOTO_BUCKET/lz4 CAIRN_S3_ENDPOINT=http://127.0.0.1:\$(cat "$WORK/moto-port") \\
+  CAIRN_S3_REGION=us-east-1 CAIRN_S3_FORCE_PATH_STYLE=true AWS_ACCESS_KEY_ID=$S3_ACCESS_KEY \\
+  AWS_SECRET_ACCESS_KEY=$S3_SECRET_KEY CAIRN_COMPRESSION=lz4 CAIRN_LOG_LEVEL=warn $CAIRN wal-push "\$1"
+EOF
+  chmod 755 "$WORK/moto-archive"
+  ARCHIVE_PARTS+=("$WORK/moto-archive %p")
   ARCHIVE_PARTS+=("CAIRN_STORAGE=s3://$S3_BUCKET/lz4 CAIRN_S3_ENDPOINT=http://127.0.0.1:$S3_PORT CAIRN_S3_REGION=us-east-1 CAIRN_S3_FORCE_PATH_STYLE=true AWS_ACCESS_KEY_ID=$S3_ACCESS_KEY AWS_SECRET_ACCESS_KEY=$S3_SECRET_KEY CAIRN_COMPRESSION=lz4 CAIRN_LOG_LEVEL=warn $CAIRN wal-push %p")
 fi
 ((HAVE_PGBR)) && ARCHIVE_PARTS+=("pgbackrest --config=$PGBR_CONF --stanza=bench archive-push %p")
@@ -320,9 +330,14 @@ if [[ $ONLY_BASELINES != 1 ]]; then
   # -------------------------------------------------------------------------
   fetch l-fetch "cairn local" "lz4 (LATEST)" "$W" LATEST
   fetch s-fetch "cairn s3" "lz4 (by name)" "s3://$S3_BUCKET/lz4" "${BACKUP_NAME[s-lz4]}"
-  # The second S3 implementation (moto, in memory, one Python process).
+  # The second S3 implementation (moto, in memory, one Python process); the WAL
+  # goes there too while it runs.
+  moto_start
+  echo "$MOTO_PORT" >"$WORK/moto-port"
   push m-lz4 "cairn moto" "lz4" "s3://$MOTO_BUCKET/lz4" "" CAIRN_COMPRESSION=lz4
   fetch m-fetch "cairn moto" "lz4 (by name)" "s3://$MOTO_BUCKET/lz4" "${BACKUP_NAME[m-lz4]}"
+  rm "$WORK/moto-port"
+  moto_stop
   rm -rf "$WAL_ARCHIVE/basebackups"
   unset "${!CAIRN_@}" AWS_ACCESS_KEY_ID AWS_SECRET_ACCESS_KEY
 fi
@@ -362,7 +377,6 @@ if [[ $ONLY_BASELINES != 1 ]]; then
   rm -rf "$WAL_ARCHIVE/basebackups"
   unset "${!CAIRN_@}"
   s3_stop
-  moto_stop
 fi
 
 # ---------------------------------------------------------------------------
