@@ -60,14 +60,22 @@ wait_for_workers() {
 # Results. Every call is run like PostgreSQL runs it — one process, one segment —
 # and timed by run_call; bookkeeping such as renaming .ready files is not timed.
 # ---------------------------------------------------------------------------
-# stored_bytes <dir>: total size of the WAL objects (24-hex-digit names) under dir.
-stored_bytes() {
-  find "$1" -type f -regextype posix-extended -regex '.*/[0-9A-F]{24}([.-].*)?' -printf '%s\n' |
-    awk '{ s += $1 } END { printf "%d", s }'
+# stored_bytes / stored_count <dir>: total size and number of the WAL objects
+# (24-hex-digit names) under dir. WAL objects under a storage directory, or under `moto:<prefix>` in the moto
+# bucket (which keeps its objects in memory: listed over its API, unsigned, as
+# moto allows), one "<size> <name>" line each.
+wal_objects() {
+  if [[ $1 == moto:* ]]; then
+    curl -sf "http://127.0.0.1:$MOTO_PORT/$MOTO_BUCKET?list-type=2&max-keys=1000&prefix=${1#moto:}" |
+      grep -o '<Key>[^<]*</Key><[^>]*>[^<]*</[^>]*><[^>]*>[^<]*</[^>]*><Size>[0-9]*</Size>' |
+      sed -E 's|<Key>([^<]*)</Key>.*<Size>([0-9]*)</Size>|\2 \1|' |
+      grep -E ' .*/[0-9A-F]{24}([.-].*)?$'
+  else
+    find "$1" -type f -regextype posix-extended -regex '.*/[0-9A-F]{24}([.-].*)?' -printf '%s %p\n'
+  fi
 }
-stored_count() {
-  find "$1" -type f -regextype posix-extended -regex '.*/[0-9A-F]{24}([.-].*)?' | wc -l
-}
+stored_bytes() { wal_objects "$1" | awk '{ s += $1 } END { printf "%d", s }'; }
+stored_count() { wal_objects "$1" | wc -l; }
 
 declare -A SECS_PER_SEG TOTAL_SECS
 # add_row <id> <backend> <variant> <stored bytes or "-"> : records the current run.
@@ -290,6 +298,12 @@ if [[ $ONLY_BASELINES != 1 ]]; then
   fetch_each s-fetch0 s3 0 "s3://$S3_BUCKET/lz4"
   fetch_each s-fetch8 s3 8 "s3://$S3_BUCKET/lz4"
   s3_stop
+  # The second S3 implementation (moto: in memory, one Python process).
+  moto_start
+  push_each m-lz4 moto "lz4" "s3://$MOTO_BUCKET/lz4" "moto:lz4/" CAIRN_COMPRESSION=lz4
+  burst m-burst8 moto 8 "s3://$MOTO_BUCKET/burst8" "moto:burst8/"
+  fetch_each m-fetch8 moto 8 "s3://$MOTO_BUCKET/lz4"
+  moto_stop
   unset "${!CAIRN_@}" AWS_ACCESS_KEY_ID AWS_SECRET_ACCESS_KEY
 fi
 
