@@ -49,6 +49,31 @@ fn lacks_conditional<E: ProvideErrorMetadata>(
     e.raw_response().map(|r| r.status().as_u16()) == Some(501) || e.code() == Some("NotImplemented")
 }
 
+/// Why the credential chain gave nothing, worded by the source the
+/// environment names: a web identity (IRSA), a container endpoint (EKS Pod
+/// Identity, ECS), or none.
+fn no_credentials(why: &str) -> String {
+    let var = |name: &str| std::env::var(name).unwrap_or_default();
+    if std::env::var_os("AWS_WEB_IDENTITY_TOKEN_FILE").is_some() {
+        format!(
+            "STS did not let the web identity token ({}) assume role {} (AWS_ROLE_ARN): {why}",
+            var("AWS_WEB_IDENTITY_TOKEN_FILE"),
+            var("AWS_ROLE_ARN")
+        )
+    } else if std::env::var_os("AWS_CONTAINER_CREDENTIALS_FULL_URI").is_some() {
+        format!(
+            "the container credentials endpoint {} (AWS_CONTAINER_CREDENTIALS_FULL_URI) gave no \
+             credentials: {why}",
+            var("AWS_CONTAINER_CREDENTIALS_FULL_URI")
+        )
+    } else {
+        format!(
+            "no AWS credentials found ({why}); set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, \
+             AWS_PROFILE, or run with an instance or web-identity role"
+        )
+    }
+}
+
 /// How long resolving credentials may take before cairn says there are none; the
 /// instance-metadata probe is the slow part off EC2.
 const CREDENTIALS_TIMEOUT: Duration = Duration::from_secs(5);
@@ -112,30 +137,7 @@ impl S3Storage {
         match tokio::time::timeout(CREDENTIALS_TIMEOUT, credentials.provide_credentials()).await {
             Ok(Ok(_)) => {}
             Ok(Err(e)) => {
-                let why = super::concise(&e);
-                let var = |name: &str| std::env::var(name).unwrap_or_default();
-                return Err(fail(
-                    if std::env::var_os("AWS_WEB_IDENTITY_TOKEN_FILE").is_some() {
-                        format!(
-                            "STS did not let the web identity token ({}) assume role {} \
-                         (AWS_ROLE_ARN): {why}",
-                            var("AWS_WEB_IDENTITY_TOKEN_FILE"),
-                            var("AWS_ROLE_ARN")
-                        )
-                    } else if std::env::var_os("AWS_CONTAINER_CREDENTIALS_FULL_URI").is_some() {
-                        format!(
-                            "the container credentials endpoint {} (AWS_CONTAINER_CREDENTIALS_FULL_URI) \
-                         gave no credentials: {why}",
-                            var("AWS_CONTAINER_CREDENTIALS_FULL_URI")
-                        )
-                    } else {
-                        format!(
-                            "no AWS credentials found ({why}); set AWS_ACCESS_KEY_ID and \
-                         AWS_SECRET_ACCESS_KEY, AWS_PROFILE, or run with an instance or \
-                         web-identity role"
-                        )
-                    },
-                ));
+                return Err(fail(no_credentials(&super::concise(&e))));
             }
             Err(_) => return Err(fail("timed out looking for AWS credentials".into())),
         }
