@@ -25,7 +25,7 @@ impl<R: Read> Read for Decrypt<R> {
 
 enum Decompress<R: Read> {
     None(R),
-    Lz4(lz4_flex::frame::FrameDecoder<R>),
+    Lz4(super::frames::Lz4Frames<R>),
     Zstd(zstd::stream::read::Decoder<'static, BufReader<R>>),
 }
 
@@ -81,7 +81,9 @@ impl<R: Read> Decoder<R> {
         };
         let inner = match header.compression {
             Compression::None => Decompress::None(dec),
-            Compression::Lz4 => Decompress::Lz4(lz4_flex::frame::FrameDecoder::new(dec)),
+            Compression::Lz4 => Decompress::Lz4(super::frames::Lz4Frames(
+                lz4_flex::frame::FrameDecoder::new(dec),
+            )),
             Compression::Zstd => Decompress::Zstd(zstd::stream::read::Decoder::new(dec)?),
         };
         Ok(Decoder {
@@ -241,7 +243,7 @@ pub fn decode_to_vec(
     Ok(plain)
 }
 
-fn age_error(e: age::DecryptError, object: &str, keyring: &Keyring) -> CodecError {
+pub(super) fn age_error(e: age::DecryptError, object: &str, keyring: &Keyring) -> CodecError {
     match e {
         age::DecryptError::NoMatchingKeys => CodecError::WrongIdentity {
             object: object.into(),

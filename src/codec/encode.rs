@@ -2,7 +2,10 @@
 
 use std::io::{self, Write};
 
+use std::sync::Arc;
+
 use super::format::{self, Header, PlainDigest};
+use super::frames::{Frame, FrameCuts, Framed};
 use super::{CodecError, CodecSettings, Compression};
 
 enum Encrypt<W: Write> {
@@ -38,6 +41,8 @@ enum Compress<W: Write> {
     None(W),
     Lz4(lz4_flex::frame::FrameEncoder<W>),
     Zstd(zstd::stream::write::Encoder<'static, W>),
+    /// Independent frames, with a table of where each begins.
+    Framed(Framed<W>),
 }
 
 impl<W: Write> Write for Compress<W> {
@@ -46,6 +51,7 @@ impl<W: Write> Write for Compress<W> {
             Compress::None(w) => w.write(buf),
             Compress::Lz4(w) => w.write(buf),
             Compress::Zstd(w) => w.write(buf),
+            Compress::Framed(w) => w.write(buf),
         }
     }
     fn flush(&mut self) -> io::Result<()> {
@@ -53,6 +59,7 @@ impl<W: Write> Write for Compress<W> {
             Compress::None(w) => w.flush(),
             Compress::Lz4(w) => w.flush(),
             Compress::Zstd(w) => w.flush(),
+            Compress::Framed(w) => w.flush(),
         }
     }
 }
@@ -63,6 +70,7 @@ impl<W: Write> Compress<W> {
             Compress::None(w) => Ok(w),
             Compress::Lz4(w) => w.finish().map_err(io::Error::other),
             Compress::Zstd(w) => w.finish(),
+            Compress::Framed(w) => w.finish().map(|(w, _)| w),
         }
     }
 }
@@ -79,25 +87,11 @@ impl<W: Write> Encoder<W> {
     /// Writes the header and sets up the pipeline. Pass `known` when the plain
     /// bytes' digest is known up front, so that it goes into the header too.
     pub fn new(
-        mut out: W,
+        out: W,
         settings: &CodecSettings,
         known: Option<PlainDigest>,
     ) -> Result<Self, CodecError> {
-        let header = Header {
-            compression: settings.compression,
-            encrypted: !settings.recipients.is_empty(),
-            digest: known,
-        };
-        out.write_all(&header.to_bytes())?;
-        let enc = if settings.recipients.is_empty() {
-            Encrypt::None(out)
-        } else {
-            let e = age::Encryptor::with_recipients(
-                settings.recipients.iter().map(|r| r as &dyn age::Recipient),
-            )
-            .map_err(|e| CodecError::Encrypt(e.to_string()))?;
-            Encrypt::Age(e.wrap_output(out)?)
-        };
+        let enc = Self::start(out, settings, known)?;
         let inner = match settings.compression {
             Compression::None => Compress::None(enc),
             Compression::Lz4 => Compress::Lz4(lz4_flex::frame::FrameEncoder::new(enc)),
@@ -118,14 +112,71 @@ impl<W: Write> Encoder<W> {
         })
     }
 
-    /// Writes the trailer, flushes every layer and returns the sink with the
-    /// digest of what was written.
-    pub fn finish(mut self) -> Result<(W, PlainDigest), CodecError> {
+    /// An encoder of a framed object (see [`super::frames`]): frames begin
+    /// every unit and wherever `cuts` asks; [`Encoder::finish_framed`]
+    /// returns their table.
+    pub fn framed(
+        out: W,
+        settings: &CodecSettings,
+        cuts: Arc<FrameCuts>,
+    ) -> Result<Self, CodecError> {
+        let enc = Self::start(out, settings, None)?;
+        let framed = Framed::new(enc, settings.compression, settings.zstd_level, cuts)?;
+        Ok(Encoder {
+            inner: Compress::Framed(framed),
+            hasher: blake3::Hasher::new(),
+            len: 0,
+        })
+    }
+
+    /// Writes the header and sets up encryption.
+    fn start(
+        mut out: W,
+        settings: &CodecSettings,
+        known: Option<PlainDigest>,
+    ) -> Result<Encrypt<W>, CodecError> {
+        let header = Header {
+            compression: settings.compression,
+            encrypted: !settings.recipients.is_empty(),
+            digest: known,
+        };
+        out.write_all(&header.to_bytes())?;
+        Ok(if settings.recipients.is_empty() {
+            Encrypt::None(out)
+        } else {
+            let e = age::Encryptor::with_recipients(
+                settings.recipients.iter().map(|r| r as &dyn age::Recipient),
+            )
+            .map_err(|e| CodecError::Encrypt(e.to_string()))?;
+            Encrypt::Age(e.wrap_output(out)?)
+        })
+    }
+
+    /// [`Encoder::finish`] of a framed encoder, with the frame table.
+    pub fn finish_framed(mut self) -> Result<(W, PlainDigest, Vec<Frame>), CodecError> {
+        let digest = self.write_trailer()?;
+        match self.inner {
+            Compress::Framed(f) => {
+                let (enc, frames) = f.finish()?;
+                Ok((enc.finish()?, digest, frames))
+            }
+            other => Ok((other.finish()?.finish()?, digest, Vec::new())),
+        }
+    }
+
+    fn write_trailer(&mut self) -> Result<PlainDigest, CodecError> {
         let digest = PlainDigest {
             len: self.len,
             blake3: *self.hasher.finalize().as_bytes(),
         };
         self.inner.write_all(&format::trailer(digest))?;
+        Ok(digest)
+    }
+
+    /// Writes the trailer, flushes every layer and returns the sink with the
+    /// digest of what was written.
+    pub fn finish(mut self) -> Result<(W, PlainDigest), CodecError> {
+        let digest = self.write_trailer()?;
         let out = self.inner.finish()?.finish()?;
         Ok((out, digest))
     }

@@ -7,8 +7,10 @@
 mod decode;
 mod encode;
 pub mod format;
+pub mod frames;
 mod pipe;
 mod stream;
+pub mod units;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -18,7 +20,9 @@ pub use decode::{Decoder, decode_to_vec};
 pub use encode::{Encoder, encode_to_vec};
 pub use format::{Header, PlainDigest, hex};
 pub use pipe::{PipeReader, PipeWriter, pipe};
-pub use stream::{EncodedStream, STREAM_BUFFERS, encode_stream};
+pub use stream::{
+    EncodedStream, FramedStream, STREAM_BUFFERS, encode_framed_stream, encode_stream,
+};
 
 /// Compression of an object's body.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]

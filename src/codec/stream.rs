@@ -12,6 +12,7 @@ use bytes::Bytes;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
+use super::frames::{Frame, FrameCuts};
 use super::pipe::{CHUNK, Chunks};
 use super::{CodecError, CodecSettings, Encoder, PlainDigest};
 use crate::storage::ByteStream;
@@ -45,6 +46,49 @@ pub fn encode_stream<R: Read + Send + 'static>(
     known: Option<PlainDigest>,
     what: String,
 ) -> EncodedStream {
+    let framed = start(src, settings, Shape::Plain(known), what);
+    let task = tokio::spawn(async move {
+        framed
+            .task
+            .await
+            .map_err(|e| CodecError::Io(io::Error::other(e.to_string())))?
+            .map(|(digest, sent, _)| (digest, sent))
+    });
+    EncodedStream {
+        body: framed.body,
+        task,
+    }
+}
+
+/// A framed encoding stream (see [`super::frames`]): its task also yields
+/// the frame table.
+pub struct FramedStream {
+    pub body: ByteStream,
+    pub task: JoinHandle<Result<(PlainDigest, u64, Vec<Frame>), CodecError>>,
+}
+
+/// [`encode_stream`] into a framed object: frames begin every unit and
+/// wherever `cuts` asks.
+pub fn encode_framed_stream<R: Read + Send + 'static>(
+    src: R,
+    settings: CodecSettings,
+    cuts: Arc<FrameCuts>,
+    what: String,
+) -> FramedStream {
+    start(src, settings, Shape::Framed(cuts), what)
+}
+
+enum Shape {
+    Plain(Option<PlainDigest>),
+    Framed(Arc<FrameCuts>),
+}
+
+fn start<R: Read + Send + 'static>(
+    src: R,
+    settings: CodecSettings,
+    shape: Shape,
+    what: String,
+) -> FramedStream {
     let (tx, rx) = mpsc::channel::<io::Result<Bytes>>(QUEUE);
     let done = Arc::new(AtomicBool::new(false));
     let body = body_stream(rx, done.clone());
@@ -54,7 +98,7 @@ pub fn encode_stream<R: Read + Send + 'static>(
             chunks: Chunks::new(),
             sent: 0,
         };
-        let result = encode_all(src, sink, &settings, known, &what);
+        let result = encode_all(src, sink, &settings, shape, &what);
         match &result {
             // Every chunk is sent: the end of the channel is now the end.
             Ok(_) => done.store(true, Ordering::Release),
@@ -64,17 +108,24 @@ pub fn encode_stream<R: Read + Send + 'static>(
         }
         result
     });
-    EncodedStream { body, task }
+    FramedStream { body, task }
 }
 
 fn encode_all<R: Read>(
     mut src: R,
     sink: ChannelWriter,
     settings: &CodecSettings,
-    known: Option<PlainDigest>,
+    shape: Shape,
     what: &str,
-) -> Result<(PlainDigest, u64), CodecError> {
-    let mut enc = Encoder::new(sink, settings, known)?;
+) -> Result<(PlainDigest, u64, Vec<Frame>), CodecError> {
+    let known = match &shape {
+        Shape::Plain(known) => *known,
+        Shape::Framed(_) => None,
+    };
+    let mut enc = match shape {
+        Shape::Plain(known) => Encoder::new(sink, settings, known)?,
+        Shape::Framed(cuts) => Encoder::framed(sink, settings, cuts)?,
+    };
     let mut buf = vec![0u8; READ_BUF];
     loop {
         let n = match src.read(&mut buf) {
@@ -90,7 +141,7 @@ fn encode_all<R: Read>(
         };
         enc.write_all(&buf[..n]).map_err(CodecError::from_io)?;
     }
-    let (mut sink, digest) = enc.finish()?;
+    let (mut sink, digest, frames) = enc.finish_framed()?;
     if let Some(k) = known
         && k != digest
     {
@@ -100,7 +151,7 @@ fn encode_all<R: Read>(
         ))));
     }
     sink.send_rest()?;
-    Ok((digest, sink.sent))
+    Ok((digest, sink.sent, frames))
 }
 
 /// The channel's receiving end as a body: a clean end only once `done`.

@@ -185,10 +185,15 @@ impl Storage for FaultyStorage {
         self.inner.put(key, body, mode).await
     }
 
-    async fn get_from(&self, key: &ObjectKey, offset: u64) -> Result<ByteStream, StorageError> {
+    async fn get_range(
+        &self,
+        key: &ObjectKey,
+        start: u64,
+        end: Option<u64>,
+    ) -> Result<ByteStream, StorageError> {
         self.gets.fetch_add(1, Ordering::SeqCst);
         self.call(Op::Get, key.as_str()).await?;
-        let body = self.inner.get_from(key, offset).await?;
+        let body = self.inner.get_range(key, start, end).await?;
         Ok(match self.take(Op::Get) {
             Some(Fault::BreakBodyAfter(n)) => cut(body, n, false),
             Some(Fault::StallBodyAfter(n)) => cut(body, n, true),

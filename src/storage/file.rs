@@ -173,19 +173,26 @@ impl Storage for FileStorage {
         .await
     }
 
-    async fn get_from(&self, key: &ObjectKey, offset: u64) -> Result<ByteStream, StorageError> {
-        use tokio::io::AsyncSeekExt;
+    async fn get_range(
+        &self,
+        key: &ObjectKey,
+        start: u64,
+        end: Option<u64>,
+    ) -> Result<ByteStream, StorageError> {
+        use tokio::io::{AsyncReadExt, AsyncSeekExt};
         let path = self.path(key);
         match tokio::fs::File::open(&path).await {
             Ok(mut f) => {
-                if offset > 0 {
-                    f.seek(std::io::SeekFrom::Start(offset))
+                if start > 0 {
+                    f.seek(std::io::SeekFrom::Start(start))
                         .await
                         .map_err(|e| self.err("get", key.as_str(), e))?;
                 }
+                let len = end.map_or(u64::MAX, |end| end.saturating_sub(start));
+                let capacity = len.clamp(8 << 10, 1 << 20) as usize;
                 Ok(Box::pin(tokio_util::io::ReaderStream::with_capacity(
-                    f,
-                    1 << 20,
+                    f.take(len),
+                    capacity,
                 )))
             }
             Err(e) if e.kind() == ErrorKind::NotFound => {

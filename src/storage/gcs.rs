@@ -351,13 +351,22 @@ impl Storage for GcsStorage {
         self.put_resumable(key, first, chunks, mode).await
     }
 
-    async fn get_from(&self, key: &ObjectKey, offset: u64) -> Result<ByteStream, StorageError> {
+    async fn get_range(
+        &self,
+        key: &ObjectKey,
+        start: u64,
+        end: Option<u64>,
+    ) -> Result<ByteStream, StorageError> {
         let req = GetObjectRequest {
             bucket: self.bucket.clone(),
             object: self.full_key(key.as_str()),
             ..Default::default()
         };
-        let range = Range((offset > 0).then_some(offset), None);
+        let range = match end {
+            // Inclusive in the header.
+            Some(end) => Range(Some(start), Some(end.max(start + 1) - 1)),
+            None => Range((start > 0).then_some(start), None),
+        };
         let stream = self
             .retry
             .run(|| async {

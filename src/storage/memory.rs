@@ -78,15 +78,21 @@ impl Storage for MemoryStorage {
         Ok(())
     }
 
-    async fn get_from(&self, key: &ObjectKey, offset: u64) -> Result<ByteStream, StorageError> {
+    async fn get_range(
+        &self,
+        key: &ObjectKey,
+        start: u64,
+        end: Option<u64>,
+    ) -> Result<ByteStream, StorageError> {
         let Some(bytes) = self.raw(key) else {
             return Err(StorageError::NotFound {
                 key: key.to_string(),
                 location: LOCATION.into(),
             });
         };
-        let from = (offset as usize).min(bytes.len());
-        let rest = bytes.slice(from..);
+        let from = (start as usize).min(bytes.len());
+        let to = end.map_or(bytes.len(), |e| (e as usize).clamp(from, bytes.len()));
+        let rest = bytes.slice(from..to);
         // In several chunks, as a network body arrives.
         let chunks: Vec<std::io::Result<Bytes>> = rest
             .chunks(64 << 10)

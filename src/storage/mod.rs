@@ -10,6 +10,7 @@ pub mod faulty;
 pub mod file;
 pub mod gcs;
 pub mod memory;
+pub mod ranged;
 pub mod resume;
 pub mod retry;
 pub mod s3;
@@ -170,11 +171,17 @@ pub trait Storage: Send + Sync + fmt::Debug {
     /// resumed where it broke (see [`resume`]); one that cannot be ends in an
     /// `io::Error` carrying the [`StorageError`].
     async fn get(&self, key: &ObjectKey) -> Result<ByteStream, StorageError> {
-        self.get_from(key, 0).await
+        self.get_range(key, 0, None).await
     }
 
-    /// The object's bytes from `offset` on (a ranged read).
-    async fn get_from(&self, key: &ObjectKey, offset: u64) -> Result<ByteStream, StorageError>;
+    /// The object's bytes from `start` on, up to `end` (exclusive) when given:
+    /// a ranged read. `end` must lie after `start`, within the object.
+    async fn get_range(
+        &self,
+        key: &ObjectKey,
+        start: u64,
+        end: Option<u64>,
+    ) -> Result<ByteStream, StorageError>;
 
     /// The object's metadata, or `None` when it does not exist.
     async fn head(&self, key: &ObjectKey) -> Result<Option<ObjectMeta>, StorageError>;

@@ -53,15 +53,21 @@ impl Storage for Resuming {
         self.inner.put(key, body, mode).await
     }
 
-    async fn get_from(&self, key: &ObjectKey, offset: u64) -> Result<ByteStream, StorageError> {
-        let first = self.inner.get_from(key, offset).await?;
+    async fn get_range(
+        &self,
+        key: &ObjectKey,
+        start: u64,
+        end: Option<u64>,
+    ) -> Result<ByteStream, StorageError> {
+        let first = self.inner.get_range(key, start, end).await?;
         let state = Body {
             inner: self.inner.clone(),
             key: key.clone(),
             retry: self.retry,
             idle: self.idle,
             stream: Some(first),
-            at: offset,
+            at: start,
+            end,
             failing_since: None,
             backoff: self.retry.initial_backoff,
             tries: 0,
@@ -101,6 +107,8 @@ struct Body {
     stream: Option<ByteStream>,
     /// Bytes delivered so far (from the object's start).
     at: u64,
+    /// Where the requested range ends, if not at the object's end.
+    end: Option<u64>,
     /// When the current run of failures began (progress resets it).
     failing_since: Option<Instant>,
     backoff: Duration,
@@ -151,6 +159,10 @@ impl Body {
     /// Requests the object again from where it broke, after a backoff,
     /// while the deadline allows.
     async fn resume(&mut self, failure: String) -> Result<ByteStream, StorageError> {
+        if self.end.is_some_and(|end| self.at >= end) {
+            // Every byte asked for came; only the end of the body broke.
+            return Ok(Box::pin(futures::stream::empty()));
+        }
         let started = *self.failing_since.get_or_insert_with(Instant::now);
         loop {
             self.tries += 1;
@@ -166,7 +178,7 @@ impl Body {
             tracing::debug!(key = %self.key, at = self.at, tries = self.tries, "{failure}; resuming");
             tokio::time::sleep(jitter(self.backoff)).await;
             self.backoff = (self.backoff * 2).min(self.retry.max_backoff);
-            match self.inner.get_from(&self.key, self.at).await {
+            match self.inner.get_range(&self.key, self.at, self.end).await {
                 Ok(s) => return Ok(s),
                 Err(e) if e.is_transient() => continue,
                 Err(e) => return Err(e),

@@ -538,14 +538,23 @@ impl Storage for S3Storage {
         self.put_multipart(key, first, chunks, mode).await
     }
 
-    async fn get_from(&self, key: &ObjectKey, offset: u64) -> Result<ByteStream, StorageError> {
+    async fn get_range(
+        &self,
+        key: &ObjectKey,
+        start: u64,
+        end: Option<u64>,
+    ) -> Result<ByteStream, StorageError> {
         let full = self.full_key(key.as_str());
         let out = self
             .retry
             .run(|| async {
                 let mut req = self.client.get_object().bucket(&self.bucket).key(&full);
-                if offset > 0 {
-                    req = req.range(format!("bytes={offset}-"));
+                match end {
+                    Some(end) => {
+                        req = req.range(format!("bytes={start}-{}", end.max(start + 1) - 1))
+                    }
+                    None if start > 0 => req = req.range(format!("bytes={start}-")),
+                    None => {}
                 }
                 self.watched("get", key.as_str(), &Progress::new(), req.send())
                     .await?
