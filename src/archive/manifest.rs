@@ -125,6 +125,10 @@ pub struct PartEntry {
     /// `tablespace_map`, restored after all others.
     #[serde(default)]
     pub control: bool,
+    /// The part's index (see [`super::part_index`]): parts stored framed
+    /// have one, older ones and the control part none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub index: Option<super::part_index::IndexRef>,
 }
 
 /// One file or directory in the backup.

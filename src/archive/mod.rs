@@ -13,6 +13,7 @@ pub mod keys;
 pub mod manifest;
 pub mod missing;
 pub mod objects;
+pub mod part_index;
 pub mod registry;
 pub mod running;
 pub mod timelines;

@@ -376,7 +376,7 @@ async fn upload_part(
     limit: Option<Arc<RateLimit>>,
 ) -> Result<(PartEntry, Vec<FileEntry>), BackupError> {
     let progress = ctx.progress.clone();
-    let build = move |w: PipeWriter| {
+    let build = move |w: PipeWriter, placements| {
         let reads = Reads {
             limit: limit.as_deref(),
             progress: &*progress,
@@ -388,6 +388,7 @@ async fn upload_part(
             pages.as_deref(),
             reads,
             w,
+            placements,
         )
     };
     let uploaded = store::upload(ctx, backup, part_name(index), false, build).await?;

@@ -18,7 +18,7 @@ use super::incremental;
 use super::lock::cluster_lock;
 use super::push::PushOptions;
 use super::store::{self, Lineage, Taken, part_name, store_part, upload_control_part};
-use super::tar_split::{ControlFile, append_dir, append_file};
+use super::tar_split::{ControlFile, PartStream, Placements, append_dir, append_file};
 use crate::Context;
 use crate::archive::manifest::{CorruptPage, FileEntry, Manifest, PartEntry, Stored};
 use crate::codec::{PipeReader, PipeWriter, pipe};
@@ -142,7 +142,7 @@ pub async fn push_remote(ctx: &Context, opts: &PushOptions) -> Result<Manifest, 
     // The splitter thread turns the server's archives into parts; each part
     // is uploaded by a task of its own while the next one fills.
     let (archives, archive_rx) = sync_channel::<(String, PipeReader)>(1);
-    let (parts, mut part_rx) = tokio::sync::mpsc::channel::<(usize, PipeReader)>(1);
+    let (parts, mut part_rx) = tokio::sync::mpsc::channel::<NewPart>(1);
     let part_size = opts.part_size;
     let splitter = tokio::task::spawn_blocking(move || resplit(archive_rx, parts, part_size));
     let backup = name.as_str();
@@ -154,8 +154,9 @@ pub async fn push_remote(ctx: &Context, opts: &PushOptions) -> Result<Manifest, 
         while open || !running.is_empty() {
             tokio::select! {
                 next = part_rx.recv(), if open => match next {
-                    Some((index, reader)) => running.push(async move {
-                        let stored = store_part(ctx, backup, part_name(index), false, reader).await;
+                    Some((index, reader, placements)) => running.push(async move {
+                        let name = part_name(index);
+                        let stored = store_part(ctx, backup, name, false, reader, Some(placements)).await;
                         ctx.progress.part_done();
                         (index, stored)
                     }),
@@ -569,9 +570,13 @@ async fn finish_query(conn: &mut ReplicationConn) -> Result<(), BackupError> {
 /// (and its upload) as one fills. Holds back pg_control, backup_label and
 /// tablespace_map for the control part. Returns the files, the held-back
 /// files and the number of data parts.
+/// A part the splitter started: its index, its tar stream, and where its
+/// files land in it.
+type NewPart = (usize, PipeReader, std::sync::Arc<Placements>);
+
 fn resplit(
     archives: Receiver<(String, PipeReader)>,
-    parts: tokio::sync::mpsc::Sender<(usize, PipeReader)>,
+    parts: tokio::sync::mpsc::Sender<NewPart>,
     part_size: u64,
 ) -> Result<(Vec<FileEntry>, Vec<ControlFile>, usize), BackupError> {
     let mut out = PartWriter {
@@ -707,8 +712,8 @@ fn stream_error(e: std::io::Error) -> BackupError {
 
 /// The part being filled, and how to start the next.
 struct PartWriter {
-    parts: tokio::sync::mpsc::Sender<(usize, PipeReader)>,
-    current: Option<tar::Builder<PipeWriter>>,
+    parts: tokio::sync::mpsc::Sender<NewPart>,
+    current: Option<tar::Builder<PartStream<PipeWriter>>>,
     /// Index of the current part (parts started so far, minus one).
     index: usize,
     bytes: u64,
@@ -725,10 +730,11 @@ impl PartWriter {
         }
         if self.current.is_none() {
             let (writer, reader) = pipe();
+            let placements = Placements::new();
             self.parts
-                .blocking_send((self.index, reader))
+                .blocking_send((self.index, reader, placements.clone()))
                 .map_err(|_| BackupError::BadArgument("the part uploads stopped".into()))?;
-            let mut tar = tar::Builder::new(writer);
+            let mut tar = tar::Builder::new(PartStream::new(writer, Some(placements)));
             tar.mode(tar::HeaderMode::Deterministic);
             self.current = Some(tar);
             self.bytes = 0;
@@ -737,7 +743,7 @@ impl PartWriter {
         Ok(self.index)
     }
 
-    fn tar(&mut self) -> Result<&mut tar::Builder<PipeWriter>, BackupError> {
+    fn tar(&mut self) -> Result<&mut tar::Builder<PartStream<PipeWriter>>, BackupError> {
         self.current
             .as_mut()
             .ok_or_else(|| BackupError::BadArgument("no part open".into()))
@@ -745,7 +751,7 @@ impl PartWriter {
 
     fn finish_current(&mut self) -> Result<(), BackupError> {
         if let Some(tar) = self.current.take() {
-            let writer = tar.into_inner().map_err(stream_error)?;
+            let writer = tar.into_inner().map_err(stream_error)?.into_inner();
             writer.finish().map_err(stream_error)?;
         }
         Ok(())

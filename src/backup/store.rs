@@ -5,20 +5,25 @@
 //! built in one place, written only once the backup's parent and its WAL
 //! are known to be in the archive, so that nothing listed cannot be restored.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::{StreamExt, TryStreamExt};
 use time::OffsetDateTime;
 
 use super::BackupError;
-use super::tar_split::{ControlFile, write_control_part};
+use super::tar_split::{ControlFile, Placements, write_control_part};
 use crate::Context;
 use crate::archive::keys;
 use crate::archive::manifest::{
     CorruptPage, FULL_MANIFEST_VERSION, FileEntry, Kind, MANIFEST_VERSION, Manifest, PartEntry,
 };
+use crate::archive::part_index::{self, IndexRef, PartIndex};
 use crate::archive::running::{Marker, Running};
-use crate::codec::{CodecError, PipeReader, PipeWriter, encode_stream, hex, pipe};
+use crate::codec::{
+    CodecError, PipeReader, PipeWriter, encode_framed_stream, encode_stream, encode_to_vec, hex,
+    pipe,
+};
 use crate::pg::datadir::Tablespace;
 use crate::pg::wal::{Lsn, Segment, SegmentSize, SystemId, TimelineId, WalFileName};
 use crate::storage::{PutBody, PutMode, StorageError};
@@ -262,6 +267,8 @@ async fn wait_for_wal(ctx: &Context, m: &Manifest, timeout: Duration) -> Result<
 /// Builds a part with `build` (writing the tar stream, reading and hashing
 /// files) on one blocking thread, while [`store_part`] encodes and uploads
 /// it: a three-stage pipeline, so even one large part keeps two cores busy.
+/// Data parts are framed and indexed (`build` places its files); the
+/// control part, always restored whole, is not.
 pub async fn upload<F>(
     ctx: &Context,
     backup: &str,
@@ -270,15 +277,19 @@ pub async fn upload<F>(
     build: F,
 ) -> Result<(PartEntry, Vec<FileEntry>), BackupError>
 where
-    F: FnOnce(PipeWriter) -> std::io::Result<(Vec<FileEntry>, PipeWriter)> + Send + 'static,
+    F: FnOnce(PipeWriter, Option<Arc<Placements>>) -> std::io::Result<(Vec<FileEntry>, PipeWriter)>
+        + Send
+        + 'static,
 {
     let (writer, reader) = pipe();
+    let placements = (!control).then(Placements::new);
+    let placing = placements.clone();
     let builder = tokio::task::spawn_blocking(move || {
-        let (files, writer) = build(writer)?;
+        let (files, writer) = build(writer, placing)?;
         writer.finish()?;
         Ok::<_, std::io::Error>(files)
     });
-    let stored = store_part(ctx, backup, part, control, reader).await;
+    let stored = store_part(ctx, backup, part, control, reader, placements).await;
     let built = builder.await.map_err(BackupError::task)?;
     match (built, stored) {
         (Ok(files), Ok(part)) => Ok((part, files)),
@@ -298,27 +309,47 @@ pub async fn upload_control_part(
     index: usize,
     files: Vec<ControlFile>,
 ) -> Result<(PartEntry, Vec<FileEntry>), BackupError> {
-    let build = move |w: PipeWriter| write_control_part(&files, index, w);
+    let build = move |w: PipeWriter, _| write_control_part(&files, index, w);
     upload(ctx, backup, part_name(index), true, build).await
 }
 
 /// Encodes (compresses, encrypts) a part's tar stream as it is read and
 /// uploads it: the encoder on a thread of its own, storage on the runtime.
+/// With `placements` (filled by the tar stream's writer), the part is
+/// framed and its index stored beside it.
 pub async fn store_part(
     ctx: &Context,
     backup: &str,
     part: String,
     control: bool,
     tar: PipeReader,
+    placements: Option<Arc<Placements>>,
 ) -> Result<PartEntry, BackupError> {
     let key = keys::part(backup, &part)?;
-    let encoded = encode_stream(tar, ctx.config.codec(), None, format!("part {key}"));
+    let what = format!("part {key}");
+    let (body, task) = match &placements {
+        Some(p) => {
+            let e = encode_framed_stream(tar, ctx.config.codec(), p.cuts.clone(), what);
+            (e.body, e.task)
+        }
+        None => {
+            let e = encode_stream(tar, ctx.config.codec(), None, what);
+            let task = tokio::spawn(async move {
+                let (digest, stored) = e
+                    .task
+                    .await
+                    .map_err(|e| CodecError::Io(std::io::Error::other(e.to_string())))??;
+                Ok((digest, stored, Vec::new()))
+            });
+            (e.body, task)
+        }
+    };
     let put = ctx
         .storage
-        .put(&key, PutBody::Stream(encoded.body), PutMode::Overwrite)
+        .put(&key, PutBody::Stream(body), PutMode::Overwrite)
         .await;
-    let encoding = encoded.task.await.map_err(BackupError::task)?;
-    let (digest, stored) = match (encoding, put) {
+    let encoding = task.await.map_err(BackupError::task)?;
+    let (digest, stored, frames) = match (encoding, put) {
         (Ok(done), Ok(())) => done,
         // The cause, not its echo: an encoder that saw the upload stop
         // reading reports the upload's failure; an upload whose body broke
@@ -328,11 +359,44 @@ pub async fn store_part(
         (Ok(_), Err(put)) => return Err(put.into()),
     };
     tracing::debug!(part = %key, raw = digest.len, stored, "part uploaded");
-    Ok(PartEntry {
+    let mut entry = PartEntry {
         key: part,
         raw_size: digest.len,
         stored_size: stored,
         blake3: hex(&digest.blake3),
         control,
+        index: None,
+    };
+    if let Some(p) = placements {
+        // The encoder saw the end of the tar stream: every file is placed.
+        let index = PartIndex {
+            version: part_index::VERSION,
+            unit: crate::codec::units::UNIT,
+            frames,
+            files: p.take_files(),
+        };
+        entry.index = Some(store_index(ctx, backup, &entry.key, &index).await?);
+    }
+    Ok(entry)
+}
+
+/// Stores a part's index beside it, encoded like the part.
+async fn store_index(
+    ctx: &Context,
+    backup: &str,
+    part: &str,
+    index: &PartIndex,
+) -> Result<IndexRef, BackupError> {
+    let name = format!("{part}.index");
+    let key = keys::part(backup, &name)?;
+    let plain = serde_json::to_vec(index)
+        .map_err(|e| BackupError::BadArgument(format!("index of part {part}: {e}")))?;
+    let (stored, digest) = encode_to_vec(&plain, &ctx.config.codec())?;
+    ctx.storage
+        .put(&key, PutBody::Bytes(stored.into()), PutMode::Overwrite)
+        .await?;
+    Ok(IndexRef {
+        key: name,
+        blake3: hex(&digest.blake3),
     })
 }

@@ -7,12 +7,16 @@
 use std::fs::File;
 use std::io::{self, Read, Write};
 use std::path::Path;
+use std::sync::{Arc, Mutex};
 
 use crate::archive::manifest::{FileEntry, Stored};
+use crate::archive::part_index::IndexedFile;
 use crate::backup::delta::{DeltaBase, FilePlan, PageSetReader};
 use crate::backup::page_check::{Layout, PageCheck};
 use crate::backup::rate::{Paced, Reads};
+use crate::codec::frames::FrameCuts;
 use crate::codec::hex;
+use crate::codec::units::{UNIT, UnitHasher};
 use crate::pg::datadir::{Entry, EntryKind};
 
 /// Assigns entries to parts in order, starting a new part once a part holds
@@ -53,8 +57,9 @@ pub fn write_part<W: Write>(
     pages: Option<&PageCheck>,
     reads: Reads<'_>,
     out: W,
+    placements: Option<Arc<Placements>>,
 ) -> io::Result<(Vec<FileEntry>, W)> {
-    let mut tar = tar::Builder::new(out);
+    let mut tar = tar::Builder::new(PartStream::new(out, placements));
     tar.mode(tar::HeaderMode::Deterministic);
     let mut written = Vec::with_capacity(entries.len());
     for e in entries {
@@ -147,8 +152,68 @@ pub fn write_part<W: Write>(
             }
         }
     }
-    let out = tar.into_inner()?;
+    let out = tar.into_inner()?.into_inner();
     Ok((written, out))
+}
+
+/// Where each file of a part lands in its tar stream, and where the encoder
+/// must begin a frame: what the part's index records. The tar side adds to
+/// it as it writes; the encoder reads the cuts as the bytes reach it.
+#[derive(Debug, Default)]
+pub struct Placements {
+    pub cuts: Arc<FrameCuts>,
+    files: Mutex<Vec<IndexedFile>>,
+}
+
+impl Placements {
+    pub fn new() -> Arc<Self> {
+        Arc::new(Placements::default())
+    }
+
+    /// The files placed so far, taken out.
+    pub fn take_files(&self) -> Vec<IndexedFile> {
+        std::mem::take(&mut *self.files.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    fn add(&self, file: IndexedFile) {
+        self.files
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(file);
+    }
+}
+
+/// A part's tar stream on its way to the encoder: counts its bytes, so
+/// that files can be placed.
+pub struct PartStream<W: Write> {
+    inner: W,
+    at: u64,
+    placements: Option<Arc<Placements>>,
+}
+
+impl<W: Write> PartStream<W> {
+    pub fn new(inner: W, placements: Option<Arc<Placements>>) -> Self {
+        PartStream {
+            inner,
+            at: 0,
+            placements,
+        }
+    }
+
+    pub fn into_inner(self) -> W {
+        self.inner
+    }
+}
+
+impl<W: Write> Write for PartStream<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.at += n as u64;
+        Ok(n)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
 }
 
 /// A file of the control part, given as bytes: pg_control read after the
@@ -209,8 +274,12 @@ pub(crate) fn append_dir<W: Write>(
 
 /// Appends a file of `size` bytes read from `data` (zeros if it comes up
 /// short); returns the BLAKE3 of what went in, hex.
+///
+/// The entry is written here rather than by `tar` so that the file's offset
+/// is known before its first byte goes out: a file larger than a unit
+/// starts a frame of its own, and its units are hashed as they pass.
 pub(crate) fn append_file<W: Write, R: Read>(
-    tar: &mut tar::Builder<W>,
+    tar: &mut tar::Builder<PartStream<W>>,
     path: &str,
     mode: u32,
     mtime: i64,
@@ -219,9 +288,40 @@ pub(crate) fn append_file<W: Write, R: Read>(
     source: &Path,
 ) -> io::Result<String> {
     let mut h = header(tar::EntryType::Regular, mode, mtime, size);
+    // The header as tar writes it (with a long-name entry first if the path
+    // needs one): the same bytes append_data would write before the data.
+    let head = {
+        let mut scratch = tar::Builder::new(Vec::with_capacity(1024));
+        scratch.append_data(&mut h, path, io::empty())?;
+        scratch.get_ref().clone()
+    };
+    let out = tar.get_mut();
+    out.write_all(&head)?;
+    let offset = out.at;
+    if size > UNIT
+        && let Some(p) = &out.placements
+    {
+        p.cuts.cut_at(offset);
+    }
     let mut reader = Exactly::new(data, size, source);
-    tar.append_data(&mut h, path, &mut reader)?;
-    Ok(hex(reader.hasher.finalize().as_bytes()))
+    let copied = io::copy(&mut reader, out)?;
+    if copied != size {
+        return Err(io::Error::other(format!(
+            "{}: {copied} bytes read of {size}",
+            source.display()
+        )));
+    }
+    let padding = (size.next_multiple_of(512) - size) as usize;
+    out.write_all(&[0u8; 512][..padding])?;
+    let (hash, cvs) = reader.hasher.finalize();
+    if let Some(p) = &out.placements {
+        p.add(IndexedFile {
+            path: path.to_string(),
+            offset,
+            units: cvs.iter().map(|cv| hex(cv)).collect(),
+        });
+    }
+    Ok(hex(hash.as_bytes()))
 }
 
 fn header(kind: tar::EntryType, mode: u32, mtime: i64, size: u64) -> tar::Header {
@@ -241,7 +341,7 @@ fn annotate(e: io::Error, path: &Path) -> io::Error {
 struct Exactly<'a, R: Read> {
     inner: R,
     left: u64,
-    hasher: blake3::Hasher,
+    hasher: UnitHasher,
     path: &'a Path,
 }
 
@@ -250,7 +350,7 @@ impl<'a, R: Read> Exactly<'a, R> {
         Exactly {
             inner,
             left,
-            hasher: blake3::Hasher::new(),
+            hasher: UnitHasher::new(left),
             path,
         }
     }
@@ -317,7 +417,8 @@ mod tests {
         e.source = p.clone();
         let mut gone = file("gone", 1);
         gone.source = d.path().join("gone");
-        let (files, tar) = write_part(&[e, gone], 0, None, None, Reads::FREE, Vec::new()).unwrap();
+        let (files, tar) =
+            write_part(&[e, gone], 0, None, None, Reads::FREE, Vec::new(), None).unwrap();
         assert_eq!(files.len(), 1);
         assert_eq!(files[0].blake3, hex(blake3::hash(b"hello").as_bytes()));
         let mut a = tar::Archive::new(&tar[..]);

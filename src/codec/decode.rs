@@ -219,7 +219,7 @@ impl<R: Read> Read for Decoder<R> {
 
 /// What a decompressor's error says about the data, in words: lz4_flex's
 /// errors display as their Debug form (`DecompressionError(…)`).
-fn damage(e: &io::Error) -> String {
+pub fn damage(e: &io::Error) -> String {
     match e.get_ref() {
         Some(inner) if inner.is::<lz4_flex::frame::Error>() => {
             "its lz4 data does not decompress".to_string()

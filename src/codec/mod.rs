@@ -16,7 +16,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
-pub use decode::{Decoder, decode_to_vec};
+pub use decode::{Decoder, damage, decode_to_vec};
 pub use encode::{Encoder, encode_to_vec};
 pub use format::{Header, PlainDigest, hex};
 pub use pipe::{PipeReader, PipeWriter, pipe};

@@ -60,11 +60,15 @@ pub fn encode_stream<R: Read + Send + 'static>(
     }
 }
 
+/// What a framed encoding yields: the plain digest, the encoded size and
+/// the frame table.
+pub type Framing = (PlainDigest, u64, Vec<Frame>);
+
 /// A framed encoding stream (see [`super::frames`]): its task also yields
 /// the frame table.
 pub struct FramedStream {
     pub body: ByteStream,
-    pub task: JoinHandle<Result<(PlainDigest, u64, Vec<Frame>), CodecError>>,
+    pub task: JoinHandle<Result<Framing, CodecError>>,
 }
 
 /// [`encode_stream`] into a framed object: frames begin every unit and
@@ -117,7 +121,7 @@ fn encode_all<R: Read>(
     settings: &CodecSettings,
     shape: Shape,
     what: &str,
-) -> Result<(PlainDigest, u64, Vec<Frame>), CodecError> {
+) -> Result<Framing, CodecError> {
     let known = match &shape {
         Shape::Plain(known) => *known,
         Shape::Framed(_) => None,

@@ -547,8 +547,13 @@ pub struct WriteStats {
 }
 
 impl WriteStats {
-    fn add_written(&self, n: u64) {
+    pub(super) fn add_written(&self, n: u64) {
         self.written
+            .fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    pub(super) fn add_unchanged(&self, n: u64) {
+        self.unchanged
             .fetch_add(n, std::sync::atomic::Ordering::Relaxed);
     }
 

@@ -11,6 +11,7 @@ pub mod dest;
 pub mod extract;
 pub mod plan;
 pub mod recovery;
+pub mod reuse;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -88,17 +89,43 @@ async fn fetch_delta(
         return Ok(());
     };
     let candidates = plan::reusable(&chain)?;
-    let (kept, kept_bytes) = {
-        let (layout, threads) = (layout.clone(), opts.concurrency);
+    let keyring = if chain.iter().any(|m| m.encrypted) {
+        ctx.keyring()?
+    } else {
+        None
+    };
+    // Files of indexed parts are compared unit by unit and fetched by frame;
+    // the others whole, and their parts read whole.
+    let indexed = reuse::load(ctx, &chain, &candidates, &layout, keyring.as_ref()).await?;
+    let by_index = indexed.paths();
+    let rest: Vec<_> = candidates
+        .into_iter()
+        .filter(|c| !by_index.contains(&c.path))
+        .collect();
+    let stats = Arc::new(dest::WriteStats::default());
+    let (kept, kept_bytes, indexed) = {
+        let (layout, threads, stats) = (layout.clone(), opts.concurrency, stats.clone());
+        let mut indexed = indexed;
         crate::blocking(move || {
             layout.prepare_delta(&last)?;
-            Ok::<_, BackupError>(layout.matching(&candidates, threads))
+            let (mut kept, mut kept_bytes) = layout.matching(&rest, threads);
+            let found = indexed.compare(threads, &stats);
+            kept.extend(found.kept);
+            kept_bytes += found.kept_bytes;
+            Ok::<_, BackupError>((kept, kept_bytes, indexed))
         })
         .await?
     };
-    let planned = plan::plan_keeping(&chain, &kept)?;
-    let stats = Arc::new(dest::WriteStats::default());
-    let result = restore(ctx, &chain, planned, &layout, opts, stats.clone()).await;
+    let mut elsewhere = kept.clone();
+    elsewhere.extend(by_index);
+    let planned = plan::plan_keeping(&chain, &elsewhere)?;
+    let result = async {
+        indexed
+            .fetch(ctx, keyring, opts.concurrency, stats.clone())
+            .await?;
+        restore(ctx, &chain, planned, &layout, opts, stats.clone()).await
+    }
+    .await;
     if let Err(e) = result {
         return Err(BackupError::BadArgument(format!(
             "{e}; {} is partly restored and cannot start (no global/pg_control): run \

@@ -143,6 +143,11 @@ pub struct Reusable {
     pub path: String,
     pub size: u64,
     pub blake3: String,
+    pub mode: u32,
+    /// The backup of the chain (its index) that holds the file whole, and
+    /// the part (its index in that manifest).
+    pub backup: usize,
+    pub part: Option<usize>,
 }
 
 /// Files a restore over an existing directory may keep when they match,
@@ -185,6 +190,12 @@ pub fn reusable(chain: &[Manifest]) -> Result<Vec<Reusable>, ArchiveError> {
                     path: path.clone(),
                     size: whole.size,
                     blake3: whole.blake3.clone(),
+                    mode: match action {
+                        Action::Write { mode } => *mode,
+                        _ => whole.mode,
+                    },
+                    backup: k,
+                    part: whole.part,
                 });
             }
         }
@@ -289,6 +300,7 @@ mod tests {
             stored_size: 5,
             blake3: "y".into(),
             control,
+            index: None,
         }
     }
 
