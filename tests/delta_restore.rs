@@ -266,9 +266,15 @@ fn a_damaged_part_fails_by_name_and_a_damaged_index_only_costs_speed() {
     assert!(out.status.success(), "{log}");
     assert!(log.contains("index is not usable"), "{log}");
     assert!(differences(&want, &tree(&old)).is_empty());
+    // backup-verify reports them, by part.
+    let out = pg.cairn(&["backup-verify"], t.path());
+    let e = stderr(&out);
+    assert!(!out.status.success(), "damaged indexes verified: {e}");
+    assert!(e.contains("its index is not usable"), "{e}");
     for (p, bytes) in indexes.iter().zip(saved) {
         std::fs::write(p, bytes).unwrap();
     }
+    ok(&pg.cairn(&["backup-verify"], t.path()), "backup-verify");
 
     // Damaged parts (each in its middle): the restore fails and names the
     // first it read from.

@@ -9,11 +9,15 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::manifest::{FileEntry, PartEntry};
+use super::keys;
+use super::manifest::{FileEntry, Manifest, PartEntry};
+use crate::Context;
+use crate::codec::Keyring;
 use crate::codec::format::TRAILER_LEN;
 use crate::codec::frames::Frame;
 use crate::codec::hex;
 use crate::codec::units::{UNIT, UnitCv, root_of, unit_count};
+use crate::storage::StorageError;
 
 /// The current index format.
 pub const VERSION: u32 = 1;
@@ -121,6 +125,48 @@ impl PartIndex {
     pub fn file(&self, path: &str) -> Option<&IndexedFile> {
         self.files.iter().find(|f| f.path == path)
     }
+}
+
+/// Why a part's index cannot be used.
+#[derive(Debug)]
+pub enum IndexError {
+    /// Reading it failed: storage's own error.
+    Storage(StorageError),
+    /// It is missing, damaged, or not this part's: the part is read whole.
+    Unusable(String),
+}
+
+/// Reads and checks the index of `manifest`'s part `part`.
+pub async fn load(
+    ctx: &Context,
+    manifest: &Manifest,
+    part: &PartEntry,
+    keyring: Option<&Keyring>,
+) -> Result<PartIndex, IndexError> {
+    let Some(r) = &part.index else {
+        return Err(IndexError::Unusable("the part has none".into()));
+    };
+    let key = keys::part(&manifest.name, &r.key).map_err(IndexError::Storage)?;
+    let plain = match super::objects::read_plain(ctx, &key, keyring).await {
+        Ok(Some(plain)) => plain,
+        Ok(None) => return Err(IndexError::Unusable(format!("{key} is missing"))),
+        Err(super::ArchiveError::Storage(e)) => return Err(IndexError::Storage(e)),
+        Err(e) => return Err(IndexError::Unusable(e.to_string())),
+    };
+    if hex(blake3::hash(&plain).as_bytes()) != r.blake3 {
+        return Err(IndexError::Unusable(format!(
+            "{key} is not the index the manifest lists"
+        )));
+    }
+    let index: PartIndex =
+        serde_json::from_slice(&plain).map_err(|e| IndexError::Unusable(format!("{key}: {e}")))?;
+    let files: Vec<&FileEntry> = manifest
+        .files
+        .iter()
+        .filter(|f| f.part.and_then(|i| manifest.parts.get(i)) == Some(part))
+        .collect();
+    index.check(part, &files).map_err(IndexError::Unusable)?;
+    Ok(index)
 }
 
 fn unhex32(s: &str) -> Option<[u8; 32]> {

@@ -399,3 +399,46 @@ mod tests {
 
     use age::secrecy::ExposeSecret;
 }
+
+#[cfg(test)]
+mod timing {
+    use super::*;
+    use crate::codec::{CodecSettings, Encoder};
+
+    /// `cargo test --release --lib frames::timing -- --ignored --nocapture`:
+    /// encoding throughput framed against one stream.
+    #[test]
+    #[ignore]
+    fn framed_encoding_costs_little() {
+        let page: Vec<u8> = (0..8192u32)
+            .map(|i| {
+                if i % 200 < 120 {
+                    (i * 31 % 251) as u8
+                } else {
+                    b' '
+                }
+            })
+            .collect();
+        let data: Vec<u8> = page.iter().cycle().take(512 << 20).copied().collect();
+        for compression in [Compression::Lz4, Compression::Zstd] {
+            let settings = CodecSettings {
+                compression,
+                zstd_level: 3,
+                recipients: vec![],
+            };
+            for framed in [false, true] {
+                let t = std::time::Instant::now();
+                let mut enc = if framed {
+                    Encoder::framed(io::sink(), &settings, FrameCuts::new()).unwrap()
+                } else {
+                    Encoder::new(io::sink(), &settings, None).unwrap()
+                };
+                for c in data.chunks(256 << 10) {
+                    enc.write_all(c).unwrap();
+                }
+                enc.finish_framed().unwrap();
+                println!("{compression} framed={framed}: {:?}", t.elapsed());
+            }
+        }
+    }
+}

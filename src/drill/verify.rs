@@ -19,6 +19,7 @@ use serde::Serialize;
 use super::DrillError;
 use crate::Context;
 use crate::archive::manifest::Manifest;
+use crate::archive::part_index::{self, IndexError};
 use crate::archive::{ArchiveError, Catalog, catalog};
 use crate::backup::restore::dest::Layout;
 use crate::backup::restore::extract::{Job, extract_part};
@@ -223,6 +224,21 @@ async fn verify_one(
         .await;
     ctx.progress.end();
     problems.extend(failures);
+    // The parts' indexes: a damaged one costs delta restores their speed
+    // (they read that part whole), not the backup; still damage to report.
+    for m in &chain {
+        for part in m.parts.iter().filter(|p| p.index.is_some()) {
+            match part_index::load(ctx, m, part, job.keyring.as_ref()).await {
+                Ok(_) => {}
+                Err(IndexError::Storage(e)) => problems.push(crate::error_chain(&e)),
+                Err(IndexError::Unusable(why)) => problems.push(format!(
+                    "backup {}, part {}: its index is not usable ({why}); delta restores \
+                     read the part whole",
+                    m.name, part.key
+                )),
+            }
+        }
+    }
     // Pages the backups found corrupt on disk: restored as they were.
     for m in &chain {
         problems.extend(m.corrupt_pages.iter().map(|p| {

@@ -21,7 +21,7 @@ use super::plan::Reusable;
 use crate::Context;
 use crate::archive::keys;
 use crate::archive::manifest::{Manifest, PartEntry};
-use crate::archive::part_index::{IndexedFile, PartIndex};
+use crate::archive::part_index::{self, IndexError, IndexedFile};
 use crate::codec::frames::FrameReader;
 use crate::codec::units::{UNIT, UnitCv, unit_cv};
 use crate::codec::{CodecError, Keyring, damage, hex};
@@ -361,7 +361,7 @@ pub async fn load(
         .map(|((b, p), files)| async move {
             let manifest = &chain[b];
             let part = &manifest.parts[p];
-            let index = read_index(ctx, manifest, part, keyring).await;
+            let index = part_index::load(ctx, manifest, part, keyring).await;
             (b, part, files, index)
         })
         .buffer_unordered(8)
@@ -371,7 +371,7 @@ pub async fn load(
     for (b, part, files, index) in loads {
         let index = match index {
             Ok(index) => index,
-            Err(IndexError::Storage(e)) => return Err(e),
+            Err(IndexError::Storage(e)) => return Err(e.into()),
             Err(IndexError::Unusable(why)) => {
                 tracing::warn!(
                     backup = %chain[b].name,
@@ -405,43 +405,4 @@ pub async fn load(
         });
     }
     Ok(Indexed { parts })
-}
-
-enum IndexError {
-    Storage(BackupError),
-    Unusable(String),
-}
-
-async fn read_index(
-    ctx: &Context,
-    manifest: &Manifest,
-    part: &PartEntry,
-    keyring: Option<&Keyring>,
-) -> Result<PartIndex, IndexError> {
-    let Some(r) = &part.index else {
-        return Err(IndexError::Unusable("none".into()));
-    };
-    let key = keys::part(&manifest.name, &r.key).map_err(|e| IndexError::Storage(e.into()))?;
-    let plain = match crate::archive::objects::read_plain(ctx, &key, keyring).await {
-        Ok(Some(plain)) => plain,
-        Ok(None) => return Err(IndexError::Unusable(format!("{key} is missing"))),
-        Err(crate::archive::ArchiveError::Storage(e)) => {
-            return Err(IndexError::Storage(e.into()));
-        }
-        Err(e) => return Err(IndexError::Unusable(e.to_string())),
-    };
-    if hex(blake3::hash(&plain).as_bytes()) != r.blake3 {
-        return Err(IndexError::Unusable(format!(
-            "{key} is not the index the manifest lists"
-        )));
-    }
-    let index: PartIndex =
-        serde_json::from_slice(&plain).map_err(|e| IndexError::Unusable(e.to_string()))?;
-    let files: Vec<_> = manifest
-        .files
-        .iter()
-        .filter(|f| f.part.and_then(|i| manifest.parts.get(i)) == Some(part))
-        .collect();
-    index.check(part, &files).map_err(IndexError::Unusable)?;
-    Ok(index)
 }
