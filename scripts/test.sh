@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs cairn's whole test suite on a fresh machine. Installs what the tests need
 # when it is missing: PostgreSQL server binaries (Debian packages), the s3s-fs S3
-# server (crates.io), moto (a second S3), the GCS emulator and
+# server (crates.io), moto (a second S3), the GCS emulator, Azurite (npm) and
 # kubernetes-validate (PyPI) and
 # systemd-analyze (Debian), cached in $TEST_TOOLS_DIR
 # (default ~/.cache/cairn-test-tools) between runs, and the Prometheus
@@ -40,6 +40,18 @@ if [ "$("$TOOLS/moto-venv/bin/python" -c 'import moto; print(moto.__version__)' 
   rm -rf "$TOOLS/moto-venv"
   python3 -m venv "$TOOLS/moto-venv"
   "$TOOLS/moto-venv/bin/pip" install --quiet "moto[server]==$MOTO_VERSION"
+fi
+
+# Azure Blob Storage: Azurite (npm), Microsoft's emulator, at a pinned
+# version; it checks shared-key signatures, SAS permissions and
+# If-None-Match.
+AZURITE_VERSION=3.37.0
+if [ "$(node -e "console.log(require('$TOOLS/azurite/node_modules/azurite/package.json').version)" 2>/dev/null)" != "$AZURITE_VERSION" ]; then
+  echo "test.sh: installing Azurite $AZURITE_VERSION"
+  command -v npm >/dev/null || apt_install npm
+  rm -rf "$TOOLS/azurite"
+  mkdir -p "$TOOLS/azurite"
+  npm install --silent --no-audit --no-fund --prefix "$TOOLS/azurite" "azurite@$AZURITE_VERSION"
 fi
 
 # Kubernetes manifests (tests/deploy.rs): kubernetes-validate checks them

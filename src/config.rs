@@ -73,6 +73,9 @@ pub struct Config {
     /// `None`: by endpoint (AWS: when supported; others: when required).
     pub s3_checksum: Option<crate::storage::S3Checksum>,
     pub gcs_endpoint: Option<String>,
+    /// The Blob endpoint for `az://` (Azurite, a sovereign cloud, a private
+    /// endpoint): `http://127.0.0.1:10000/devstoreaccount1`.
+    pub azure_endpoint: Option<String>,
     pub log_level: tracing::Level,
     pub log_format: LogFormat,
     pub storage_timeout: Duration,
@@ -142,6 +145,7 @@ impl Default for Config {
             s3_force_path_style: false,
             s3_checksum: None,
             gcs_endpoint: None,
+            azure_endpoint: None,
             log_level: tracing::Level::INFO,
             log_format: LogFormat::Text,
             storage_timeout: Duration::from_secs(60),
@@ -261,6 +265,7 @@ impl Config {
             "s3_force_path_style" => self.s3_force_path_style = boolean(v).map_err(bad)?,
             "s3_checksum" => self.s3_checksum = Some(string(v).map_err(bad)?.parse().map_err(bad)?),
             "gcs_endpoint" => self.gcs_endpoint = Some(endpoint(v).map_err(bad)?),
+            "azure_endpoint" => self.azure_endpoint = Some(endpoint(v).map_err(bad)?),
             "log_level" => {
                 self.log_level = match string(v).map_err(bad)?.as_str() {
                     "error" => tracing::Level::ERROR,
@@ -447,6 +452,8 @@ impl Config {
             s3_force_path_style: self.s3_force_path_style,
             s3_checksum: self.s3_checksum,
             gcs_endpoint: self.gcs_endpoint.clone(),
+            azure_endpoint: self.azure_endpoint.clone(),
+            azure_secrets: crate::storage::AzureSecrets::from_env(),
             part_size: self.upload_part_size,
         }
     }

@@ -289,6 +289,11 @@ fn drills_of_full_and_delta_backups_pass_on_a_second_s3_server() {
 }
 
 #[test]
+fn drills_of_full_and_delta_backups_pass_on_azure() {
+    drills_pass(Backend::Azure);
+}
+
+#[test]
 fn drills_of_full_and_delta_backups_pass_on_gcs() {
     drills_pass(Backend::Gcs);
 }

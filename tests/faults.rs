@@ -223,15 +223,20 @@ fn a_damaged_archived_copy_is_replaced_by_the_good_one() {
 
 /// The same archive reached through a fault proxy.
 fn behind_proxy(a: &Archive) -> (FaultProxy, Archive) {
-    let (port, var) = match a.backend {
-        Backend::S3 => (a.s3.as_ref().unwrap().port, "CAIRN_S3_ENDPOINT"),
-        Backend::Moto => (a.moto.as_ref().unwrap().port, "CAIRN_S3_ENDPOINT"),
-        Backend::Gcs => (a.gcs.as_ref().unwrap().port, "CAIRN_GCS_ENDPOINT"),
+    let (port, var, path) = match a.backend {
+        Backend::S3 => (a.s3.as_ref().unwrap().port, "CAIRN_S3_ENDPOINT", ""),
+        Backend::Moto => (a.moto.as_ref().unwrap().port, "CAIRN_S3_ENDPOINT", ""),
+        Backend::Gcs => (a.gcs.as_ref().unwrap().port, "CAIRN_GCS_ENDPOINT", ""),
+        Backend::Azure => (
+            a.azure.as_ref().unwrap().port,
+            "CAIRN_AZURE_ENDPOINT",
+            "/devstoreaccount1",
+        ),
         Backend::File => unreachable!("a directory has no network"),
     };
     let proxy = FaultProxy::start(port);
     let through = a
-        .clone_with(var, &proxy.url())
+        .clone_with(var, &format!("{}{path}", proxy.url()))
         .with("CAIRN_STORAGE_TIMEOUT", "4")
         .with("CAIRN_STORAGE_IDLE_TIMEOUT", "2")
         .with("CAIRN_COMPRESSION", "none")
@@ -322,6 +327,11 @@ fn stalled_and_broken_connections_second_s3() {
 #[test]
 fn stalled_and_broken_connections_gcs() {
     stalled_and_broken_connections(Backend::Gcs);
+}
+
+#[test]
+fn stalled_and_broken_connections_azure() {
+    stalled_and_broken_connections(Backend::Azure);
 }
 
 #[test]

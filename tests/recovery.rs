@@ -106,6 +106,13 @@ fn drill_second_s3_server_lz4_age_checksummed() {
     restore_and_compare(&t, &archive, &dump);
 }
 
+/// PostgreSQL's recovery with cairn on Azure Blob Storage (Azurite),
+/// zstd and encrypted.
+#[test]
+fn drill_azure_zstd_age() {
+    drill(Backend::Azure, "zstd", true, &[]);
+}
+
 #[test]
 fn drill_gcs_uncompressed_small_segments() {
     drill(Backend::Gcs, "none", false, &["--wal-segsize=1"]);

@@ -1,6 +1,6 @@
 //! One conformance suite for every storage backend, against real servers: the
 //! local directory, two independent S3 implementations (s3s-fs and moto)
-//! and gcp-storage-emulator (GCS). Create-if-absent is proven against racing
+//! gcp-storage-emulator (GCS) and Azurite (Azure Blob Storage). Create-if-absent is proven against racing
 //! writers on moto, which enforces `If-None-Match: *`; a server without it
 //! (501) gets the documented fallback.
 
@@ -11,10 +11,10 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use cairn::storage::{
-    self, ObjectKey, PutBody, PutMode, RetryPolicy, Storage, StorageError, StorageOptions,
-    StorageUrl,
+    self, AzureSecrets, ObjectKey, PutBody, PutMode, RetryPolicy, Storage, StorageError,
+    StorageOptions, StorageUrl,
 };
-use common::{GcsServer, MotoServer, S3Server, TestDir};
+use common::{AzuriteServer, GcsServer, MotoServer, S3Server, TestDir};
 use futures::{StreamExt, TryStreamExt};
 
 const PART: usize = 5 << 20;
@@ -47,6 +47,25 @@ fn gcs_opts(port: u16) -> StorageOptions {
     StorageOptions {
         gcs_endpoint: Some(format!("http://127.0.0.1:{port}")),
         ..opts()
+    }
+}
+
+fn azure_opts(server: &AzuriteServer) -> StorageOptions {
+    StorageOptions {
+        azure_endpoint: Some(server.endpoint()),
+        azure_secrets: AzureSecrets {
+            key: Some(common::AZURITE_KEY.into()),
+            ..AzureSecrets::default()
+        },
+        ..opts()
+    }
+}
+
+fn azure_url(server: &AzuriteServer, prefix: &str) -> StorageUrl {
+    StorageUrl::Azure {
+        account: common::AZURITE_ACCOUNT.into(),
+        container: server.container.clone(),
+        prefix: prefix.into(),
     }
 }
 
@@ -431,6 +450,157 @@ fn main() {
                     prefix: "checksummed/".into(),
                 };
                 conformance(storage::open(&url, &opts).await.unwrap()).await;
+            },
+            &mut results,
+        );
+    }
+    if wanted("azure_conformance") {
+        run(
+            "azure_conformance",
+            async {
+                let server = AzuriteServer::start();
+                // With the account key, then with a connection string
+                // holding a SAS (all permissions) instead.
+                let url = azure_url(&server, "conf/");
+                conformance(storage::open(&url, &azure_opts(&server)).await.unwrap()).await;
+                let opts = StorageOptions {
+                    azure_endpoint: None,
+                    azure_secrets: AzureSecrets {
+                        connection_string: Some(format!(
+                            "BlobEndpoint={}/;SharedAccessSignature={}",
+                            server.endpoint(),
+                            server.container_sas("racwdl")
+                        )),
+                        ..AzureSecrets::default()
+                    },
+                    ..opts()
+                };
+                let url = azure_url(&server, "sas/");
+                conformance(storage::open(&url, &opts).await.unwrap()).await;
+            },
+            &mut results,
+        );
+    }
+    if wanted("azure_racing_creates_store_one_object") {
+        run(
+            "azure_racing_creates_store_one_object",
+            async {
+                let server = AzuriteServer::start();
+                let s = storage::open(&azure_url(&server, "race/"), &azure_opts(&server))
+                    .await
+                    .unwrap();
+                let k = key("wal/contested");
+                let outcomes = futures::future::join_all((0..8u8).map(|w| {
+                    let (s, k) = (s.clone(), k.clone());
+                    async move {
+                        let r = s
+                            .put(
+                                &k,
+                                stream_of(body(100_000, w), 1 << 16),
+                                PutMode::CreateIfAbsent,
+                            )
+                            .await;
+                        (w, r)
+                    }
+                }))
+                .await;
+                let winners: Vec<u8> = outcomes
+                    .iter()
+                    .filter(|(_, r)| r.is_ok())
+                    .map(|(w, _)| *w)
+                    .collect();
+                assert_eq!(winners.len(), 1, "{outcomes:?}");
+                for (w, r) in &outcomes {
+                    if let Err(e) = r {
+                        assert!(
+                            matches!(e, StorageError::AlreadyExists { .. }),
+                            "writer {w}: {e}"
+                        );
+                    }
+                }
+                assert!(get_all(&*s, &k).await.unwrap() == body(100_000, winners[0]));
+            },
+            &mut results,
+        );
+    }
+    if wanted("azure_failures_are_classified") {
+        run(
+            "azure_failures_are_classified",
+            async {
+                let server = AzuriteServer::start();
+                // A container that does not exist: not "not found".
+                let url = StorageUrl::Azure {
+                    account: common::AZURITE_ACCOUNT.into(),
+                    container: "no-such-container".into(),
+                    prefix: String::new(),
+                };
+                let s = storage::open(&url, &azure_opts(&server)).await.unwrap();
+                let e = s.list("wal/", None, None).await.err().unwrap();
+                assert!(
+                    matches!(e, StorageError::NoStorage { .. })
+                        && e.to_string().contains("no-such-container"),
+                    "missing container: {e}"
+                );
+                let e = s.get(&key("wal/x")).await.err().unwrap();
+                assert!(!e.is_not_found(), "missing container on get: {e}");
+                // A wrong key: permanent, named, quickly.
+                let wrong = StorageOptions {
+                    azure_secrets: AzureSecrets {
+                        key: Some(common::AZURITE_KEY.replace('E', "F")),
+                        ..AzureSecrets::default()
+                    },
+                    ..azure_opts(&server)
+                };
+                let s = storage::open(&azure_url(&server, "x/"), &wrong)
+                    .await
+                    .unwrap();
+                let t = Instant::now();
+                let e = s
+                    .put(
+                        &key("wal/a"),
+                        PutBody::Bytes(Bytes::from_static(b"a")),
+                        PutMode::CreateIfAbsent,
+                    )
+                    .await
+                    .err()
+                    .unwrap();
+                assert!(
+                    !e.is_transient()
+                        && e.to_string().contains("refused")
+                        && e.to_string().contains("AZURE_STORAGE_KEY"),
+                    "wrong key: {e}"
+                );
+                assert!(
+                    t.elapsed() < Duration::from_secs(2),
+                    "took {:?}",
+                    t.elapsed()
+                );
+                // A SAS that may read and list, not write: refused by name,
+                // nothing stored.
+                let read_only = StorageOptions {
+                    azure_secrets: AzureSecrets {
+                        sas: Some(server.container_sas("rl")),
+                        ..AzureSecrets::default()
+                    },
+                    ..azure_opts(&server)
+                };
+                let s = storage::open(&azure_url(&server, "ro/"), &read_only)
+                    .await
+                    .unwrap();
+                let e = s
+                    .put(
+                        &key("wal/a"),
+                        PutBody::Bytes(Bytes::from_static(b"a")),
+                        PutMode::CreateIfAbsent,
+                    )
+                    .await
+                    .err()
+                    .unwrap();
+                assert!(
+                    !e.is_transient() && e.to_string().contains("permission to put"),
+                    "read-only SAS: {e}"
+                );
+                assert!(s.list("", None, None).await.unwrap().is_empty());
             },
             &mut results,
         );

@@ -21,7 +21,7 @@ use gcloud_storage::http::resumable_upload_client::{ChunkSize, UploadStatus};
 use super::watch::{Progress, sliced};
 use super::{
     ByteStream, CONNECT_TIMEOUT, Chunker, ObjectKey, ObjectMeta, PutBody, PutMode, RetryPolicy,
-    Storage, StorageError, StorageOptions,
+    Storage, StorageError, StorageOptions, Upload,
 };
 use std::sync::Arc;
 
@@ -324,8 +324,7 @@ impl Storage for GcsStorage {
     fn put_buffering(&self, size: u64) -> u64 {
         // A simple upload needs the whole body; a resumable one holds one chunk
         // back while sending another.
-        let part = self.part_size as u64;
-        if size <= part { size } else { 2 * part }
+        Upload::buffering(self.part_size, size)
     }
 
     async fn put(&self, key: &ObjectKey, body: PutBody, mode: PutMode) -> Result<(), StorageError> {
@@ -336,19 +335,10 @@ impl Storage for GcsStorage {
             });
         }
         let key = key.as_str();
-        let stream: ByteStream = match body {
-            PutBody::Bytes(b) if b.len() <= self.part_size => {
-                return self.put_single(key, b, mode).await;
-            }
-            PutBody::Bytes(b) => Box::pin(futures::stream::iter([Ok(b)])),
-            PutBody::Stream(s) => s,
-        };
-        let mut chunks = Chunker::new(stream, self.part_size, key, &self.location);
-        let first = chunks.next_chunk().await?.unwrap_or_default();
-        if first.len() < self.part_size {
-            return self.put_single(key, first, mode).await;
+        match Upload::of(body, self.part_size, key, &self.location).await? {
+            Upload::Single(b) => self.put_single(key, b, mode).await,
+            Upload::Parts(first, rest) => self.put_resumable(key, first, rest, mode).await,
         }
-        self.put_resumable(key, first, chunks, mode).await
     }
 
     async fn get_range(

@@ -6,6 +6,7 @@
 //! ends requests that stop making progress in [`watch`], and [`resume`]
 //! carries a download that broke mid-body on from where it stopped.
 
+pub mod azure;
 pub mod faulty;
 pub mod file;
 pub mod gcs;
@@ -222,6 +223,12 @@ pub struct StorageOptions {
     /// by endpoint (see [`S3Checksum::for_endpoint`]).
     pub s3_checksum: Option<S3Checksum>,
     pub gcs_endpoint: Option<String>,
+    /// The Blob endpoint for Azure (Azurite, private endpoints); by default
+    /// `https://<account>.blob.core.windows.net`.
+    pub azure_endpoint: Option<String>,
+    /// Azure credentials given as secrets; the others (workload and
+    /// managed identity) come from the environment as Azure names them.
+    pub azure_secrets: AzureSecrets,
     /// Bodies larger than this go up in parts (S3 multipart, GCS resumable chunks).
     pub part_size: usize,
 }
@@ -236,8 +243,43 @@ impl Default for StorageOptions {
             s3_force_path_style: false,
             s3_checksum: None,
             gcs_endpoint: None,
+            azure_endpoint: None,
+            azure_secrets: AzureSecrets::default(),
             part_size: 32 << 20,
         }
+    }
+}
+
+/// Azure credentials that are secrets, from the variables Azure's own
+/// tools read: a connection string, an account key, or a SAS token, in
+/// that order. Never shown in `Debug`.
+#[derive(Clone, Default)]
+pub struct AzureSecrets {
+    pub connection_string: Option<String>,
+    pub key: Option<String>,
+    pub sas: Option<String>,
+}
+
+impl AzureSecrets {
+    /// `AZURE_STORAGE_CONNECTION_STRING`, `AZURE_STORAGE_KEY` (or
+    /// `AZURE_STORAGE_ACCOUNT_KEY`), `AZURE_STORAGE_SAS_TOKEN`.
+    pub fn from_env() -> Self {
+        let env = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+        AzureSecrets {
+            connection_string: env("AZURE_STORAGE_CONNECTION_STRING"),
+            key: env("AZURE_STORAGE_KEY").or_else(|| env("AZURE_STORAGE_ACCOUNT_KEY")),
+            sas: env("AZURE_STORAGE_SAS_TOKEN"),
+        }
+    }
+}
+
+impl fmt::Debug for AzureSecrets {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AzureSecrets")
+            .field("connection_string", &self.connection_string.is_some())
+            .field("key", &self.key.is_some())
+            .field("sas", &self.sas.is_some())
+            .finish()
     }
 }
 
@@ -316,8 +358,20 @@ pub(crate) fn concise(e: &dyn std::error::Error) -> String {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StorageUrl {
     File(std::path::PathBuf),
-    S3 { bucket: String, prefix: String },
-    Gcs { bucket: String, prefix: String },
+    S3 {
+        bucket: String,
+        prefix: String,
+    },
+    Gcs {
+        bucket: String,
+        prefix: String,
+    },
+    /// `az://<account>/<container>/<prefix>`.
+    Azure {
+        account: String,
+        container: String,
+        prefix: String,
+    },
 }
 
 /// The URL in its normal form (`file:///…`, `s3://bucket/prefix/`): the
@@ -328,6 +382,11 @@ impl std::fmt::Display for StorageUrl {
             StorageUrl::File(root) => write!(f, "file://{}", root.display()),
             StorageUrl::S3 { bucket, prefix } => write!(f, "s3://{bucket}/{prefix}"),
             StorageUrl::Gcs { bucket, prefix } => write!(f, "gs://{bucket}/{prefix}"),
+            StorageUrl::Azure {
+                account,
+                container,
+                prefix,
+            } => write!(f, "az://{account}/{container}/{prefix}"),
         }
     }
 }
@@ -370,8 +429,28 @@ impl StorageUrl {
                 bucket: bucket()?,
                 prefix: prefix(),
             }),
+            "az" => {
+                let account = bucket()?;
+                let path = url.path().trim_matches('/');
+                let (container, rest) = path.split_once('/').unwrap_or((path, ""));
+                if container.is_empty() {
+                    return Err(format!(
+                        "{s:?} names no container (expected az://account/container/prefix)"
+                    ));
+                }
+                let rest = rest.trim_matches('/');
+                Ok(StorageUrl::Azure {
+                    account,
+                    container: container.to_string(),
+                    prefix: if rest.is_empty() {
+                        String::new()
+                    } else {
+                        format!("{rest}/")
+                    },
+                })
+            }
             other => Err(format!(
-                "{s:?}: unsupported storage scheme {other:?} (use file://, s3:// or gs://)"
+                "{s:?}: unsupported storage scheme {other:?} (use file://, s3://, gs:// or az://)"
             )),
         }
     }
@@ -390,6 +469,13 @@ pub async fn open(
         StorageUrl::Gcs { bucket, prefix } => {
             Arc::new(gcs::GcsStorage::connect(bucket, prefix, url.to_string(), opts).await?)
         }
+        StorageUrl::Azure {
+            account,
+            container,
+            prefix,
+        } => Arc::new(
+            azure::AzureStorage::connect(account, container, prefix, url.to_string(), opts).await?,
+        ),
     };
     Ok(Arc::new(resume::Resuming::new(backend, opts)))
 }
@@ -410,6 +496,43 @@ pub async fn get_bytes(storage: &dyn Storage, key: &ObjectKey) -> Result<Bytes, 
         buf.extend_from_slice(&chunk);
     }
     Ok(buf.freeze())
+}
+
+/// How a put's body goes up: whole in one request, or (larger than a part)
+/// in parts: the first, and a chunker for the rest.
+pub(crate) enum Upload {
+    Single(Bytes),
+    Parts(Bytes, Chunker),
+}
+
+impl Upload {
+    /// Reads as much of `body` as decides which.
+    pub(crate) async fn of(
+        body: PutBody,
+        part_size: usize,
+        key: &str,
+        location: &str,
+    ) -> Result<Upload, StorageError> {
+        let stream: ByteStream = match body {
+            PutBody::Bytes(b) if b.len() <= part_size => return Ok(Upload::Single(b)),
+            PutBody::Bytes(b) => Box::pin(futures::stream::iter([Ok(b)])),
+            PutBody::Stream(s) => s,
+        };
+        let mut chunks = Chunker::new(stream, part_size, key, location);
+        let first = chunks.next_chunk().await?.unwrap_or_default();
+        Ok(if first.len() < part_size {
+            Upload::Single(first)
+        } else {
+            Upload::Parts(first, chunks)
+        })
+    }
+
+    /// What a put of about `size` bytes holds in memory: a single request
+    /// the whole body; parts, one in flight and the next filling.
+    pub(crate) fn buffering(part_size: usize, size: u64) -> u64 {
+        let part = part_size as u64;
+        if size <= part { size } else { 2 * part }
+    }
 }
 
 /// Splits a stream into chunks of exactly `size` bytes (the last may be shorter),

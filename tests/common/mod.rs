@@ -406,6 +406,156 @@ impl GcsServer {
     }
 }
 
+/// Azurite's well-known development account and key (public, documented).
+pub const AZURITE_ACCOUNT: &str = "devstoreaccount1";
+pub const AZURITE_KEY: &str =
+    "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==";
+
+/// Azurite's Blob service (npm `azurite`), on disk in a directory of its
+/// own, with one container.
+pub struct AzuriteServer {
+    _daemon: Daemon,
+    _dir: TestDir,
+    pub port: u16,
+    pub container: String,
+}
+
+impl AzuriteServer {
+    pub fn start() -> Self {
+        let port = free_port();
+        let dir = TestDir::new();
+        let container = "cairn-test".to_string();
+        let daemon = Daemon::start(
+            Command::new(tool("azurite/node_modules/.bin/azurite-blob", "azurite"))
+                .args(["--blobHost", "127.0.0.1", "--blobPort", &port.to_string()])
+                .arg("--location")
+                .arg(dir.path())
+                .args(["--silent", "--skipApiVersionCheck"]),
+            port,
+            "azurite-blob",
+        );
+        let answer = azure_signed_request(port, "PUT", &container, "restype=container");
+        assert!(
+            answer.starts_with("HTTP/1.1 201"),
+            "creating the Azurite container: {answer}"
+        );
+        AzuriteServer {
+            _daemon: daemon,
+            _dir: dir,
+            port,
+            container,
+        }
+    }
+
+    /// The Blob endpoint of the development account.
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}/{AZURITE_ACCOUNT}", self.port)
+    }
+
+    /// A service SAS for the container with `permissions` (e.g. `rl`), valid
+    /// for an hour, signed with the account key.
+    pub fn container_sas(&self, permissions: &str) -> String {
+        let expiry = httpdate_in(3600, true);
+        let version = "2021-08-06";
+        let resource = format!("/blob/{AZURITE_ACCOUNT}/{}", self.container);
+        // The service SAS string-to-sign of version 2020-12-06 and later.
+        let to_sign =
+            format!("{permissions}\n\n{expiry}\n{resource}\n\n\nhttp\n{version}\nc\n\n\n\n\n\n\n");
+        let sig = hmac_sha256_base64(AZURITE_KEY, &to_sign);
+        let enc = |s: &str| {
+            s.replace('+', "%2B")
+                .replace('/', "%2F")
+                .replace('=', "%3D")
+                .replace(':', "%3A")
+        };
+        format!(
+            "sv={version}&spr=http&se={}&sr=c&sp={permissions}&sig={}",
+            enc(&expiry),
+            enc(&sig)
+        )
+    }
+}
+
+/// `now + secs`: RFC 1123 (`iso = false`) or ISO 8601 without fractions.
+fn httpdate_in(secs: i64, iso: bool) -> String {
+    let fmt = if iso {
+        "+%Y-%m-%dT%H:%M:%SZ"
+    } else {
+        "+%a, %d %b %Y %H:%M:%S GMT"
+    };
+    let out = Command::new("date")
+        .env("TZ", "UTC")
+        .env("LC_ALL", "C")
+        .args(["-u", "-d", &format!("@{}", now_secs() + secs), fmt])
+        .output()
+        .unwrap();
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+fn now_secs() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+}
+
+/// HMAC-SHA256 of `text` under the base64 `key`, base64 (with openssl).
+fn hmac_sha256_base64(key: &str, text: &str) -> String {
+    use std::io::Write;
+    let decoded = Command::new("openssl")
+        .args(["base64", "-d", "-A"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .and_then(|mut c| {
+            c.stdin.take().unwrap().write_all(key.as_bytes())?;
+            c.wait_with_output()
+        })
+        .unwrap()
+        .stdout;
+    let hex: String = decoded.iter().map(|b| format!("{b:02x}")).collect();
+    let mut c = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "openssl dgst -sha256 -mac HMAC -macopt hexkey:{hex} -binary | openssl base64 -A"
+        ))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    c.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+    String::from_utf8(c.wait_with_output().unwrap().stdout)
+        .unwrap()
+        .trim()
+        .to_string()
+}
+
+/// A Blob request on the development account, signed with its shared key
+/// (Azurite refuses unsigned ones): `path` under the account, `query` one
+/// `name=value`.
+pub fn azure_signed_request(port: u16, method: &str, path: &str, query: &str) -> String {
+    let date = httpdate_in(0, false);
+    let version = "2021-08-06";
+    let (qname, qvalue) = query.split_once('=').unwrap_or((query, ""));
+    let to_sign = format!(
+        "{method}\n\n\n\n\n\n\n\n\n\n\n\nx-ms-date:{date}\nx-ms-version:{version}\n/{AZURITE_ACCOUNT}/{AZURITE_ACCOUNT}/{path}\n{qname}:{qvalue}"
+    );
+    let sig = hmac_sha256_base64(AZURITE_KEY, &to_sign);
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    write!(
+        s,
+        "{method} /{AZURITE_ACCOUNT}/{path}?{query} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\
+         x-ms-date: {date}\r\nx-ms-version: {version}\r\n\
+         Authorization: SharedKey {AZURITE_ACCOUNT}:{sig}\r\nContent-Length: 0\r\n\
+         Connection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut response = String::new();
+    s.read_to_string(&mut response).unwrap();
+    response
+}
+
 /// A program scripts/test.sh installs from Debian packages, found on PATH.
 fn system_tool(name: &str, package: &str) -> PathBuf {
     let path = std::env::var_os("PATH").unwrap_or_default();
@@ -511,6 +661,8 @@ pub enum Backend {
     /// S3 on moto, the second S3 implementation.
     Moto,
     Gcs,
+    /// Azure Blob Storage on Azurite.
+    Azure,
 }
 
 /// What cairn needs to reach `bucket` on the S3 server at `port`.
@@ -535,6 +687,7 @@ pub struct Archive {
     pub s3: Option<S3Server>,
     pub gcs: Option<GcsServer>,
     pub moto: Option<MotoServer>,
+    pub azure: Option<AzuriteServer>,
     pub dir: Option<PathBuf>,
     _tmp: TestDir,
 }
@@ -543,7 +696,7 @@ impl Archive {
     pub fn new(backend: Backend) -> Self {
         let tmp = TestDir::new();
         let mut env = vec![("CAIRN_STORAGE_TIMEOUT".to_string(), "5".to_string())];
-        let (mut s3, mut gcs, mut moto, mut dir) = (None, None, None, None);
+        let (mut s3, mut gcs, mut moto, mut azure, mut dir) = (None, None, None, None, None);
         match backend {
             Backend::File => {
                 let d = tmp.sub("archive");
@@ -574,6 +727,18 @@ impl Archive {
                 ]);
                 gcs = Some(g);
             }
+            Backend::Azure => {
+                let z = AzuriteServer::start();
+                env.extend([
+                    (
+                        "CAIRN_STORAGE".into(),
+                        format!("az://{AZURITE_ACCOUNT}/{}/cluster-a", z.container),
+                    ),
+                    ("CAIRN_AZURE_ENDPOINT".into(), z.endpoint()),
+                    ("AZURE_STORAGE_KEY".into(), AZURITE_KEY.into()),
+                ]);
+                azure = Some(z);
+            }
         }
         Archive {
             backend,
@@ -581,6 +746,7 @@ impl Archive {
             s3,
             gcs,
             moto,
+            azure,
             dir,
             _tmp: tmp,
         }
@@ -609,6 +775,7 @@ impl Archive {
             s3: None,
             gcs: None,
             moto: None,
+            azure: None,
             dir: self.dir.clone(),
             _tmp: TestDir::new(),
         }
