@@ -74,6 +74,7 @@ fn every_example_configuration_loads() {
         "config/s3-aws.yaml",
         "config/s3-compatible.yaml",
         "config/gcs.yaml",
+        "config/azure.yaml",
     ] {
         assert!(files.iter().any(|f| f == expected), "{expected} is missing");
     }
@@ -93,11 +94,17 @@ fn every_example_configuration_loads() {
                 assert!(c.s3_endpoint.is_some() && c.s3_force_path_style, "{f}");
             }
             "gcs" => assert!(matches!(c.storage, StorageUrl::Gcs { .. }), "{f}"),
+            "azure" => assert!(matches!(c.storage, StorageUrl::Azure { .. }), "{f}"),
             _ => {}
         }
         // Credentials come from the environment, never from these files.
         let text = read(f);
-        for secret in ["AWS_SECRET_ACCESS_KEY=", "AGE-SECRET-KEY-1", "password:"] {
+        for secret in [
+            "AWS_SECRET_ACCESS_KEY=",
+            "AGE-SECRET-KEY-1",
+            "password:",
+            "AccountKey=",
+        ] {
             assert!(
                 !text
                     .lines()
@@ -465,7 +472,7 @@ fn kubernetes_manifests_pass_the_api_servers_own_checks() {
 fn identity_manifests_match_the_api_schemas_and_replace_the_service_account() {
     let tool = common::tools_dir().join("k8s-venv/bin/kubernetes-validate");
     let files = files_in("deploy/kubernetes/identity", Some("yaml"));
-    assert_eq!(files.len(), 4, "{files:?}");
+    assert_eq!(files.len(), 5, "{files:?}");
     for version in KUBERNETES_VERSIONS {
         let out = Command::new(&tool)
             .arg("--strict")
@@ -512,6 +519,13 @@ fn identity_manifests_match_the_api_schemas_and_replace_the_service_account() {
             "eks.amazonaws.com/role-arn"
         ),
         ""
+    );
+    assert!(
+        annotation(
+            &format!("{k}/azure-workload-identity.yaml"),
+            "azure.workload.identity/client-id"
+        )
+        .contains("client-id")
     );
     let key = &yaml_docs(&format!("{k}/gcs-key-file.yaml"))[0];
     assert_eq!((kind(key), name(key)), ("Secret", "cairn-gcs-key"));

@@ -495,3 +495,83 @@ fn two_racing_writers_of_one_name_never_both_succeed() {
         std::fs::remove_dir_all(&d).unwrap();
     }
 }
+
+/// Azure's bad input, each a one-line error naming the store and the
+/// cause, with wal-push's and wal-fetch's exit statuses, nothing written.
+#[test]
+fn azure_bad_credentials_and_containers_are_named() {
+    let t = TestDir::new();
+    let d = datadir(&t, Some("recovery.signal"));
+    let name = seg_name(1, 1, 16 * MIB);
+    write_seg(&d, &name, &fake_segment(16 * MIB, 1, 1), false);
+    let a = Archive::new(Backend::Azure);
+    let server = a.azure.as_ref().unwrap();
+    let nothing_written = || {
+        let out = a.cairn(&["wal-verify"], t.path());
+        assert!(
+            !String::from_utf8_lossy(&out.stdout).contains(&name),
+            "something was written"
+        );
+        let listing = common::azure_signed_request(
+            server.port,
+            "GET",
+            &server.container,
+            "restype=container&comp=list",
+        );
+        assert!(
+            listing.starts_with("HTTP/1.1 200") && !listing.contains("<Name>"),
+            "{listing}"
+        );
+    };
+    let one_line = |out: &std::process::Output| {
+        let e = stderr(out);
+        assert_eq!(e.trim().lines().count(), 1, "{e}");
+    };
+
+    // A container that does not exist.
+    let missing = a.clone_with(
+        "CAIRN_STORAGE",
+        &format!("az://{}/no-such-container/x", common::AZURITE_ACCOUNT),
+    );
+    let out = push(&missing, &d, &name);
+    assert_exit(&out, 1, "no-such-container");
+    one_line(&out);
+    assert_exit(&fetch(&missing, &d, &name), 128, "no-such-container");
+
+    // A wrong account key.
+    let wrong = a.clone_with("AZURE_STORAGE_KEY", &common::AZURITE_KEY.replace('E', "F"));
+    let out = push(&wrong, &d, &name);
+    assert_exit(&out, 1, "AZURE_STORAGE_KEY");
+    one_line(&out);
+    assert_exit(&fetch(&wrong, &d, &name), 128, "refused");
+
+    // A SAS that may read and list, not write.
+    let read_only = a
+        .clone_with("AZURE_STORAGE_SAS_TOKEN", &server.container_sas("rl"))
+        .without("AZURE_STORAGE_KEY");
+    let out = push(&read_only, &d, &name);
+    assert_exit(&out, 1, "permission to put");
+    one_line(&out);
+
+    // A connection string for another account.
+    let other = a
+        .clone_with(
+            "AZURE_STORAGE_CONNECTION_STRING",
+            "AccountName=someoneelse;AccountKey=a2V5",
+        )
+        .without("AZURE_STORAGE_KEY");
+    assert_exit(&push(&other, &d, &name), 1, "\"someoneelse\"");
+
+    // Workload identity whose token file is missing, or half configured.
+    let token = t.path().join("no-token");
+    let wi = a
+        .clone_with("AZURE_FEDERATED_TOKEN_FILE", &token.display().to_string())
+        .without("AZURE_STORAGE_KEY")
+        .with("AZURE_CLIENT_ID", "00000000-0000-0000-0000-000000000001")
+        .with("AZURE_TENANT_ID", "00000000-0000-0000-0000-000000000002");
+    assert_exit(&push(&wi, &d, &name), 1, "AZURE_FEDERATED_TOKEN_FILE");
+    std::fs::write(&token, "a.b.c").unwrap();
+    let half = wi.clone_with("AZURE_TENANT_ID", "");
+    assert_exit(&push(&half, &d, &name), 1, "AZURE_TENANT_ID");
+    nothing_written();
+}

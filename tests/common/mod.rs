@@ -531,14 +531,21 @@ fn hmac_sha256_base64(key: &str, text: &str) -> String {
 }
 
 /// A Blob request on the development account, signed with its shared key
-/// (Azurite refuses unsigned ones): `path` under the account, `query` one
-/// `name=value`.
+/// (Azurite refuses unsigned ones): `path` under the account, `query`
+/// `name=value` pairs joined by `&`.
 pub fn azure_signed_request(port: u16, method: &str, path: &str, query: &str) -> String {
     let date = httpdate_in(0, false);
     let version = "2021-08-06";
-    let (qname, qvalue) = query.split_once('=').unwrap_or((query, ""));
+    // Query parameters, one `name:value` line each, sorted by name.
+    let mut params: Vec<(&str, &str)> = query
+        .split('&')
+        .map(|p| p.split_once('=').unwrap_or((p, "")))
+        .collect();
+    params.sort();
+    let params: Vec<String> = params.iter().map(|(k, v)| format!("\n{k}:{v}")).collect();
     let to_sign = format!(
-        "{method}\n\n\n\n\n\n\n\n\n\n\n\nx-ms-date:{date}\nx-ms-version:{version}\n/{AZURITE_ACCOUNT}/{AZURITE_ACCOUNT}/{path}\n{qname}:{qvalue}"
+        "{method}\n\n\n\n\n\n\n\n\n\n\n\nx-ms-date:{date}\nx-ms-version:{version}\n/{AZURITE_ACCOUNT}/{AZURITE_ACCOUNT}/{path}{}",
+        params.concat()
     );
     let sig = hmac_sha256_base64(AZURITE_KEY, &to_sign);
     use std::io::{Read, Write};
