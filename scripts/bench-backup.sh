@@ -162,6 +162,16 @@ exec env CAIRN_STORAGE=s3://$MOTO_BUCKET/lz4 CAIRN_S3_ENDPOINT=http://127.0.0.1:
 EOF
   chmod 755 "$WORK/moto-archive"
   ARCHIVE_PARTS+=("$WORK/moto-archive %p")
+  # Azurite's the same way, while its runs last ($WORK/azure-port).
+  cat >"$WORK/azure-archive" <<EOF
+#!/bin/sh
+[ -e "$WORK/azure-port" ] || exit 0
+exec env CAIRN_STORAGE=az://$AZ_ACCOUNT/$AZ_CONTAINER/lz4 \\
+  CAIRN_AZURE_ENDPOINT=http://127.0.0.1:\$(cat "$WORK/azure-port")/$AZ_ACCOUNT AZURE_STORAGE_KEY=$AZ_KEY \\
+  CAIRN_COMPRESSION=lz4 CAIRN_LOG_LEVEL=warn $CAIRN wal-push "\$1"
+EOF
+  chmod 755 "$WORK/azure-archive"
+  ARCHIVE_PARTS+=("$WORK/azure-archive %p")
   ARCHIVE_PARTS+=("CAIRN_STORAGE=s3://$S3_BUCKET/lz4 CAIRN_S3_ENDPOINT=http://127.0.0.1:$S3_PORT CAIRN_S3_REGION=us-east-1 CAIRN_S3_FORCE_PATH_STYLE=true AWS_ACCESS_KEY_ID=$S3_ACCESS_KEY AWS_SECRET_ACCESS_KEY=$S3_SECRET_KEY CAIRN_COMPRESSION=lz4 CAIRN_LOG_LEVEL=warn $CAIRN wal-push %p")
 fi
 ((HAVE_PGBR)) && ARCHIVE_PARTS+=("pgbackrest --config=$PGBR_CONF --stanza=bench archive-push %p")
@@ -338,8 +348,17 @@ if [[ $ONLY_BASELINES != 1 ]]; then
   fetch m-fetch "cairn moto" "lz4 (by name)" "s3://$MOTO_BUCKET/lz4" "${BACKUP_NAME[m-lz4]}"
   rm "$WORK/moto-port"
   moto_stop
+  # Azure Blob Storage (Azurite: one Node.js process, on disk); the WAL goes
+  # there too while it runs.
+  azurite_start
+  echo "$AZ_PORT" >"$WORK/azure-port"
+  A="az://$AZ_ACCOUNT/$AZ_CONTAINER/lz4"
+  push a-lz4 "cairn azure" "lz4" "$A" "" CAIRN_COMPRESSION=lz4
+  fetch a-fetch "cairn azure" "lz4 (by name)" "$A" "${BACKUP_NAME[a-lz4]}"
+  rm "$WORK/azure-port"
+  azurite_stop
   rm -rf "$WAL_ARCHIVE/basebackups"
-  unset "${!CAIRN_@}" AWS_ACCESS_KEY_ID AWS_SECRET_ACCESS_KEY
+  unset "${!CAIRN_@}" AWS_ACCESS_KEY_ID AWS_SECRET_ACCESS_KEY AZURE_STORAGE_KEY
 fi
 
 # The comparisons above hold only if the cluster did not change under the backups.

@@ -61,11 +61,19 @@ wait_for_workers() {
 # and timed by run_call; bookkeeping such as renaming .ready files is not timed.
 # ---------------------------------------------------------------------------
 # stored_bytes / stored_count <dir>: total size and number of the WAL objects
-# (24-hex-digit names) under dir. WAL objects under a storage directory, or under `moto:<prefix>` in the moto
+# (24-hex-digit names) under dir. WAL objects under a storage directory, under `azure:<prefix>` in the
+# Azurite container, or under `moto:<prefix>` in the moto
 # bucket (which keeps its objects in memory: listed over its API, unsigned, as
 # moto allows), one "<size> <name>" line each.
 wal_objects() {
-  if [[ $1 == moto:* ]]; then
+  if [[ $1 == azure:* ]]; then
+    # Azurite keeps blobs in a format of its own: listed over its API.
+    azurite_request GET "$AZ_CONTAINER" "restype=container&comp=list&prefix=${1#azure:}" |
+      python3 -c 'import sys, xml.etree.ElementTree as E
+for b in E.parse(sys.stdin).getroot().iter("Blob"):
+    print(b.findtext("Properties/Content-Length"), b.findtext("Name"))' |
+      grep -E ' .*/[0-9A-F]{24}([.-].*)?$'
+  elif [[ $1 == moto:* ]]; then
     curl -sf "http://127.0.0.1:$MOTO_PORT/$MOTO_BUCKET?list-type=2&max-keys=1000&prefix=${1#moto:}" |
       grep -o '<Key>[^<]*</Key><[^>]*>[^<]*</[^>]*><[^>]*>[^<]*</[^>]*><Size>[0-9]*</Size>' |
       sed -E 's|<Key>([^<]*)</Key>.*<Size>([0-9]*)</Size>|\2 \1|' |
@@ -304,6 +312,13 @@ if [[ $ONLY_BASELINES != 1 ]]; then
   burst m-burst8 moto 8 "s3://$MOTO_BUCKET/burst8" "moto:burst8/"
   fetch_each m-fetch8 moto 8 "s3://$MOTO_BUCKET/lz4"
   moto_stop
+  # Azure Blob Storage (Azurite: one Node.js process, on disk).
+  azurite_start
+  A="az://$AZ_ACCOUNT/$AZ_CONTAINER"
+  push_each a-lz4 azure "lz4" "$A/lz4" "azure:lz4/" CAIRN_COMPRESSION=lz4
+  burst a-burst8 azure 8 "$A/burst8" "azure:burst8/"
+  fetch_each a-fetch8 azure 8 "$A/lz4"
+  azurite_stop
   unset "${!CAIRN_@}" AWS_ACCESS_KEY_ID AWS_SECRET_ACCESS_KEY
 fi
 

@@ -55,6 +55,15 @@ install_tools() {
       "$HOME/.cache/cairn-test-tools/moto-venv/bin/pip" install -q "moto[server]==5.2.5" >&2 ||
       die "cannot install moto"
   fi
+  # Azurite, Azure Blob Storage's emulator (scripts/test.sh installs the same copy).
+  AZURITE_BLOB=$HOME/.cache/cairn-test-tools/azurite/node_modules/.bin/azurite-blob
+  if [[ $ONLY_BASELINES != 1 && ! -x $AZURITE_BLOB ]]; then
+    log "installing Azurite 3.37.0 (once, into ~/.cache/cairn-test-tools/azurite)"
+    command -v npm >/dev/null || apt_install npm || die "cannot install npm"
+    mkdir -p "$HOME/.cache/cairn-test-tools/azurite" &&
+      npm install --silent --no-audit --no-fund --prefix "$HOME/.cache/cairn-test-tools/azurite" azurite@3.37.0 >&2 ||
+      die "cannot install Azurite"
+  fi
   HAVE_PGBR=1
   command -v pgbackrest >/dev/null || apt_install pgbackrest || HAVE_PGBR=0
   ((HAVE_PGBR)) || echo "pgbackrest: not installed"
@@ -108,6 +117,7 @@ cleanup() {
   cd /
   if [[ -n $S3_PID ]]; then kill "$S3_PID" 2>/dev/null; wait "$S3_PID" 2>/dev/null; fi
   if [[ -n ${MOTO_PID:-} ]]; then kill "$MOTO_PID" 2>/dev/null; wait "$MOTO_PID" 2>/dev/null; fi
+  if [[ -n ${AZ_PID:-} ]]; then kill "$AZ_PID" 2>/dev/null; wait "$AZ_PID" 2>/dev/null; fi
   ((PG_RUNNING)) && runuser -u postgres -- "$PGBIN/pg_ctl" -D "$PGDATA" -m immediate -w stop >/dev/null 2>&1
   for pid in $(our_cairn_pids); do kill "$pid" 2>/dev/null; done
   rm -rf "$WORK"
@@ -312,6 +322,52 @@ moto_stop() {
   MOTO_PID=""
 }
 
+# Azurite's well-known development account (public, documented) and the
+# benchmark's container.
+readonly AZ_ACCOUNT=devstoreaccount1
+readonly AZ_KEY=Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==
+readonly AZ_CONTAINER=bench-azure
+
+# azurite_request <method> <path> <query>: a Blob request on the development
+# account, signed with its shared key (query: name=value pairs joined by &).
+azurite_request() {
+  local method=$1 path=$2 query=$3 date version=2021-08-06 hexkey params sig
+  date=$(LC_ALL=C date -u '+%a, %d %b %Y %H:%M:%S GMT')
+  hexkey=$(printf %s "$AZ_KEY" | openssl base64 -d -A | od -An -tx1 | tr -d ' \n')
+  local kv
+  params=""
+  for kv in $(printf %s "$query" | tr '&' '\n' | sort); do params+=$'\n'"${kv/=/:}"; done
+  sig=$(printf '%s\n\n\n\n\n\n\n\n\n\n\n\nx-ms-date:%s\nx-ms-version:%s\n/%s/%s/%s%s' \
+    "$method" "$date" "$version" "$AZ_ACCOUNT" "$AZ_ACCOUNT" "$path" "$params" |
+    openssl dgst -sha256 -mac HMAC -macopt "hexkey:$hexkey" -binary | openssl base64 -A)
+  curl -sf -X "$method" -H "x-ms-date: $date" -H "x-ms-version: $version" -H "Content-Length: 0" \
+    -H "Authorization: SharedKey $AZ_ACCOUNT:$sig" "http://127.0.0.1:$AZ_PORT/$AZ_ACCOUNT/$path?$query"
+}
+
+# azurite_start: Azurite's Blob service (on disk under $WORK) on a free port
+# (AZ_PORT, AZ_PID), with the container AZ_CONTAINER.
+azurite_start() {
+  local i
+  AZ_PORT=$(free_port)
+  mkdir -p "$WORK/azurite"
+  "$AZURITE_BLOB" --blobHost 127.0.0.1 --blobPort "$AZ_PORT" --location "$WORK/azurite" --silent \
+    --skipApiVersionCheck >"$WORK/azurite.log" 2>&1 &
+  AZ_PID=$!
+  for ((i = 0; ; i++)); do
+    azurite_request PUT "$AZ_CONTAINER" restype=container >/dev/null 2>&1 && break
+    kill -0 "$AZ_PID" 2>/dev/null || { cat "$WORK/azurite.log" >&2; die "azurite-blob exited"; }
+    ((i < 200)) || die "azurite-blob does not answer on port $AZ_PORT"
+    sleep 0.1
+  done
+}
+
+azurite_stop() {
+  kill "$AZ_PID"
+  wait "$AZ_PID" 2>/dev/null || true
+  AZ_PID=""
+  rm -rf "$WORK/azurite"
+}
+
 # s3_stop: stops s3s-fs and removes its data.
 s3_stop() {
   kill "$S3_PID"
@@ -322,9 +378,12 @@ s3_stop() {
 
 # cairn_env <storage-url> [VAR=value]...: exactly these settings for the next calls.
 cairn_env() {
-  unset "${!CAIRN_@}" AWS_ACCESS_KEY_ID AWS_SECRET_ACCESS_KEY
+  unset "${!CAIRN_@}" AWS_ACCESS_KEY_ID AWS_SECRET_ACCESS_KEY AZURE_STORAGE_KEY
   export CAIRN_LOG_LEVEL=warn CAIRN_STORAGE=$1
   shift
+  if [[ $CAIRN_STORAGE == az://* ]]; then
+    export CAIRN_AZURE_ENDPOINT=http://127.0.0.1:$AZ_PORT/$AZ_ACCOUNT AZURE_STORAGE_KEY=$AZ_KEY
+  fi
   if [[ $CAIRN_STORAGE == s3://* ]]; then
     # The moto bucket is on moto's port, every other one on s3s-fs's.
     local port=$S3_PORT
