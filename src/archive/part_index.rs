@@ -48,7 +48,7 @@ pub struct IndexedFile {
     pub path: String,
     /// Offset of the file's first byte in the tar stream.
     pub offset: u64,
-    /// The chaining values of its units, hex (files larger than a unit).
+    /// The chaining values of its units, hex (entries larger than a unit).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub units: Vec<String>,
 }
@@ -94,11 +94,9 @@ impl PartIndex {
             if f.offset.checked_add(len).is_none_or(|e| e > part.raw_size) {
                 return Err(format!("file {} lies outside the part", entry.path));
             }
-            let want = if entry.stored.is_whole() {
-                unit_count(len)
-            } else {
-                0
-            };
+            // Every entry larger than a unit has them (a page set's are of
+            // its bytes, as its checksum is).
+            let want = unit_count(len);
             if f.units.len() as u64 != want {
                 return Err(format!(
                     "file {} has {} units, not {want}",
@@ -235,6 +233,16 @@ mod tests {
             }],
         };
         assert_eq!(good.check(&part, &[&file]), Ok(()));
+        // A delta's page set larger than a unit has units of its bytes too.
+        let pages = FileEntry {
+            size: 50 * UNIT,
+            stored: Stored::Pages {
+                bytes: data.len() as u64,
+                pages: 384,
+            },
+            ..file.clone()
+        };
+        assert_eq!(good.check(&part, &[&pages]), Ok(()));
         let mut bad = good.clone();
         bad.files[0].units.swap(0, 1);
         assert!(
