@@ -134,6 +134,26 @@ fn s3_with_container_credentials_eks_pod_identity() {
     assert!(id.count("/v1/credentials") > 0);
 }
 
+/// No object was written to the GCS emulator's bucket (asked directly,
+/// not through the gate).
+fn nothing_written_to_gcs(a: &Archive) {
+    let g = a.gcs.as_ref().unwrap();
+    let listing = common::http_get(g.port, &format!("/storage/v1/b/{}/o", g.bucket));
+    let v: serde_json::Value = serde_json::from_str(&listing).unwrap();
+    assert!(
+        v["items"].as_array().is_none_or(|i| i.is_empty()),
+        "written: {listing}"
+    );
+}
+
+/// wal-push of a segment with `a`: what a bad credential must refuse.
+fn wal_push(t: &TestDir, a: &Archive) -> std::process::Output {
+    let d = common::wal::datadir(t, None);
+    let name = common::wal::seg_name(1, 1, 16 << 20);
+    common::wal::write_seg(&d, &name, &common::fake_segment(16 << 20, 1, 1), false);
+    common::wal::push(a, &d, &name)
+}
+
 /// The GCS emulator behind a proxy that wants `token` on every connection.
 fn gcs_requiring(a: &Archive, token: &str) -> (FaultProxy, Archive) {
     let proxy = FaultProxy::start(a.gcs.as_ref().unwrap().port);
@@ -153,12 +173,16 @@ fn gcs_with_metadata_server_tokens_gke_workload_identity() {
     // Without credentials the store refuses: the gate is real.
     let o = gated.cairn(&["backup-list"], t.path());
     refused(&o, "401");
+    refused(&wal_push(&t, &gated), "401");
     // The metadata server down.
     let down = format!("127.0.0.1:{}", common::free_port());
-    let o = gated
-        .clone_with("GCE_METADATA_HOST", &down)
-        .cairn(&["backup-list"], t.path());
-    refused(&o, "metadata server");
+    let no_metadata = gated.clone_with("GCE_METADATA_HOST", &down);
+    refused(
+        &no_metadata.cairn(&["backup-list"], t.path()),
+        "metadata server",
+    );
+    refused(&wal_push(&t, &no_metadata), "metadata server");
+    nothing_written_to_gcs(&a);
 
     let gke = gated.clone_with("GCE_METADATA_HOST", &format!("127.0.0.1:{}", id.port));
     archives_and_backs_up(&t, &gke);
@@ -201,10 +225,13 @@ fn gcs_with_a_service_account_key_file() {
     let key_file = secret_file(&t, "key.json", &key.to_string());
 
     let missing = t.path().join("no-such-key.json");
-    let o = gated
-        .clone_with("GOOGLE_APPLICATION_CREDENTIALS", &path_str(&missing))
-        .cairn(&["backup-list"], t.path());
-    refused(&o, &path_str(&missing));
+    let no_key = gated.clone_with("GOOGLE_APPLICATION_CREDENTIALS", &path_str(&missing));
+    refused(
+        &no_key.cairn(&["backup-list"], t.path()),
+        &path_str(&missing),
+    );
+    refused(&wal_push(&t, &no_key), &path_str(&missing));
+    nothing_written_to_gcs(&a);
 
     let with_key = gated.clone_with("GOOGLE_APPLICATION_CREDENTIALS", &path_str(&key_file));
     archives_and_backs_up(&t, &with_key);
