@@ -70,6 +70,9 @@ pub struct Config {
     pub s3_endpoint: Option<String>,
     pub s3_region: Option<String>,
     pub s3_force_path_style: bool,
+    /// Whether the S3 server enforces `If-None-Match: *` (`false`: ask first,
+    /// without the header; see README, "Stores and credentials").
+    pub s3_conditional_create: bool,
     /// `None`: by endpoint (AWS: when supported; others: when required).
     pub s3_checksum: Option<crate::storage::S3Checksum>,
     pub gcs_endpoint: Option<String>,
@@ -143,6 +146,7 @@ impl Default for Config {
             s3_endpoint: None,
             s3_region: None,
             s3_force_path_style: false,
+            s3_conditional_create: true,
             s3_checksum: None,
             gcs_endpoint: None,
             azure_endpoint: None,
@@ -263,6 +267,7 @@ impl Config {
             "s3_endpoint" => self.s3_endpoint = Some(endpoint(v).map_err(bad)?),
             "s3_region" => self.s3_region = Some(string(v).map_err(bad)?),
             "s3_force_path_style" => self.s3_force_path_style = boolean(v).map_err(bad)?,
+            "s3_conditional_create" => self.s3_conditional_create = boolean(v).map_err(bad)?,
             "s3_checksum" => self.s3_checksum = Some(string(v).map_err(bad)?.parse().map_err(bad)?),
             "gcs_endpoint" => self.gcs_endpoint = Some(endpoint(v).map_err(bad)?),
             "azure_endpoint" => self.azure_endpoint = Some(endpoint(v).map_err(bad)?),
@@ -450,6 +455,7 @@ impl Config {
             s3_endpoint: self.s3_endpoint.clone(),
             s3_region: self.s3_region.clone(),
             s3_force_path_style: self.s3_force_path_style,
+            s3_conditional_create: self.s3_conditional_create,
             s3_checksum: self.s3_checksum,
             gcs_endpoint: self.gcs_endpoint.clone(),
             azure_endpoint: self.azure_endpoint.clone(),

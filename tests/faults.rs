@@ -575,3 +575,40 @@ fn azure_bad_credentials_and_containers_are_named() {
     assert_exit(&push(&half, &d, &name), 1, "AZURE_TENANT_ID");
     nothing_written();
 }
+
+/// A server without conditional writes (501 on If-None-Match): by default
+/// each process meets the 501 once and warns; with s3_conditional_create:
+/// false it asks first at once, silently. Either way an archived segment is
+/// never replaced.
+#[test]
+fn a_server_without_conditional_writes_is_named_or_asked_first_by_setting() {
+    let t = TestDir::new();
+    let d = datadir(&t, None);
+    let a = Archive::new(Backend::Moto);
+    let (proxy, s) = behind_proxy(&a);
+    proxy.inject(Fault::NotImplemented("if-none-match"), 10_000);
+    let warning = "does not support conditional writes";
+
+    let first = seg_name(1, 1, 16 * MIB);
+    write_seg(&d, &first, &fake_segment(16 * MIB, 1, 1), false);
+    let out = push(&s, &d, &first);
+    assert_exit(&out, 0, "");
+    assert!(stderr(&out).contains(warning), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("s3_conditional_create"),
+        "{}",
+        stderr(&out)
+    );
+
+    let asks = s.clone_with("CAIRN_S3_CONDITIONAL_CREATE", "false");
+    let second = seg_name(1, 2, 16 * MIB);
+    write_seg(&d, &second, &fake_segment(16 * MIB, 1, 2), false);
+    let out = push(&asks, &d, &second);
+    assert_exit(&out, 0, "");
+    assert!(!stderr(&out).contains(warning), "{}", stderr(&out));
+    // A different file under an archived name: refused, the archive's kept.
+    write_seg(&d, &second, &fake_segment(16 * MIB, 1, 3), false);
+    assert_exit(&push(&asks, &d, &second), 1, "");
+    write_seg(&d, &second, &fake_segment(16 * MIB, 1, 2), false);
+    assert_exit(&push(&asks, &d, &second), 0, "");
+}

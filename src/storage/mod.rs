@@ -219,6 +219,9 @@ pub struct StorageOptions {
     pub s3_endpoint: Option<String>,
     pub s3_region: Option<String>,
     pub s3_force_path_style: bool,
+    /// `false`: the server does not implement `If-None-Match`, so creates
+    /// ask first instead of trying the header and meeting a 501.
+    pub s3_conditional_create: bool,
     /// When the S3 client computes and checks CRC checksums; `None` picks
     /// by endpoint (see [`S3Checksum::for_endpoint`]).
     pub s3_checksum: Option<S3Checksum>,
@@ -241,6 +244,7 @@ impl Default for StorageOptions {
             s3_endpoint: None,
             s3_region: None,
             s3_force_path_style: false,
+            s3_conditional_create: true,
             s3_checksum: None,
             gcs_endpoint: None,
             azure_endpoint: None,

@@ -187,7 +187,7 @@ impl S3Storage {
                 .clone()
                 .unwrap_or_else(|| "the S3 endpoint of the region".into()),
             idle: opts.idle_timeout,
-            conditional: AtomicBool::new(true),
+            conditional: AtomicBool::new(opts.s3_conditional_create),
         })
     }
 
@@ -205,7 +205,8 @@ impl S3Storage {
             tracing::warn!(
                 "{} does not support conditional writes (If-None-Match, HTTP 501); cairn checks \
                  that an object is absent before creating it instead, which cannot stop two \
-                 writers racing for the same key",
+                 writers racing for the same key (set s3_conditional_create: false to skip \
+                 asking in every process)",
                 self.endpoint
             );
         }
