@@ -87,6 +87,42 @@ fn stream_of(data: Vec<u8>, chunk: usize) -> PutBody {
     PutBody::Stream(Box::pin(futures::stream::iter(chunks)))
 }
 
+/// Eight writers create `k` at once, each with a body of its own (`size`
+/// bytes, seeded from `seed`): one wins, the others are told the object
+/// exists, and the object is the winner's, whole.
+async fn eight_racing_creates(s: &Arc<dyn Storage>, k: &ObjectKey, size: usize, seed: u8) {
+    let outcomes = futures::future::join_all((0..8u8).map(|w| {
+        let (s, k) = (s.clone(), k.clone());
+        async move {
+            let data = body(size, w.wrapping_add(seed));
+            let r = s
+                .put(&k, stream_of(data, 1 << 20), PutMode::CreateIfAbsent)
+                .await;
+            (w, r)
+        }
+    }))
+    .await;
+    let winners: Vec<u8> = outcomes
+        .iter()
+        .filter(|(_, r)| r.is_ok())
+        .map(|(w, _)| *w)
+        .collect();
+    assert_eq!(winners.len(), 1, "{k}: {outcomes:?}");
+    for (w, r) in &outcomes {
+        if let Err(e) = r {
+            assert!(
+                matches!(e, StorageError::AlreadyExists { .. }),
+                "{k}: writer {w}: {e}"
+            );
+        }
+    }
+    let stored = get_all(&**s, k).await.unwrap();
+    assert!(
+        stored == body(size, winners[0].wrapping_add(seed)),
+        "{k}: the object is not the winner's"
+    );
+}
+
 /// The contract every backend must keep.
 async fn conformance(s: Arc<dyn Storage>) {
     let name = s.location().to_string();
@@ -489,36 +525,7 @@ fn main() {
                 let s = storage::open(&azure_url(&server, "race/"), &azure_opts(&server))
                     .await
                     .unwrap();
-                let k = key("wal/contested");
-                let outcomes = futures::future::join_all((0..8u8).map(|w| {
-                    let (s, k) = (s.clone(), k.clone());
-                    async move {
-                        let r = s
-                            .put(
-                                &k,
-                                stream_of(body(100_000, w), 1 << 16),
-                                PutMode::CreateIfAbsent,
-                            )
-                            .await;
-                        (w, r)
-                    }
-                }))
-                .await;
-                let winners: Vec<u8> = outcomes
-                    .iter()
-                    .filter(|(_, r)| r.is_ok())
-                    .map(|(w, _)| *w)
-                    .collect();
-                assert_eq!(winners.len(), 1, "{outcomes:?}");
-                for (w, r) in &outcomes {
-                    if let Err(e) = r {
-                        assert!(
-                            matches!(e, StorageError::AlreadyExists { .. }),
-                            "writer {w}: {e}"
-                        );
-                    }
-                }
-                assert!(get_all(&*s, &k).await.unwrap() == body(100_000, winners[0]));
+                eight_racing_creates(&s, &key("wal/contested"), 100_000, 0).await;
             },
             &mut results,
         );
@@ -623,36 +630,7 @@ fn main() {
                 // proven here, only sequential ones (the conformance suite).
                 for (round, size) in [(0u8, 100_000usize), (1, PART - 1)] {
                     let k = key(&format!("wal/contested-{round}"));
-                    let outcomes = futures::future::join_all((0..8u8).map(|w| {
-                        let (s, k) = (s.clone(), k.clone());
-                        async move {
-                            let data = body(size, w.wrapping_add(round * 16));
-                            let r = s
-                                .put(&k, stream_of(data, 1 << 20), PutMode::CreateIfAbsent)
-                                .await;
-                            (w, r)
-                        }
-                    }))
-                    .await;
-                    let winners: Vec<u8> = outcomes
-                        .iter()
-                        .filter(|(_, r)| r.is_ok())
-                        .map(|(w, _)| *w)
-                        .collect();
-                    assert_eq!(winners.len(), 1, "round {round}: {outcomes:?}");
-                    for (w, r) in &outcomes {
-                        if let Err(e) = r {
-                            assert!(
-                                matches!(e, StorageError::AlreadyExists { .. }),
-                                "writer {w}: {e}"
-                            );
-                        }
-                    }
-                    let stored = get_all(&*s, &k).await.unwrap();
-                    assert!(
-                        stored == body(size, winners[0].wrapping_add(round * 16)),
-                        "round {round}: the object is not the winner's"
-                    );
+                    eight_racing_creates(&s, &k, size, round * 16).await;
                 }
             },
             &mut results,

@@ -21,8 +21,7 @@ use crate::archive::manifest::{
 use crate::archive::part_index::{self, IndexRef, PartIndex};
 use crate::archive::running::{Marker, Running};
 use crate::codec::{
-    CodecError, PipeReader, PipeWriter, encode_framed_stream, encode_stream, encode_to_vec, hex,
-    pipe,
+    CodecError, PipeReader, PipeWriter, encode_framed_stream, encode_to_vec, hex, pipe,
 };
 use crate::pg::datadir::Tablespace;
 use crate::pg::wal::{Lsn, Segment, SegmentSize, SystemId, TimelineId, WalFileName};
@@ -327,23 +326,9 @@ pub async fn store_part(
 ) -> Result<PartEntry, BackupError> {
     let key = keys::part(backup, &part)?;
     let what = format!("part {key}");
-    let (body, task) = match &placements {
-        Some(p) => {
-            let e = encode_framed_stream(tar, ctx.config.codec(), p.cuts.clone(), what);
-            (e.body, e.task)
-        }
-        None => {
-            let e = encode_stream(tar, ctx.config.codec(), None, what);
-            let task = tokio::spawn(async move {
-                let (digest, stored) = e
-                    .task
-                    .await
-                    .map_err(|e| CodecError::Io(std::io::Error::other(e.to_string())))??;
-                Ok((digest, stored, Vec::new()))
-            });
-            (e.body, task)
-        }
-    };
+    let cuts = placements.as_ref().map(|p| p.cuts.clone());
+    let encoded = encode_framed_stream(tar, ctx.config.codec(), cuts, what);
+    let (body, task) = (encoded.body, encoded.task);
     let put = ctx
         .storage
         .put(&key, PutBody::Stream(body), PutMode::Overwrite)

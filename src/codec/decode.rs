@@ -68,14 +68,7 @@ impl<R: Read> Decoder<R> {
     pub fn new(mut src: R, keyring: Option<&Keyring>, object: &str) -> Result<Self, CodecError> {
         let header = Header::read_from(&mut src, object)?;
         let dec = if header.encrypted {
-            let keyring = keyring.ok_or_else(|| CodecError::NoIdentity {
-                object: object.into(),
-            })?;
-            let d = age::Decryptor::new(src).map_err(|e| age_error(e, object, keyring))?;
-            Decrypt::Age(
-                d.decrypt(keyring.identities())
-                    .map_err(|e| age_error(e, object, keyring))?,
-            )
+            Decrypt::Age(decrypting(src, keyring, object)?)
         } else {
             Decrypt::None(src)
         };
@@ -243,7 +236,22 @@ pub fn decode_to_vec(
     Ok(plain)
 }
 
-pub(super) fn age_error(e: age::DecryptError, object: &str, keyring: &Keyring) -> CodecError {
+/// The age-decrypted stream of an encrypted object's body (`src` past the
+/// header), with a keyring that can open it.
+pub(super) fn decrypting<R: Read>(
+    src: R,
+    keyring: Option<&Keyring>,
+    object: &str,
+) -> Result<age::stream::StreamReader<R>, CodecError> {
+    let keyring = keyring.ok_or_else(|| CodecError::NoIdentity {
+        object: object.into(),
+    })?;
+    let d = age::Decryptor::new(src).map_err(|e| age_error(e, object, keyring))?;
+    d.decrypt(keyring.identities())
+        .map_err(|e| age_error(e, object, keyring))
+}
+
+fn age_error(e: age::DecryptError, object: &str, keyring: &Keyring) -> CodecError {
     match e {
         age::DecryptError::NoMatchingKeys => CodecError::WrongIdentity {
             object: object.into(),

@@ -12,7 +12,7 @@ use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::ops::Range;
 use std::sync::{Arc, Mutex};
 
-use super::decode::age_error;
+use super::decode::decrypting;
 use super::format::Header;
 use super::units::UNIT;
 use super::{CodecError, Compression, Keyring};
@@ -250,14 +250,7 @@ impl<R: Read + Seek> FrameReader<R> {
     pub fn new(mut src: R, keyring: Option<&Keyring>, object: &str) -> Result<Self, CodecError> {
         let header = Header::read_from(&mut src, object)?;
         let inner = if header.encrypted {
-            let keyring = keyring.ok_or_else(|| CodecError::NoIdentity {
-                object: object.into(),
-            })?;
-            let d = age::Decryptor::new(src).map_err(|e| age_error(e, object, keyring))?;
-            Compressed::Age(
-                d.decrypt(keyring.identities())
-                    .map_err(|e| age_error(e, object, keyring))?,
-            )
+            Compressed::Age(decrypting(src, keyring, object)?)
         } else {
             Compressed::Plain {
                 inner: src,

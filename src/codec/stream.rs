@@ -46,18 +46,10 @@ pub fn encode_stream<R: Read + Send + 'static>(
     known: Option<PlainDigest>,
     what: String,
 ) -> EncodedStream {
-    let framed = start(src, settings, Shape::Plain(known), what);
-    let task = tokio::spawn(async move {
-        framed
-            .task
-            .await
-            .map_err(|e| CodecError::Io(io::Error::other(e.to_string())))?
-            .map(|(digest, sent, _)| (digest, sent))
+    let (body, task) = start(src, settings, Shape::Plain(known), what, |(d, sent, _)| {
+        (d, sent)
     });
-    EncodedStream {
-        body: framed.body,
-        task,
-    }
+    EncodedStream { body, task }
 }
 
 /// What a framed encoding yields: the plain digest, the encoded size and
@@ -72,14 +64,19 @@ pub struct FramedStream {
 }
 
 /// [`encode_stream`] into a framed object: frames begin every unit and
-/// wherever `cuts` asks.
+/// wherever `cuts` asks. Without `cuts`, an ordinary object (no frames).
 pub fn encode_framed_stream<R: Read + Send + 'static>(
     src: R,
     settings: CodecSettings,
-    cuts: Arc<FrameCuts>,
+    cuts: Option<Arc<FrameCuts>>,
     what: String,
 ) -> FramedStream {
-    start(src, settings, Shape::Framed(cuts), what)
+    let shape = match cuts {
+        Some(cuts) => Shape::Framed(cuts),
+        None => Shape::Plain(None),
+    };
+    let (body, task) = start(src, settings, shape, what, |framing| framing);
+    FramedStream { body, task }
 }
 
 enum Shape {
@@ -87,12 +84,15 @@ enum Shape {
     Framed(Arc<FrameCuts>),
 }
 
-fn start<R: Read + Send + 'static>(
+/// Runs the encoder on a blocking thread; its task gives `yields` of what the
+/// encoding gave.
+fn start<R: Read + Send + 'static, T: Send + 'static>(
     src: R,
     settings: CodecSettings,
     shape: Shape,
     what: String,
-) -> FramedStream {
+    yields: fn(Framing) -> T,
+) -> (ByteStream, JoinHandle<Result<T, CodecError>>) {
     let (tx, rx) = mpsc::channel::<io::Result<Bytes>>(QUEUE);
     let done = Arc::new(AtomicBool::new(false));
     let body = body_stream(rx, done.clone());
@@ -102,7 +102,7 @@ fn start<R: Read + Send + 'static>(
             chunks: Chunks::new(),
             sent: 0,
         };
-        let result = encode_all(src, sink, &settings, shape, &what);
+        let result = encode_all(src, sink, &settings, shape, &what).map(yields);
         match &result {
             // Every chunk is sent: the end of the channel is now the end.
             Ok(_) => done.store(true, Ordering::Release),
@@ -112,7 +112,7 @@ fn start<R: Read + Send + 'static>(
         }
         result
     });
-    FramedStream { body, task }
+    (body, task)
 }
 
 fn encode_all<R: Read>(

@@ -476,14 +476,7 @@ impl AzureStorage {
     /// Fails with `AlreadyExists` if `key` exists (create-if-absent of a
     /// body that goes up in blocks).
     async fn refuse_existing(&self, key: &str) -> Result<(), StorageError> {
-        let k = ObjectKey::new(key)?;
-        if self.head(&k).await?.is_some() {
-            return Err(StorageError::AlreadyExists {
-                key: key.to_string(),
-                location: self.location.clone(),
-            });
-        }
-        Ok(())
+        super::refuse_existing(self, key).await
     }
 
     async fn put_blocks(

@@ -484,6 +484,18 @@ pub async fn open(
     Ok(Arc::new(resume::Resuming::new(backend, opts)))
 }
 
+/// Create-if-absent without the server's help: `AlreadyExists` when `key`
+/// exists (a HEAD; it cannot stop a writer racing for the same key).
+pub(crate) async fn refuse_existing(storage: &dyn Storage, key: &str) -> Result<(), StorageError> {
+    match storage.head(&ObjectKey::new(key)?).await? {
+        Some(_) => Err(StorageError::AlreadyExists {
+            key: key.to_string(),
+            location: storage.location().to_string(),
+        }),
+        None => Ok(()),
+    }
+}
+
 /// Reads a whole object into memory; for small objects only.
 pub async fn get_bytes(storage: &dyn Storage, key: &ObjectKey) -> Result<Bytes, StorageError> {
     use futures::TryStreamExt;

@@ -223,19 +223,7 @@ impl S3Storage {
 
     /// Create-if-absent without the server's help: fails when `key` exists.
     async fn refuse_existing(&self, key: &str) -> Result<(), StorageError> {
-        let object = ObjectKey::new(key).map_err(|e| StorageError::Permanent {
-            op: "head",
-            key: key.to_string(),
-            location: self.location.clone(),
-            message: e.to_string(),
-        })?;
-        match self.head(&object).await? {
-            Some(_) => Err(StorageError::AlreadyExists {
-                key: key.to_string(),
-                location: self.location.clone(),
-            }),
-            None => Ok(()),
-        }
+        super::refuse_existing(self, key).await
     }
 
     /// Runs one request under the watchdog (see `watch::request`).
