@@ -612,3 +612,43 @@ fn a_server_without_conditional_writes_is_named_or_asked_first_by_setting() {
     write_seg(&d, &second, &fake_segment(16 * MIB, 1, 2), false);
     assert_exit(&push(&asks, &d, &second), 0, "");
 }
+
+/// A bucket in another region than the one cairn signs for: AWS answers
+/// `301 PermanentRedirect` with the bucket's region in `x-amz-bucket-region`
+/// (no local S3 server checks regions, so the proxy answers as AWS does for
+/// requests signed for any other region). Every command names the bucket's
+/// region and the setting, with the contract's exit status and nothing
+/// written; with `s3_region` set right the same endpoint works.
+#[test]
+fn a_bucket_in_another_region_is_named_with_its_region() {
+    let t = TestDir::new();
+    let d = datadir(&t, Some("recovery.signal"));
+    let name = seg_name(1, 1, 16 * MIB);
+    write_seg(&d, &name, &fake_segment(16 * MIB, 1, 1), false);
+    let a = Archive::new(Backend::S3);
+    let (proxy, s) = behind_proxy(&a);
+    proxy.inject(Fault::BucketInRegion("eu-west-1"), usize::MAX);
+    let cause = "bucket cairn-test is in region eu-west-1, not us-east-1";
+
+    let started = Instant::now();
+    let out = push(&s, &d, &name);
+    assert_exit(&out, 1, cause);
+    assert!(
+        stderr(&out).contains("s3_region: eu-west-1"),
+        "{}",
+        stderr(&out)
+    );
+    within(started, 3, "a wrong region (permanent, not retried)");
+    assert_exit(&fetch(&s, &d, &name), 128, cause);
+    assert_exit(&s.cairn(&["backup-list"], t.path()), 1, cause);
+    let bucket = a.s3.as_ref().unwrap().bucket_dir().join("cluster-a");
+    assert!(!bucket.exists() || std::fs::read_dir(&bucket).unwrap().next().is_none());
+
+    let right = s.clone_with("CAIRN_S3_REGION", "eu-west-1");
+    assert_exit(&push(&right, &d, &name), 0, "");
+    assert_exit(&fetch(&right, &d, &name), 0, "");
+    assert_eq!(
+        std::fs::read(d.join("pg_wal/RECOVERYXLOG")).unwrap(),
+        std::fs::read(d.join("pg_wal").join(&name)).unwrap()
+    );
+}

@@ -40,6 +40,9 @@ pub struct S3Storage {
     idle: Duration,
     /// Cleared when the server answers `If-None-Match` with 501.
     conditional: AtomicBool,
+    /// The region requests are signed for, for messages about a bucket
+    /// that lives in another.
+    region: String,
 }
 
 /// Whether an upload's answer says the server does not implement conditional writes.
@@ -147,6 +150,7 @@ impl S3Storage {
         let timeouts = aws_config::timeout::TimeoutConfig::builder()
             .connect_timeout(CONNECT_TIMEOUT)
             .build();
+        let region_name = region.to_string();
         let sdk = aws_config::defaults(BehaviorVersion::latest())
             .region(region)
             .credentials_provider(credentials)
@@ -188,6 +192,7 @@ impl S3Storage {
                 .unwrap_or_else(|| "the S3 endpoint of the region".into()),
             idle: opts.idle_timeout,
             conditional: AtomicBool::new(opts.s3_conditional_create),
+            region: region_name,
         })
     }
 
@@ -273,7 +278,26 @@ impl S3Storage {
             SdkError::ServiceError(_) => matches!(status, Some(408 | 429 | 500..=599)),
             _ => false,
         };
+        // AWS names the bucket's region when a request went to another's
+        // endpoint (301 PermanentRedirect, bodiless to a HEAD) or was signed
+        // for another (400 AuthorizationHeaderMalformed).
+        let elsewhere = e
+            .raw_response()
+            .and_then(|r| r.headers().get("x-amz-bucket-region"))
+            .filter(|r| *r != self.region && matches!(status, Some(301 | 400 | 403)))
+            .map(str::to_string);
         let message = match (&code, e.message()) {
+            _ if elsewhere.is_some() => format!(
+                "bucket {} is in region {r}, not {} (HTTP {}{}): set s3_region: {r}",
+                self.bucket,
+                self.region,
+                status.unwrap_or_default(),
+                code.as_deref().map(|c| format!(" {c}")).unwrap_or_default(),
+                r = elsewhere.as_deref().unwrap_or_default(),
+            ),
+            (Some(c), Some(m)) if c == "AuthorizationHeaderMalformed" && m.contains("region") => {
+                format!("{c}: {m}: set s3_region to the bucket's region")
+            }
             (Some(c), Some(m)) if c == "RequestTimeTooSkewed" => format!(
                 "{c}: {m}; this machine's clock is off by more than the server accepts \
                  (15 minutes on AWS): set it right (NTP)"

@@ -37,6 +37,12 @@ pub enum Fault {
     /// (`name: value`, lower case) with 401, as a store that checks
     /// credentials does (the GCS emulator checks none); passes the others.
     Unauthorized(&'static str),
+    /// Answers a connection whose first request is signed for a region
+    /// other than this one as AWS answers for a bucket in this region asked
+    /// through another region's endpoint: `301 PermanentRedirect` with
+    /// `x-amz-bucket-region` (bodiless to a HEAD). Passes requests signed for
+    /// this region. (No local S3 server checks regions.)
+    BucketInRegion(&'static str),
 }
 
 type Plan = Arc<Mutex<VecDeque<(Fault, usize)>>>;
@@ -132,6 +138,27 @@ fn serve(client: TcpStream, upstream: u16, fault: Option<Fault>, stop: Arc<Atomi
         );
         let _ = client.shutdown(Shutdown::Both);
         return;
+    }
+    if let Some(Fault::BucketInRegion(region)) = fault {
+        let head = first_request_head(&client);
+        if !head.contains(&format!("/{region}/s3/aws4_request")) {
+            let body = format!(
+                "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>PermanentRedirect</Code>\
+                 <Message>The bucket you are attempting to access must be addressed using the \
+                 specified endpoint. Please send all future requests to this endpoint.</Message>\
+                 <Endpoint>cairn-test.s3.{region}.amazonaws.com</Endpoint></Error>"
+            );
+            let body = if head.starts_with("head ") { "" } else { &body };
+            let mut c = &client;
+            let _ = write!(
+                c,
+                "HTTP/1.1 301 Moved Permanently\r\nx-amz-bucket-region: {region}\r\n\
+                 Content-Type: application/xml\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = client.shutdown(Shutdown::Both);
+            return;
+        }
     }
     if let Some(Fault::NotImplemented(header)) = fault
         && first_request_head(&client).contains(&format!("\r\n{header}:"))
