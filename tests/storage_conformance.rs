@@ -526,6 +526,21 @@ fn main() {
                     .await
                     .unwrap();
                 eight_racing_creates(&s, &key("wal/contested"), 100_000, 0).await;
+                // In blocks: the condition rides on the committing Put Block
+                // List (signed anew with the key), so racing commits leave
+                // one winner too; and so with a SAS, which signs no headers.
+                eight_racing_creates(&s, &key("wal/contested-blocks"), 3 * PART + 1, 8).await;
+                let sas = StorageOptions {
+                    azure_secrets: AzureSecrets {
+                        sas: Some(server.container_sas("racwl")),
+                        ..AzureSecrets::default()
+                    },
+                    ..azure_opts(&server)
+                };
+                let s = storage::open(&azure_url(&server, "race-sas/"), &sas)
+                    .await
+                    .unwrap();
+                eight_racing_creates(&s, &key("wal/contested-blocks"), 3 * PART + 1, 16).await;
             },
             &mut results,
         );

@@ -6,11 +6,10 @@
 //! in slices that mark progress for the watchdog, and every response's
 //! status and Azure error code are known for the error message. Its own
 //! retries are off: cairn's retry policy and deadline rule, as on every
-//! backend. Create-if-absent is `If-None-Match: *` on Put Blob, enforced
-//! atomically by Azure; objects larger than a part go up as blocks, and the
-//! final Put Block List cannot carry the condition through the crate, so
-//! those are checked with a HEAD first (cairn creates large objects only
-//! under names of its own, one writer each).
+//! backend. Create-if-absent is `If-None-Match: *`, enforced atomically by
+//! Azure: on Put Blob through the crate, and on the Put Block List that
+//! commits a large object by the connector, which adds the condition the
+//! crate cannot and signs the request anew (shared_key.rs).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU16, Ordering};
@@ -33,10 +32,18 @@ use object_store::{
 };
 
 use super::watch::{Progress, sliced};
+use shared_key::SharedKey;
+
+mod shared_key;
 use super::{
     ByteStream, CONNECT_TIMEOUT, Chunker, ObjectKey, ObjectMeta, PutBody, PutMode, RetryPolicy,
     Storage, StorageError, StorageOptions, Upload,
 };
+
+/// The development storage account's key (`UseDevelopmentStorage=true`):
+/// public, documented with Azurite and the storage emulator.
+const EMULATOR_KEY: &str =
+    "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==";
 
 /// Blocks of a large object are at most this many (Azure's limit).
 const MAX_BLOCKS: usize = 50_000;
@@ -69,15 +76,51 @@ struct Call {
     status: AtomicU16,
     /// The last response's `x-ms-error-code`.
     code: std::sync::Mutex<Option<String>>,
+    /// A block list this call commits must create its blob, not replace one.
+    create_only: bool,
+    /// Why getting a token for the call failed, if it did.
+    identity: std::sync::Mutex<Option<TokenFailure>>,
+}
+
+/// A token request that failed: the identity endpoint's answer or why it
+/// could not be reached.
+#[derive(Debug, Clone)]
+struct TokenFailure {
+    reason: String,
+    /// Unreachable, throttled or failing (5xx): worth asking again.
+    transient: bool,
 }
 
 impl Call {
     fn new(progress: Arc<Progress>) -> Arc<Call> {
+        Call::with(progress, false)
+    }
+
+    /// A call whose Put Block List must not replace an existing blob.
+    fn create_only() -> Arc<Call> {
+        Call::with(Progress::new(), true)
+    }
+
+    fn with(progress: Arc<Progress>, create_only: bool) -> Arc<Call> {
         Arc::new(Call {
             progress,
             status: AtomicU16::new(0),
             code: std::sync::Mutex::new(None),
+            create_only,
+            identity: std::sync::Mutex::new(None),
         })
+    }
+
+    fn identity_failed(&self, reason: String, transient: bool) {
+        *self.identity.lock().unwrap_or_else(|p| p.into_inner()) =
+            Some(TokenFailure { reason, transient });
+    }
+
+    fn identity(&self) -> Option<TokenFailure> {
+        self.identity
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     fn status(&self) -> u16 {
@@ -99,12 +142,15 @@ tokio::task_local! {
 #[derive(Debug)]
 struct Connector {
     client: reqwest::Client,
+    /// The account key, when requests are signed with it.
+    signer: Option<Arc<SharedKey>>,
 }
 
 impl HttpConnector for Connector {
     fn connect(&self, _: &ClientOptions) -> object_store::Result<HttpClient> {
         Ok(HttpClient::new(Service {
             client: self.client.clone(),
+            signer: self.signer.clone(),
         }))
     }
 }
@@ -112,6 +158,37 @@ impl HttpConnector for Connector {
 #[derive(Debug)]
 struct Service {
     client: reqwest::Client,
+    signer: Option<Arc<SharedKey>>,
+}
+
+impl Service {
+    /// Makes a Put Block List create its blob only if absent: the condition
+    /// the crate cannot send, then a new signature if Shared Key signed it
+    /// (the signature covers `If-None-Match`; SAS and bearer tokens do not).
+    fn create_only(&self, request: &mut reqwest::Request) -> Result<(), HttpError> {
+        use reqwest::header::{AUTHORIZATION, HeaderValue, IF_NONE_MATCH};
+        let commit = request
+            .url()
+            .query_pairs()
+            .any(|(k, v)| k == "comp" && v == "blocklist");
+        if !commit {
+            return Ok(());
+        }
+        request
+            .headers_mut()
+            .insert(IF_NONE_MATCH, HeaderValue::from_static("*"));
+        let shared_key = request
+            .headers()
+            .get(AUTHORIZATION)
+            .is_some_and(|v| v.as_bytes().starts_with(b"SharedKey "));
+        if let (true, Some(signer)) = (shared_key, &self.signer) {
+            let auth = signer.authorization(request.method(), request.url(), request.headers());
+            let auth = HeaderValue::from_str(&auth)
+                .map_err(|e| HttpError::new(HttpErrorKind::Request, e))?;
+            request.headers_mut().insert(AUTHORIZATION, auth);
+        }
+        Ok(())
+    }
 }
 
 #[async_trait]
@@ -123,11 +200,17 @@ impl HttpService for Service {
             .as_ref()
             .map_or_else(Progress::new, |c| c.progress.clone());
         let (parts, body) = req.into_parts();
+        // The crate asks Entra ID or the metadata service for tokens through
+        // this client too; those requests alone carry no x-ms-version.
+        let token_request = !parts.headers.contains_key("x-ms-version");
         let url: reqwest::Url = parts
             .uri
             .to_string()
             .parse()
             .map_err(|e| HttpError::new(HttpErrorKind::Request, e))?;
+        if token_request {
+            return token(&self.client, call.as_deref(), url, parts, body).await;
+        }
         let mut request = reqwest::Request::new(parts.method, url);
         *request.headers_mut() = parts.headers;
         let bytes = body.collect().await?.to_bytes();
@@ -138,6 +221,9 @@ impl HttpService for Service {
                 reqwest::header::HeaderValue::from(bytes.len()),
             );
             *request.body_mut() = Some(reqwest::Body::wrap_stream(sliced(bytes, progress.clone())));
+        }
+        if call.as_ref().is_some_and(|c| c.create_only) {
+            self.create_only(&mut request)?;
         }
         let response = self.client.execute(request).await.map_err(http_error)?;
         progress.touch();
@@ -162,6 +248,64 @@ impl HttpService for Service {
         *out.headers_mut() = headers;
         Ok(out)
     }
+}
+
+/// A token request of the crate's: sent as is, its answer read whole (a
+/// small JSON document), and a refusal's reason kept for the message.
+async fn token(
+    client: &reqwest::Client,
+    call: Option<&Call>,
+    url: reqwest::Url,
+    parts: http::request::Parts,
+    body: object_store::client::HttpRequestBody,
+) -> Result<HttpResponse, HttpError> {
+    use http_body_util::BodyExt;
+    let mut endpoint = url.clone();
+    endpoint.set_query(None);
+    let mut request = reqwest::Request::new(parts.method, url);
+    *request.headers_mut() = parts.headers;
+    let bytes = body.collect().await?.to_bytes();
+    if !bytes.is_empty() {
+        *request.body_mut() = Some(reqwest::Body::from(bytes));
+    }
+    let answer = async {
+        let response = client.execute(request).await?;
+        let (status, headers) = (response.status(), response.headers().clone());
+        Ok::<_, reqwest::Error>((status, headers, response.bytes().await?))
+    };
+    let (status, headers, body) = match answer.await {
+        Ok(answer) => answer,
+        Err(e) => {
+            let e = e.without_url();
+            if let Some(call) = call {
+                let why = crate::error_chain(&e);
+                call.identity_failed(format!("cannot reach {endpoint}: {why}"), true);
+            }
+            return Err(http_error(e));
+        }
+    };
+    if !status.is_success()
+        && let Some(call) = call
+    {
+        // OAuth 2.0 errors (Entra ID, the metadata service): `error` and
+        // `error_description`; anything else by its status alone.
+        let json: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+        let text = |k: &str| json.get(k).and_then(|v| v.as_str()).map(str::to_string);
+        let reason = match (text("error"), text("error_description")) {
+            (Some(e), Some(d)) => format!(": {e}: {}", d.lines().next().unwrap_or_default()),
+            (Some(e), None) | (None, Some(e)) => format!(": {e}"),
+            (None, None) => String::new(),
+        };
+        let transient = status.as_u16() == 429 || status.is_server_error();
+        call.identity_failed(
+            format!("{endpoint} answered HTTP {}{reason}", status.as_u16()),
+            transient,
+        );
+    }
+    let mut out = http::Response::new(HttpResponseBody::from(body));
+    *out.status_mut() = status;
+    *out.headers_mut() = headers;
+    Ok(out)
 }
 
 /// A reqwest failure as the crate's error, by kind (no URL: messages name
@@ -278,7 +422,15 @@ impl AzureStorage {
         let mut b = MicrosoftAzureBuilder::new()
             .with_account(account)
             .with_container_name(container)
-            .with_http_connector(Connector { client })
+            .with_http_connector(Connector {
+                client,
+                signer: creds
+                    .key
+                    .as_deref()
+                    .or(creds.emulator.then_some(EMULATOR_KEY))
+                    .and_then(|k| SharedKey::new(account, k))
+                    .map(Arc::new),
+            })
             .with_retry(RetryConfig {
                 max_retries: 0,
                 retry_timeout: Duration::ZERO,
@@ -391,6 +543,24 @@ impl AzureStorage {
         e: object_store::Error,
     ) -> StorageError {
         let (key, location) = (key.to_string(), self.location.clone());
+        if let Some(failure) = call.identity() {
+            let message = format!("{} got no token: {}", self.credential, failure.reason);
+            return if failure.transient {
+                StorageError::Transient {
+                    op,
+                    key,
+                    location,
+                    message,
+                }
+            } else {
+                StorageError::Permanent {
+                    op,
+                    key,
+                    location,
+                    message,
+                }
+            };
+        }
         let status = call.status();
         let code = call.code();
         let detail = match &code {
@@ -487,6 +657,8 @@ impl AzureStorage {
         mode: PutMode,
     ) -> Result<(), StorageError> {
         if mode == PutMode::CreateIfAbsent {
+            // Not the guarantee (the commit's condition is), but no upload
+            // of blocks that could never be committed.
             self.refuse_existing(key).await?;
         }
         let path = self.path(key);
@@ -523,12 +695,12 @@ impl AzureStorage {
             parts.push(part);
             next = following;
         }
-        if mode == PutMode::CreateIfAbsent {
-            self.refuse_existing(key).await?;
-        }
         self.retry
             .run(|| async {
-                let call = Call::new(Progress::new());
+                let call = match mode {
+                    PutMode::CreateIfAbsent => Call::create_only(),
+                    PutMode::Overwrite => Call::new(Progress::new()),
+                };
                 let done = self.store.complete_multipart(&path, &id, parts.clone());
                 self.watched("complete upload of", key, &call, done)
                     .await?
