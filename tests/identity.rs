@@ -7,7 +7,11 @@
 //!   server (s3s-fs) checks every signature made with what they hand out;
 //! - GCS through the metadata server (GKE Workload Identity) and through a
 //!   service-account key file; a proxy in front of the emulator refuses any
-//!   request without the token they hand out.
+//!   request without the token they hand out;
+//! - Azure through AKS Workload Identity (a federated token exchanged at
+//!   Entra ID's token endpoint) and through a managed identity (the instance
+//!   metadata service); Azurite, over HTTPS with `--oauth basic`, checks the
+//!   bearer tokens they hand out.
 //!
 //! A cluster archives, backs up and lists with each; each bad input (token
 //! file missing, token refused, role refused, key file missing, metadata
@@ -21,7 +25,7 @@ use std::path::{Path, PathBuf};
 use common::drill::{archiving_primary, fails, list, push, wait_archived};
 use common::identity::{self, IdentityServer};
 use common::proxy::{Fault, FaultProxy};
-use common::{Archive, Backend, S3_KEY, S3_SECRET, TestDir, chown_pg};
+use common::{Archive, AzuriteServer, Backend, S3_KEY, S3_SECRET, TestDir, chown_pg};
 
 /// A file the PostgreSQL user can read (archive_command runs as it).
 fn secret_file(t: &TestDir, name: &str, contents: &str) -> PathBuf {
@@ -236,4 +240,89 @@ fn gcs_with_a_service_account_key_file() {
     let with_key = gated.clone_with("GOOGLE_APPLICATION_CREDENTIALS", &path_str(&key_file));
     archives_and_backs_up(&t, &with_key);
     assert!(id.count("/token") > 0);
+}
+
+/// No blob was written to Azurite's container (listed with the account key).
+fn nothing_written_to_azure(a: &Archive) {
+    let names = a.azure.as_ref().unwrap().blob_names();
+    assert!(names.is_empty(), "written: {names:?}");
+}
+
+#[test]
+fn azure_with_workload_identity_aks() {
+    let t = TestDir::new();
+    // HTTPS, and bearer tokens checked for issuer, audience and lifetime.
+    let a = Archive::on_azurite(AzuriteServer::start_oauth());
+    let id = IdentityServer::start(S3_KEY, S3_SECRET);
+    let federated = |name: &str, subject: &str, expires_in: i64| {
+        secret_file(
+            &t,
+            name,
+            &identity::azure_federated_token(subject, expires_in),
+        )
+    };
+    let token = federated("azure-identity-token", identity::AZURE_SUBJECT, 3600);
+    let pod = |token: &Path, client: &str| {
+        a.clone_with("AZURE_FEDERATED_TOKEN_FILE", &path_str(token))
+            .with("AZURE_CLIENT_ID", client)
+            .with("AZURE_TENANT_ID", identity::AZURE_TENANT)
+            .with("AZURE_AUTHORITY_HOST", &id.url(""))
+            .without("AZURE_STORAGE_KEY")
+    };
+
+    // Bad input first, while the container is empty.
+    let expired = federated("expired-token", identity::AZURE_SUBJECT, -600);
+    let o = pod(&expired, identity::AZURE_CLIENT_ID).cairn(&["backup-list"], t.path());
+    refused(&o, "AADSTS700024");
+    refused(
+        &wal_push(&t, &pod(&expired, identity::AZURE_CLIENT_ID)),
+        "AADSTS700024",
+    );
+    let stranger = federated("other-token", "system:serviceaccount:other:app", 3600);
+    let o = pod(&stranger, identity::AZURE_CLIENT_ID).cairn(&["backup-list"], t.path());
+    refused(&o, "AADSTS70021");
+    let unknown = "c1a1e000-ca1e-4000-8000-0000000000ff";
+    refused(&wal_push(&t, &pod(&token, unknown)), "AADSTS700016");
+    nothing_written_to_azure(&a);
+
+    archives_and_backs_up(&t, &pod(&token, identity::AZURE_CLIENT_ID));
+    let exchanges = id.count(&format!("/{}/oauth2/v2.0/token", identity::AZURE_TENANT));
+    assert!(exchanges > 0, "Entra was never asked");
+}
+
+#[test]
+fn azure_with_a_managed_identity() {
+    let t = TestDir::new();
+    let a = Archive::on_azurite(AzuriteServer::start_oauth());
+    let id = IdentityServer::start(S3_KEY, S3_SECRET);
+    let imds = |endpoint: &str| {
+        a.clone_with("IDENTITY_ENDPOINT", endpoint)
+            .without("AZURE_STORAGE_KEY")
+    };
+    let endpoint = id.url("/metadata/identity/oauth2/token");
+
+    // The metadata service down, and an identity it does not know.
+    let down = format!(
+        "http://127.0.0.1:{}/metadata/identity/oauth2/token",
+        common::free_port()
+    );
+    refused(
+        &imds(&down).cairn(&["backup-list"], t.path()),
+        "managed identity",
+    );
+    refused(&wal_push(&t, &imds(&down)), "managed identity");
+    let stranger = imds(&endpoint).with("AZURE_CLIENT_ID", "c1a1e000-ca1e-4000-8000-0000000000ff");
+    refused(
+        &stranger.cairn(&["backup-list"], t.path()),
+        "Identity not found",
+    );
+    refused(&wal_push(&t, &stranger), "Identity not found");
+    nothing_written_to_azure(&a);
+
+    // The VM's (or node's) identity, then a user-assigned one by client id.
+    archives_and_backs_up(&t, &imds(&endpoint));
+    let user = imds(&endpoint).with("AZURE_CLIENT_ID", identity::AZURE_MANAGED_CLIENT_ID);
+    let o = user.cairn(&["backup-list", "--json"], t.path());
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(id.count("/metadata/identity/oauth2/token") > 0);
 }

@@ -7,12 +7,19 @@
 //! - the GCE metadata server's access tokens (GKE Workload Identity), GET
 //!   with `Metadata-Flavor: Google`;
 //! - Google's OAuth 2.0 token endpoint for service-account key files (a
-//!   signed JWT assertion, RFC 7523).
+//!   signed JWT assertion, RFC 7523);
+//! - Microsoft Entra ID's token endpoint, `POST /{tenant}/oauth2/v2.0/token`
+//!   with a federated client assertion (AKS Workload Identity: the pod's
+//!   projected service-account token);
+//! - the Azure instance metadata service's managed-identity tokens
+//!   (`GET /metadata/identity/oauth2/token` with `Metadata: true`).
 //!
 //! Each checks what a real one checks (the token, the role, the headers)
 //! and hands out credentials the test's storage server accepts: the S3
-//! server's key pair (so s3s-fs verifies every signature made with it), or
-//! a bearer token the test's proxy requires in front of the GCS emulator.
+//! server's key pair (so s3s-fs verifies every signature made with it), a
+//! bearer token the test's proxy requires in front of the GCS emulator, or
+//! an Entra-shaped access token (JWT) that Azurite's `--oauth basic` checks
+//! for issuer, audience and lifetime.
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -31,6 +38,78 @@ pub const POD_IDENTITY_TOKEN: &str = "cairn-test-pod-identity-token";
 pub const METADATA_ACCESS_TOKEN: &str = "ya29.cairn-test-metadata";
 /// The access token the OAuth endpoint hands out for a key file's assertion.
 pub const KEY_FILE_ACCESS_TOKEN: &str = "ya29.cairn-test-key-file";
+
+/// The Entra ID tenant of the Azure tests.
+pub const AZURE_TENANT: &str = "0c0ffee0-ca1e-4000-8000-00000000ca1e";
+/// The app registration (or user-assigned identity) workload identity maps
+/// the pod's service account to.
+pub const AZURE_CLIENT_ID: &str = "c1a1e000-ca1e-4000-8000-000000000001";
+/// The user-assigned managed identity the metadata service knows.
+pub const AZURE_MANAGED_CLIENT_ID: &str = "c1a1e000-ca1e-4000-8000-000000000002";
+/// The subject Entra's federated credential names.
+pub const AZURE_SUBJECT: &str = "system:serviceaccount:db:cairn";
+
+/// Seconds since the epoch.
+fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+}
+
+/// An unsigned JWT (`alg: none`) carrying `claims`: neither Azurite's basic
+/// check nor this server's verifies signatures, only the claims.
+fn jwt(claims: serde_json::Value) -> String {
+    use base64::Engine;
+    let b64 = |v: &serde_json::Value| {
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string().as_bytes())
+    };
+    format!(
+        "{}.{}.c2lnbmF0dXJl",
+        b64(&serde_json::json!({"alg": "RS256", "typ": "JWT"})),
+        b64(&claims)
+    )
+}
+
+/// A JWT's claims, if `token` is one.
+fn claims(token: &str) -> Option<serde_json::Value> {
+    use base64::Engine;
+    let payload = token.split('.').nth(1)?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload.trim_end_matches('='))
+        .ok()?;
+    serde_json::from_slice(&bytes).ok()
+}
+
+/// The service-account token AKS projects into a workload-identity pod
+/// (`azure-identity-token`), for `subject`, expiring `expires_in` seconds
+/// from now (negative: already expired).
+pub fn azure_federated_token(subject: &str, expires_in: i64) -> String {
+    let now = now();
+    jwt(serde_json::json!({
+        "aud": ["api://AzureADTokenExchange"],
+        "iss": "https://oidc.prod-aks.azure.com/cairn-test/",
+        "sub": subject,
+        "iat": now - 60,
+        "nbf": now - 60,
+        "exp": now + expires_in,
+    }))
+}
+
+/// An Entra access token for Azure Storage, as Azurite checks it.
+fn azure_access_token(identity: &str) -> String {
+    let now = now();
+    jwt(serde_json::json!({
+        "aud": "https://storage.azure.com",
+        "iss": format!("https://sts.windows.net/{AZURE_TENANT}/"),
+        "tid": AZURE_TENANT,
+        "appid": identity,
+        "oid": identity,
+        "iat": now - 60,
+        "nbf": now - 60,
+        "exp": now + 3600,
+    }))
+}
 
 pub struct IdentityServer {
     pub port: u16,
@@ -287,6 +366,112 @@ fn serve(c: TcpStream, log: &Mutex<Vec<String>>, key: &str, secret: &str) {
             );
             respond(&c, "200 OK", "application/json", &body);
         }
+        // Entra ID: the client-credentials grant with a federated assertion.
+        ("POST", p) if p.ends_with("/oauth2/v2.0/token") => entra_token(&c, p, &form(&req.body)),
+        // The Azure instance metadata service (managed identity).
+        ("GET", "/metadata/identity/oauth2/token") => imds_token(&c, &req),
         _ => respond(&c, "404 Not Found", "text/plain", "not found"),
     }
+}
+
+/// Entra's answer to a token request: refusals carry the AADSTS codes the
+/// real service gives for the same mistakes.
+fn entra_token(c: &TcpStream, path: &str, f: &HashMap<String, String>) {
+    let refuse = |status: &str, error: &str, description: &str| {
+        let body = serde_json::json!({
+            "error": error,
+            "error_description": description,
+            "error_codes": [description[6..].split(':').next().and_then(|c| c.parse::<u32>().ok())],
+        });
+        respond(c, status, "application/json", &body.to_string());
+    };
+    let field = |k: &str| f.get(k).map(String::as_str).unwrap_or_default();
+    if path != format!("/{AZURE_TENANT}/oauth2/v2.0/token") {
+        return refuse(
+            "400 Bad Request",
+            "invalid_request",
+            "AADSTS900023: Specified tenant identifier is neither a valid DNS name, nor a \
+             valid external domain.",
+        );
+    }
+    if field("grant_type") != "client_credentials"
+        || field("client_assertion_type")
+            != "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
+    {
+        return refuse(
+            "400 Bad Request",
+            "invalid_request",
+            "AADSTS900144: The request body must contain the following parameter: 'grant_type'.",
+        );
+    }
+    if field("scope") != "https://storage.azure.com/.default" {
+        return refuse(
+            "400 Bad Request",
+            "invalid_scope",
+            "AADSTS70011: The provided request must include a 'scope' input parameter.",
+        );
+    }
+    if field("client_id") != AZURE_CLIENT_ID {
+        return refuse(
+            "400 Bad Request",
+            "unauthorized_client",
+            "AADSTS700016: Application with identifier was not found in the directory.",
+        );
+    }
+    let assertion = claims(field("client_assertion"));
+    let Some(assertion) = assertion.filter(|a| a["sub"] == AZURE_SUBJECT) else {
+        return refuse(
+            "401 Unauthorized",
+            "invalid_client",
+            "AADSTS70021: No matching federated identity record found for presented assertion.",
+        );
+    };
+    if assertion["exp"].as_i64().is_none_or(|exp| exp < now()) {
+        return refuse(
+            "401 Unauthorized",
+            "invalid_client",
+            "AADSTS700024: Client assertion is not within its valid time range.",
+        );
+    }
+    let body = serde_json::json!({
+        "token_type": "Bearer",
+        "expires_in": 3599,
+        "ext_expires_in": 3599,
+        "access_token": azure_access_token(AZURE_CLIENT_ID),
+    });
+    respond(c, "200 OK", "application/json", &body.to_string());
+}
+
+/// The instance metadata service's managed-identity token.
+fn imds_token(c: &TcpStream, req: &Request) {
+    let refuse = |description: &str| {
+        let body =
+            serde_json::json!({"error": "invalid_request", "error_description": description});
+        respond(c, "400 Bad Request", "application/json", &body.to_string());
+    };
+    if req.headers.get("metadata").map(String::as_str) != Some("true") {
+        return refuse("Required metadata header not specified");
+    }
+    let query = form(req.path.split_once('?').map(|(_, q)| q).unwrap_or_default());
+    if query.get("resource").map(String::as_str) != Some("https://storage.azure.com") {
+        return refuse("Required query variable 'resource' is missing");
+    }
+    let identity = query
+        .get("client_id")
+        .map_or(AZURE_MANAGED_CLIENT_ID, String::as_str);
+    if identity != AZURE_MANAGED_CLIENT_ID {
+        return refuse("Identity not found");
+    }
+    let now = now();
+    let body = serde_json::json!({
+        "access_token": azure_access_token(identity),
+        "client_id": identity,
+        "expires_in": "3599",
+        "expires_on": (now + 3599).to_string(),
+        "ext_expires_in": "3599",
+        "not_before": (now - 60).to_string(),
+        "resource": "https://storage.azure.com",
+        "token_type": "Bearer",
+    });
+    respond(c, "200 OK", "application/json", &body.to_string());
 }

@@ -418,38 +418,79 @@ pub struct AzuriteServer {
     _dir: TestDir,
     pub port: u16,
     pub container: String,
+    /// The CA that signed the server's certificate, when it serves HTTPS.
+    pub ca: Option<PathBuf>,
 }
 
 impl AzuriteServer {
+    /// Plain HTTP; shared key and SAS.
     pub fn start() -> Self {
+        Self::launch(false)
+    }
+
+    /// HTTPS (a certificate for 127.0.0.1 signed by a CA of the test's, in
+    /// `ca`) with bearer tokens checked as `--oauth basic` does: issuer,
+    /// audience and lifetime. Azurite takes bearer tokens only over HTTPS.
+    pub fn start_oauth() -> Self {
+        Self::launch(true)
+    }
+
+    fn launch(oauth: bool) -> Self {
         let port = free_port();
         let dir = TestDir::new();
         let container = "cairn-test".to_string();
-        let daemon = Daemon::start(
-            Command::new(tool("azurite/node_modules/.bin/azurite-blob", "azurite"))
-                .args(["--blobHost", "127.0.0.1", "--blobPort", &port.to_string()])
-                .arg("--location")
-                .arg(dir.path())
-                .args(["--silent", "--skipApiVersionCheck"]),
-            port,
-            "azurite-blob",
-        );
-        let answer = azure_signed_request(port, "PUT", &container, "restype=container");
-        assert!(
-            answer.starts_with("HTTP/1.1 201"),
-            "creating the Azurite container: {answer}"
-        );
-        AzuriteServer {
+        let mut command = Command::new(tool("azurite/node_modules/.bin/azurite-blob", "azurite"));
+        command
+            .args(["--blobHost", "127.0.0.1", "--blobPort", &port.to_string()])
+            .arg("--location")
+            .arg(dir.path().join("data"))
+            .args(["--silent", "--skipApiVersionCheck"]);
+        let ca = oauth.then(|| {
+            let (ca, cert, key) = tls_certificate(dir.path());
+            command
+                .arg("--cert")
+                .arg(cert)
+                .arg("--key")
+                .arg(key)
+                .args(["--oauth", "basic"]);
+            ca
+        });
+        let daemon = Daemon::start(&mut command, port, "azurite-blob");
+        let server = AzuriteServer {
             _daemon: daemon,
             _dir: dir,
             port,
             container,
-        }
+            ca,
+        };
+        let answer = server.request("PUT", &server.container, "restype=container");
+        assert!(
+            answer.starts_with("HTTP/1.1 201"),
+            "creating the Azurite container: {answer}"
+        );
+        server
     }
 
     /// The Blob endpoint of the development account.
     pub fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}/{AZURITE_ACCOUNT}", self.port)
+        let scheme = if self.ca.is_some() { "https" } else { "http" };
+        format!("{scheme}://127.0.0.1:{}/{AZURITE_ACCOUNT}", self.port)
+    }
+
+    /// A request signed with the account key (see [`azure_signed_request`]).
+    pub fn request(&self, method: &str, path: &str, query: &str) -> String {
+        signed_request(self.port, self.ca.as_deref(), method, path, query)
+    }
+
+    /// The names of the blobs in the container, listed with the account key.
+    pub fn blob_names(&self) -> Vec<String> {
+        let listing = self.request("GET", &self.container, "restype=container&comp=list");
+        assert!(listing.starts_with("HTTP/1.1 200"), "{listing}");
+        listing
+            .split("<Name>")
+            .skip(1)
+            .filter_map(|s| s.split_once("</Name>").map(|(n, _)| n.to_string()))
+            .collect()
     }
 
     /// A service SAS for the container with `permissions` (e.g. `rl`), valid
@@ -534,6 +575,11 @@ fn hmac_sha256_base64(key: &str, text: &str) -> String {
 /// (Azurite refuses unsigned ones): `path` under the account, `query`
 /// `name=value` pairs joined by `&`.
 pub fn azure_signed_request(port: u16, method: &str, path: &str, query: &str) -> String {
+    signed_request(port, None, method, path, query)
+}
+
+/// A signed Blob request, over TLS (trusting `ca`) when `ca` is given.
+fn signed_request(port: u16, ca: Option<&Path>, method: &str, path: &str, query: &str) -> String {
     let date = httpdate_in(0, false);
     let version = "2021-08-06";
     // Query parameters, one `name:value` line each, sorted by name.
@@ -548,19 +594,109 @@ pub fn azure_signed_request(port: u16, method: &str, path: &str, query: &str) ->
         params.concat()
     );
     let sig = hmac_sha256_base64(AZURITE_KEY, &to_sign);
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-    write!(
-        s,
+    let request = format!(
         "{method} /{AZURITE_ACCOUNT}/{path}?{query} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\
          x-ms-date: {date}\r\nx-ms-version: {version}\r\n\
          Authorization: SharedKey {AZURITE_ACCOUNT}:{sig}\r\nContent-Length: 0\r\n\
          Connection: close\r\n\r\n"
+    );
+    use std::io::{Read, Write};
+    let Some(ca) = ca else {
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        s.write_all(request.as_bytes()).unwrap();
+        let mut response = String::new();
+        s.read_to_string(&mut response).unwrap();
+        return response;
+    };
+    // HTTPS through the openssl CLI, which checks the server's certificate
+    // against the test's CA; -quiet reads on until the server closes.
+    let mut c = Command::new("openssl")
+        .args(["s_client", "-quiet", "-verify_return_error", "-connect"])
+        .arg(format!("127.0.0.1:{port}"))
+        .arg("-CAfile")
+        .arg(ca)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    c.stdin
+        .take()
+        .unwrap()
+        .write_all(request.as_bytes())
+        .unwrap();
+    String::from_utf8_lossy(&c.wait_with_output().unwrap().stdout).into_owned()
+}
+
+/// A CA and a server certificate for 127.0.0.1 it signed, made with the
+/// openssl CLI in `dir`, readable by the PostgreSQL user (archive_command
+/// trusts the CA through `SSL_CERT_FILE`): (CA, certificate, key).
+pub fn tls_certificate(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+    let [ca_key, ca, key, csr, cert, ext] = [
+        "ca.key",
+        "ca.pem",
+        "server.key",
+        "server.csr",
+        "server.pem",
+        "server.ext",
+    ]
+    .map(|n| dir.join(n));
+    std::fs::write(
+        &ext,
+        "subjectAltName=IP:127.0.0.1\nbasicConstraints=critical,CA:FALSE\n\
+         keyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth\n",
     )
     .unwrap();
-    let mut response = String::new();
-    s.read_to_string(&mut response).unwrap();
-    response
+    let openssl = |args: &[&std::ffi::OsStr]| {
+        let out = Command::new("openssl").args(args).output().unwrap();
+        assert!(out.status.success(), "openssl {args:?}: {out:?}");
+    };
+    let os = |s: &'static str| std::ffi::OsStr::new(s);
+    let ec = [
+        os("-newkey"),
+        os("ec"),
+        os("-pkeyopt"),
+        os("ec_paramgen_curve:prime256v1"),
+    ];
+    let mut args = vec![os("req"), os("-x509"), os("-nodes"), os("-days"), os("2")];
+    args.extend(ec);
+    args.extend([
+        os("-subj"),
+        os("/CN=cairn test CA"),
+        os("-keyout"),
+        ca_key.as_os_str(),
+    ]);
+    args.extend([os("-out"), ca.as_os_str()]);
+    openssl(&args);
+    let mut args = vec![os("req"), os("-nodes")];
+    args.extend(ec);
+    args.extend([
+        os("-subj"),
+        os("/CN=127.0.0.1"),
+        os("-keyout"),
+        key.as_os_str(),
+    ]);
+    args.extend([os("-out"), csr.as_os_str()]);
+    openssl(&args);
+    openssl(&[
+        os("x509"),
+        os("-req"),
+        os("-days"),
+        os("2"),
+        os("-in"),
+        csr.as_os_str(),
+        os("-CA"),
+        ca.as_os_str(),
+        os("-CAkey"),
+        ca_key.as_os_str(),
+        os("-CAcreateserial"),
+        os("-extfile"),
+        ext.as_os_str(),
+        os("-out"),
+        cert.as_os_str(),
+    ]);
+    chown_pg(dir);
+    (ca, cert, key)
 }
 
 /// A program scripts/test.sh installs from Debian packages, found on PATH.
@@ -672,6 +808,22 @@ pub enum Backend {
     Azure,
 }
 
+/// What cairn needs to reach the container on `z` with the account key.
+fn azure_env(z: &AzuriteServer) -> Vec<(String, String)> {
+    let mut env = vec![
+        (
+            "CAIRN_STORAGE".to_string(),
+            format!("az://{AZURITE_ACCOUNT}/{}/cluster-a", z.container),
+        ),
+        ("CAIRN_AZURE_ENDPOINT".into(), z.endpoint()),
+        ("AZURE_STORAGE_KEY".into(), AZURITE_KEY.into()),
+    ];
+    if let Some(ca) = &z.ca {
+        env.push(("SSL_CERT_FILE".into(), ca.display().to_string()));
+    }
+    env
+}
+
 /// What cairn needs to reach `bucket` on the S3 server at `port`.
 fn s3_env(bucket: &str, port: u16) -> Vec<(String, String)> {
     [
@@ -736,14 +888,7 @@ impl Archive {
             }
             Backend::Azure => {
                 let z = AzuriteServer::start();
-                env.extend([
-                    (
-                        "CAIRN_STORAGE".into(),
-                        format!("az://{AZURITE_ACCOUNT}/{}/cluster-a", z.container),
-                    ),
-                    ("CAIRN_AZURE_ENDPOINT".into(), z.endpoint()),
-                    ("AZURE_STORAGE_KEY".into(), AZURITE_KEY.into()),
-                ]);
+                env.extend(azure_env(&z));
                 azure = Some(z);
             }
         }
@@ -756,6 +901,22 @@ impl Archive {
             azure,
             dir,
             _tmp: tmp,
+        }
+    }
+
+    /// An archive on `z`, with the account key (and its CA, over HTTPS).
+    pub fn on_azurite(z: AzuriteServer) -> Self {
+        let mut env = vec![("CAIRN_STORAGE_TIMEOUT".to_string(), "5".to_string())];
+        env.extend(azure_env(&z));
+        Archive {
+            backend: Backend::Azure,
+            env,
+            s3: None,
+            gcs: None,
+            moto: None,
+            azure: Some(z),
+            dir: None,
+            _tmp: TestDir::new(),
         }
     }
 
