@@ -652,3 +652,31 @@ fn a_bucket_in_another_region_is_named_with_its_region() {
         std::fs::read(d.join("pg_wal").join(&name)).unwrap()
     );
 }
+
+/// A machine whose clock is off by more than Azure's 15 minutes: Azure
+/// refuses its Shared Key requests (403 AuthenticationFailed with its own
+/// `Date`); Azurite does not check the date, so the proxy answers as Azure
+/// does. cairn (under libfaketime, two hours ahead) names the clock and by
+/// how much, with wal-push's and wal-fetch's exit statuses; with the right
+/// time the same proxy passes it.
+#[test]
+fn azure_refusing_a_skewed_clock_is_named() {
+    let t = TestDir::new();
+    let d = datadir(&t, Some("recovery.signal"));
+    let name = seg_name(1, 1, 16 * MIB);
+    write_seg(&d, &name, &fake_segment(16 * MIB, 1, 1), false);
+    let a = Archive::new(Backend::Azure);
+    let (proxy, s) = behind_proxy(&a);
+    proxy.inject(Fault::AzureDateWindow, usize::MAX);
+    let skewed = s
+        .clone_with(
+            "LD_PRELOAD",
+            "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1",
+        )
+        .with("FAKETIME", "+2h");
+    let cause = "this machine's clock is 120 minutes ahead of the store's";
+    assert_exit(&push(&skewed, &d, &name), 1, cause);
+    assert_exit(&fetch(&skewed, &d, &name), 128, cause);
+    assert!(a.azure.as_ref().unwrap().blob_names().is_empty());
+    assert_exit(&push(&s, &d, &name), 0, "");
+}

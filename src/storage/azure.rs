@@ -80,6 +80,9 @@ struct Call {
     create_only: bool,
     /// Why getting a token for the call failed, if it did.
     identity: std::sync::Mutex<Option<TokenFailure>>,
+    /// How far the server's clock (its `Date`) is ahead of this machine's,
+    /// in seconds, from the last response.
+    server_ahead: std::sync::Mutex<Option<i64>>,
 }
 
 /// A token request that failed: the identity endpoint's answer or why it
@@ -108,7 +111,15 @@ impl Call {
             code: std::sync::Mutex::new(None),
             create_only,
             identity: std::sync::Mutex::new(None),
+            server_ahead: std::sync::Mutex::new(None),
         })
+    }
+
+    /// Minutes this machine's clock is off the server's when a shared-key
+    /// request was refused for it: Azure accepts 15 either way.
+    fn clock_skew(&self) -> Option<i64> {
+        let ahead = (*self.server_ahead.lock().unwrap_or_else(|p| p.into_inner()))?;
+        (ahead.abs() > 15 * 60).then_some((-ahead as f64 / 60.0).round() as i64)
     }
 
     fn identity_failed(&self, reason: String, transient: bool) {
@@ -235,6 +246,11 @@ impl HttpService for Service {
                 .get("x-ms-error-code")
                 .and_then(|v| v.to_str().ok())
                 .map(str::to_string);
+            *call.server_ahead.lock().unwrap_or_else(|p| p.into_inner()) = response
+                .headers()
+                .get(reqwest::header::DATE)
+                .and_then(|v| v.to_str().ok())
+                .and_then(seconds_ahead);
         }
         let (status, headers) = (response.status(), response.headers().clone());
         let stream = response.bytes_stream().map(move |chunk| {
@@ -306,6 +322,18 @@ async fn token(
     *out.status_mut() = status;
     *out.headers_mut() = headers;
     Ok(out)
+}
+
+/// How many seconds the HTTP date `date` (the server's clock) is ahead of
+/// this machine's.
+fn seconds_ahead(date: &str) -> Option<i64> {
+    let format = time::macros::format_description!(
+        "[weekday repr:short], [day] [month repr:short] [year] [hour]:[minute]:[second] GMT"
+    );
+    let server = time::PrimitiveDateTime::parse(date, format)
+        .ok()?
+        .assume_utc();
+    Some((server - time::OffsetDateTime::now_utc()).whole_seconds())
 }
 
 /// A reqwest failure as the crate's error, by kind (no URL: messages name
@@ -563,6 +591,7 @@ impl AzureStorage {
         }
         let status = call.status();
         let code = call.code();
+        let skew = call.clock_skew();
         let detail = match &code {
             Some(code) => format!("HTTP {status} {code}"),
             None if status > 0 => format!("HTTP {status}: {}", super::concise(&e)),
@@ -596,6 +625,21 @@ impl AzureStorage {
                          that permission?)"
                 ),
             },
+            (403, Some("AuthenticationFailed"), _) if skew.is_some() => {
+                let minutes = skew.unwrap_or_default();
+                StorageError::Permanent {
+                    op,
+                    key,
+                    location,
+                    message: format!(
+                        "{detail}: this machine's clock is {} minutes {} the store's, and Azure \
+                         takes a signed request only within 15 minutes of its own time: set the \
+                         clock right (NTP)",
+                        minutes.abs(),
+                        if minutes > 0 { "ahead of" } else { "behind" }
+                    ),
+                }
+            }
             (403, Some("AuthenticationFailed"), _) => StorageError::Permanent {
                 op,
                 key,

@@ -43,6 +43,12 @@ pub enum Fault {
     /// `x-amz-bucket-region` (bodiless to a HEAD). Passes requests signed for
     /// this region. (No local S3 server checks regions.)
     BucketInRegion(&'static str),
+    /// Answers a connection whose first request's `x-ms-date` (or `Date`) is more than
+    /// 15 minutes from the proxy's clock as Azure answers a Shared Key
+    /// request from a machine whose clock is off: `403
+    /// AuthenticationFailed`, with the server's `Date`. Passes the others.
+    /// (Azurite does not check the date.)
+    AzureDateWindow,
 }
 
 type Plan = Arc<Mutex<VecDeque<(Fault, usize)>>>;
@@ -160,6 +166,37 @@ fn serve(client: TcpStream, upstream: u16, fault: Option<Fault>, stop: Arc<Atomi
             return;
         }
     }
+    if fault == Some(Fault::AzureDateWindow) {
+        let head = first_request_head(&client);
+        let sent = head
+            .lines()
+            .find_map(|l| l.strip_prefix("x-ms-date:").or(l.strip_prefix("date:")))
+            .and_then(http_date);
+        let now = time::OffsetDateTime::now_utc();
+        if sent.is_some_and(|d| (d - now).abs() > time::Duration::minutes(15)) {
+            let date = now
+                .format(&time::format_description::well_known::Rfc2822)
+                .unwrap()
+                .replace("+0000", "GMT");
+            let body = "\u{feff}<?xml version=\"1.0\" encoding=\"utf-8\"?><Error>\
+                        <Code>AuthenticationFailed</Code><Message>Server failed to authenticate \
+                        the request. Make sure the value of Authorization header is formed \
+                        correctly including the signature.</Message><AuthenticationErrorDetail>\
+                        Request date header too old</AuthenticationErrorDetail></Error>";
+            let body = if head.starts_with("head ") { "" } else { body };
+            let mut c = &client;
+            let _ = write!(
+                c,
+                "HTTP/1.1 403 Server failed to authenticate the request.\r\n\
+                 x-ms-error-code: AuthenticationFailed\r\nDate: {date}\r\n\
+                 Content-Type: application/xml\r\nContent-Length: {}\r\n\
+                 Connection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = client.shutdown(Shutdown::Both);
+            return;
+        }
+    }
     if let Some(Fault::NotImplemented(header)) = fault
         && first_request_head(&client).contains(&format!("\r\n{header}:"))
     {
@@ -263,6 +300,27 @@ fn pump(
 
 /// The head of the first request on `client`, in lower case, read without
 /// taking it (empty if none comes).
+/// An HTTP date in lower case (`fri, 04 dec 2026 17:00:00 gmt`, as
+/// [`first_request_head`] gives it).
+fn http_date(d: &str) -> Option<time::OffsetDateTime> {
+    const MONTHS: [&str; 12] = [
+        "jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec",
+    ];
+    let f: Vec<&str> = d.trim().split([' ', ':']).collect();
+    let [_, day, month, year, h, m, sec, "gmt"] = f[..] else {
+        return None;
+    };
+    let month = MONTHS.iter().position(|n| *n == month)? as u8 + 1;
+    let date = time::Date::from_calendar_date(
+        year.parse().ok()?,
+        time::Month::try_from(month).ok()?,
+        day.parse().ok()?,
+    )
+    .ok()?;
+    let t = time::Time::from_hms(h.parse().ok()?, m.parse().ok()?, sec.parse().ok()?).ok()?;
+    Some(time::PrimitiveDateTime::new(date, t).assume_utc())
+}
+
 fn first_request_head(client: &TcpStream) -> String {
     let _ = client.set_read_timeout(Some(Duration::from_secs(5)));
     let mut buf = vec![0u8; 16 << 10];
