@@ -680,3 +680,40 @@ fn azure_refusing_a_skewed_clock_is_named() {
     assert!(a.azure.as_ref().unwrap().blob_names().is_empty());
     assert_exit(&push(&s, &d, &name), 0, "");
 }
+
+/// An upload damaged on the way (one bit of its body flipped between cairn
+/// and the server) is refused by the server and sent again, never stored
+/// damaged: on plain HTTP without checksums by the SHA-256 the signature
+/// carries, with checksums (when_supported, where cairn leaves the payload
+/// out of the signature) by the CRC32 each upload carries.
+#[test]
+fn an_upload_damaged_on_the_way_is_never_stored() {
+    for checksum in ["when_required", "when_supported"] {
+        let t = TestDir::new();
+        let d = datadir(&t, Some("recovery.signal"));
+        let name = seg_name(1, 1, 16 * MIB);
+        write_seg(&d, &name, &fake_segment(16 * MIB, 1, 1), false);
+        let a = Archive::new(Backend::S3).with("CAIRN_S3_CHECKSUM", checksum);
+        let (proxy, s) = behind_proxy(&a);
+        proxy.inject(Fault::FlipRequestByte(MIB as u64), 1);
+        let out = push(&s.clone_with("CAIRN_LOG_LEVEL", "debug"), &d, &name);
+        assert_exit(&out, 0, "");
+        // AWS answers a SHA-256 mismatch with XAmzContentSHA256Mismatch,
+        // s3s-fs with a 500; a CRC32 mismatch with BadDigest, as AWS.
+        let refusal = match checksum {
+            "when_required" => "InternalError",
+            _ => "BadDigest",
+        };
+        assert!(
+            stderr(&out).contains(refusal) && stderr(&out).contains("retrying"),
+            "{checksum}: the damaged upload was not refused and sent again: {}",
+            stderr(&out)
+        );
+        assert_exit(&fetch(&a, &d, &name), 0, "");
+        assert!(
+            std::fs::read(d.join("pg_wal/RECOVERYXLOG")).unwrap()
+                == std::fs::read(d.join("pg_wal").join(&name)).unwrap(),
+            "{checksum}: the archived copy is not the segment"
+        );
+    }
+}

@@ -17,6 +17,7 @@ use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::ByteStream as SdkBody;
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart, Delete, ObjectIdentifier};
 use bytes::Bytes;
+use futures::future::Either;
 
 use super::watch::{Progress, Sliced};
 use super::{
@@ -43,6 +44,9 @@ pub struct S3Storage {
     /// The region requests are signed for, for messages about a bucket
     /// that lives in another.
     region: String,
+    /// Whether upload bodies are part of the signature (SHA-256 of every
+    /// byte, on both sides): only where nothing else protects them.
+    sign_payload: bool,
 }
 
 /// Whether an upload's answer says the server does not implement conditional writes.
@@ -159,10 +163,19 @@ impl S3Storage {
             .load()
             .await;
         use aws_sdk_s3::config::{RequestChecksumCalculation, ResponseChecksumValidation};
-        let (request, response) = match opts
+        let checksum = opts
             .s3_checksum
-            .unwrap_or_else(|| super::S3Checksum::for_endpoint(opts.s3_endpoint.as_deref()))
-        {
+            .unwrap_or_else(|| super::S3Checksum::for_endpoint(opts.s3_endpoint.as_deref()));
+        // An upload body needs its SHA-256 in the signature only on plain
+        // HTTP without a checksum: TLS, or the CRC32 each upload then
+        // carries, already makes the server refuse damaged bytes (AWS's own
+        // CLI sends unsigned payloads over HTTPS for the same reason).
+        let tls = opts
+            .s3_endpoint
+            .as_deref()
+            .is_none_or(|e| e.starts_with("https://"));
+        let sign_payload = !tls && checksum == super::S3Checksum::WhenRequired;
+        let (request, response) = match checksum {
             super::S3Checksum::WhenSupported => (
                 RequestChecksumCalculation::WhenSupported,
                 ResponseChecksumValidation::WhenSupported,
@@ -193,6 +206,7 @@ impl S3Storage {
             idle: opts.idle_timeout,
             conditional: AtomicBool::new(opts.s3_conditional_create),
             region: region_name,
+            sign_payload,
         })
     }
 
@@ -275,7 +289,15 @@ impl S3Storage {
             SdkError::TimeoutError(_)
             | SdkError::DispatchFailure(_)
             | SdkError::ResponseError(_) => true,
-            SdkError::ServiceError(_) => matches!(status, Some(408 | 429 | 500..=599)),
+            // A body that does not match its checksum or signed SHA-256 was
+            // damaged on the way: sent again, it arrives whole.
+            SdkError::ServiceError(_) => {
+                matches!(status, Some(408 | 429 | 500..=599))
+                    || matches!(
+                        code.as_deref(),
+                        Some("BadDigest" | "XAmzContentSHA256Mismatch")
+                    )
+            }
             _ => false,
         };
         // AWS names the bucket's region when a request went to another's
@@ -397,7 +419,12 @@ impl S3Storage {
                 if conditional {
                     req = req.if_none_match("*");
                 }
-                match self.watched("put", key, &progress, req.send()).await? {
+                let sent = if self.sign_payload {
+                    Either::Left(req.send())
+                } else {
+                    Either::Right(req.customize().disable_payload_signing().send())
+                };
+                match self.watched("put", key, &progress, sent).await? {
                     Ok(_) => Ok(()),
                     Err(e) if conditional && lacks_conditional(&e) => {
                         Err(self.without_conditional("put", key).await)
@@ -457,8 +484,12 @@ impl S3Storage {
                         .key(&full)
                         .upload_id(&upload_id)
                         .part_number(number)
-                        .body(Self::body(chunk.clone(), &progress))
-                        .send();
+                        .body(Self::body(chunk.clone(), &progress));
+                    let req = if self.sign_payload {
+                        Either::Left(req.send())
+                    } else {
+                        Either::Right(req.customize().disable_payload_signing().send())
+                    };
                     match self.watched("upload part of", key, &progress, req).await? {
                         Ok(out) => Ok(out),
                         Err(e) => Err(self.upload_error("upload part of", key, e).await),

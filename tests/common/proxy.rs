@@ -49,6 +49,10 @@ pub enum Fault {
     /// AuthenticationFailed`, with the server's `Date`. Passes the others.
     /// (Azurite does not check the date.)
     AzureDateWindow,
+    /// Flips one bit of the byte at this offset of the client's request
+    /// (an upload's body, past its head), as a faulty NIC or middlebox
+    /// would, and passes everything else.
+    FlipRequestByte(u64),
 }
 
 type Plan = Arc<Mutex<VecDeque<(Fault, usize)>>>;
@@ -278,6 +282,12 @@ fn pump(
         match from.read(&mut buf[..want]) {
             Ok(0) => break,
             Ok(n) => {
+                if let Some(Fault::FlipRequestByte(at)) = fault
+                    && !response
+                    && (sent..sent + n as u64).contains(&at)
+                {
+                    buf[(at - sent) as usize] ^= 0x10;
+                }
                 if to.write_all(&buf[..n]).is_err() {
                     break;
                 }
