@@ -235,9 +235,21 @@ fn gcs_with_a_service_account_key_file() {
         &path_str(&missing),
     );
     refused(&wal_push(&t, &no_key), &path_str(&missing));
+    let with_key = gated.clone_with("GOOGLE_APPLICATION_CREDENTIALS", &path_str(&key_file));
+    // A clock two hours ahead (libfaketime): the key file's assertion is
+    // dated outside what the token endpoint takes.
+    let skewed = with_key
+        .clone_with(
+            "LD_PRELOAD",
+            "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1",
+        )
+        .with("FAKETIME", "+2h");
+    let o = skewed.cairn(&["backup-list"], t.path());
+    refused(&o, "Invalid JWT");
+    refused(&o, "clock is off");
+    refused(&wal_push(&t, &skewed), "clock is off");
     nothing_written_to_gcs(&a);
 
-    let with_key = gated.clone_with("GOOGLE_APPLICATION_CREDENTIALS", &path_str(&key_file));
     archives_and_backs_up(&t, &with_key);
     assert!(id.count("/token") > 0);
 }

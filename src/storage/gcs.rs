@@ -98,7 +98,16 @@ impl GcsStorage {
             match tokio::time::timeout(Duration::from_secs(5), config.with_auth()).await {
                 Ok(Ok(c)) => c,
                 Ok(Err(e)) => {
-                    let e = super::concise(&e);
+                    // The assertion a key file signs is dated by this
+                    // machine's clock; Google refuses one far from its own.
+                    let e = if crate::error_chain(&e).contains("iat and exp") {
+                        "the token endpoint refused the signed assertion as dated outside a \
+                         reasonable timeframe (invalid_grant: Invalid JWT): this machine's clock \
+                         is off, set it right (NTP)"
+                            .to_string()
+                    } else {
+                        super::concise(&e)
+                    };
                     return Err(fail(match (&key_file, metadata_host) {
                         (Some(path), _) => format!(
                             "no access token for the service-account key file {} \

@@ -7,7 +7,7 @@
 //! - the GCE metadata server's access tokens (GKE Workload Identity), GET
 //!   with `Metadata-Flavor: Google`;
 //! - Google's OAuth 2.0 token endpoint for service-account key files (a
-//!   signed JWT assertion, RFC 7523);
+//!   signed JWT assertion, RFC 7523, dated within minutes of its clock);
 //! - Microsoft Entra ID's token endpoint, `POST /{tenant}/oauth2/v2.0/token`
 //!   with a federated client assertion (AKS Workload Identity: the pod's
 //!   projected service-account token);
@@ -358,6 +358,21 @@ fn serve(c: TcpStream, log: &Mutex<Vec<String>>, key: &str, secret: &str) {
                     "400 Bad Request",
                     "application/json",
                     "{\"error\":\"invalid_grant\",\"error_description\":\"Invalid JWT\"}",
+                );
+            }
+            // The assertion's times come from the client's clock; Google
+            // takes them only near its own.
+            let claims = claims(&assertion).unwrap_or_default();
+            let (iat, exp) = (claims["iat"].as_i64(), claims["exp"].as_i64());
+            let now = now();
+            if iat.is_none_or(|iat| (iat - now).abs() > 300) || exp.is_none_or(|exp| exp < now) {
+                return respond(
+                    &c,
+                    "400 Bad Request",
+                    "application/json",
+                    "{\"error\":\"invalid_grant\",\"error_description\":\"Invalid JWT: Token \
+                     must be a short-lived token (60 minutes) and in a reasonable timeframe. \
+                     Check your iat and exp values in the JWT claim.\"}",
                 );
             }
             let body = format!(
