@@ -87,13 +87,20 @@ impl Indexed {
             for _ in 0..threads.max(1) {
                 scope.spawn(|| {
                     let mut buf = vec![0u8; UNIT as usize];
+                    // The file of this thread's last unit: a file's units
+                    // come in order, so most are read through one open.
+                    let mut open: Option<((usize, usize), Option<fs::File>)> = None;
                     loop {
                         let i = next.fetch_add(1, Ordering::Relaxed);
                         let Some(&(p, f, u)) = items.get(i) else {
                             break;
                         };
                         let file = &self.parts[p].files[f];
-                        if !holds_unit(file, u, &mut buf) {
+                        if open.as_ref().is_none_or(|(at, _)| *at != (p, f)) {
+                            open = Some(((p, f), fs::File::open(&file.target).ok()));
+                        }
+                        let local = open.as_ref().and_then(|(_, h)| h.as_ref());
+                        if !local.is_some_and(|h| holds_unit(file, h, u, &mut buf)) {
                             differing
                                 .lock()
                                 .unwrap_or_else(|e| e.into_inner())
@@ -156,12 +163,9 @@ impl Indexed {
     }
 }
 
-/// Whether unit `u` of the local file holds the backup's bytes (for a small
-/// file: the whole file). Any read failure means it does not.
-fn holds_unit(file: &LocalFile, u: u64, buf: &mut [u8]) -> bool {
-    let Ok(f) = fs::File::open(&file.target) else {
-        return false;
-    };
+/// Whether unit `u` of the local file `f` holds the backup's bytes (for a
+/// small file: the whole file). Any read failure means it does not.
+fn holds_unit(file: &LocalFile, f: &fs::File, u: u64, buf: &mut [u8]) -> bool {
     if file.units.is_empty() {
         if !f
             .metadata()
