@@ -180,6 +180,10 @@ impl Storage for FaultyStorage {
         self.inner.put_buffering(size)
     }
 
+    fn reads_ahead(&self) -> usize {
+        self.inner.reads_ahead()
+    }
+
     async fn put(&self, key: &ObjectKey, body: PutBody, mode: PutMode) -> Result<(), StorageError> {
         self.call(Op::Put, key.as_str()).await?;
         self.inner.put(key, body, mode).await

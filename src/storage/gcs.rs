@@ -336,6 +336,10 @@ impl Storage for GcsStorage {
         Upload::buffering(self.part_size, size)
     }
 
+    fn reads_ahead(&self) -> usize {
+        super::windowed::READS_AHEAD
+    }
+
     async fn put(&self, key: &ObjectKey, body: PutBody, mode: PutMode) -> Result<(), StorageError> {
         if mode == PutMode::CreateIfAbsent && self.head(key).await?.is_some() {
             return Err(StorageError::AlreadyExists {

@@ -15,11 +15,22 @@ use super::{ByteStream, ObjectKey, ObjectMeta, PutBody, PutMode, Storage, Storag
 #[derive(Debug, Default)]
 pub struct MemoryStorage {
     objects: Mutex<BTreeMap<ObjectKey, (Bytes, SystemTime)>>,
+    /// What [`Storage::reads_ahead`] says (0: the default, 1).
+    reads_ahead: usize,
 }
 
 impl MemoryStorage {
     pub fn new() -> MemoryStorage {
         MemoryStorage::default()
+    }
+
+    /// A store that asks for `n` ranged reads in flight, as network
+    /// backends do, for tests of [`super::windowed`].
+    pub fn reading_ahead(n: usize) -> MemoryStorage {
+        MemoryStorage {
+            reads_ahead: n,
+            ..MemoryStorage::default()
+        }
     }
 
     fn objects(&self) -> std::sync::MutexGuard<'_, BTreeMap<ObjectKey, (Bytes, SystemTime)>> {
@@ -49,6 +60,10 @@ impl Storage for MemoryStorage {
 
     fn put_buffering(&self, size: u64) -> u64 {
         size
+    }
+
+    fn reads_ahead(&self) -> usize {
+        self.reads_ahead.max(1)
     }
 
     async fn put(&self, key: &ObjectKey, body: PutBody, mode: PutMode) -> Result<(), StorageError> {

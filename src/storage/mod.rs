@@ -16,6 +16,7 @@ pub mod resume;
 pub mod retry;
 pub mod s3;
 pub mod watch;
+pub mod windowed;
 
 use std::fmt;
 use std::pin::Pin;
@@ -162,6 +163,12 @@ pub trait Storage: Send + Sync + fmt::Debug {
     /// memory at once (a whole object or a part buffered for upload), so that
     /// callers running several puts can keep within a memory budget.
     fn put_buffering(&self, size: u64) -> u64;
+
+    /// How many ranged reads of one large object are worth having in flight
+    /// ([`windowed`]): 1 where one stream is as fast (a local disk).
+    fn reads_ahead(&self) -> usize {
+        1
+    }
 
     /// Stores `body` under `key`; the object is visible only once complete.
     async fn put(&self, key: &ObjectKey, body: PutBody, mode: PutMode) -> Result<(), StorageError>;

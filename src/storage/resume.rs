@@ -49,6 +49,10 @@ impl Storage for Resuming {
         self.inner.put_buffering(size)
     }
 
+    fn reads_ahead(&self) -> usize {
+        self.inner.reads_ahead()
+    }
+
     async fn put(&self, key: &ObjectKey, body: PutBody, mode: PutMode) -> Result<(), StorageError> {
         self.inner.put(key, body, mode).await
     }

@@ -564,6 +564,10 @@ impl Storage for S3Storage {
         Upload::buffering(self.part_size, size)
     }
 
+    fn reads_ahead(&self) -> usize {
+        super::windowed::READS_AHEAD
+    }
+
     async fn put(&self, key: &ObjectKey, body: PutBody, mode: PutMode) -> Result<(), StorageError> {
         let key = key.as_str();
         match Upload::of(body, self.part_size, key, &self.location).await? {

@@ -18,7 +18,7 @@ use crate::archive::keys;
 use crate::archive::manifest::{FileEntry, PartEntry};
 use crate::codec::{CodecError, Decoder, Keyring, PipeWriter, hex, pipe};
 use crate::pg::page::PAGE_SIZE;
-use crate::storage::StorageError;
+use crate::storage::{StorageError, windowed};
 
 /// What every part's extraction of one restore shares.
 pub struct Job {
@@ -50,7 +50,8 @@ pub async fn extract_part(
         ..
     } = work;
     let key = keys::part(backup, &part.key)?;
-    let stream = match ctx.storage.get(&key).await {
+    // Several ranged reads in flight on a network store, one stream on disk.
+    let stream = match windowed::get(ctx.storage.clone(), &key, part.stored_size).await {
         Ok(s) => s,
         Err(StorageError::NotFound { .. }) => {
             return Err(BackupError::MissingPart {
