@@ -33,7 +33,8 @@ if [ ! -x "$TOOLS/gcs-venv/bin/gcp-storage-emulator" ]; then
 fi
 
 # A second S3 implementation: moto's server mode, in its own virtualenv, at a
-# pinned version. It enforces If-None-Match atomically (racing writers too).
+# pinned version. It refuses If-None-Match creates over existing objects
+# (checked before it stores, without a lock: not under races).
 MOTO_VERSION=5.2.5
 if [ "$("$TOOLS/moto-venv/bin/python" -c 'import moto; print(moto.__version__)' 2>/dev/null)" != "$MOTO_VERSION" ]; then
   echo "test.sh: installing moto $MOTO_VERSION"

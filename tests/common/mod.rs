@@ -317,8 +317,9 @@ impl Drop for Daemon {
 }
 
 /// A second, independent S3 implementation: moto's server mode (PyPI), in
-/// memory, with one bucket. Unlike s3s-fs it enforces `If-None-Match: *`
-/// atomically, racing writers included; it does not check signatures.
+/// memory, with one bucket. It refuses `If-None-Match: *` over an existing
+/// object, but checks before it stores without a lock, so racing writers
+/// can both pass; it does not check signatures.
 pub struct MotoServer {
     _daemon: Daemon,
     pub port: u16,
