@@ -345,7 +345,9 @@ if [[ $ONLY_BASELINES != 1 ]]; then
   moto_start
   echo "$MOTO_PORT" >"$WORK/moto-port"
   push m-lz4 "cairn moto" "lz4" "s3://$MOTO_BUCKET/lz4" "" CAIRN_COMPRESSION=lz4
-  fetch m-fetch "cairn moto" "lz4 (by name)" "s3://$MOTO_BUCKET/lz4" "${BACKUP_NAME[m-lz4]}"
+  # moto serves a ranged GET by copying the whole object: one stream per part.
+  fetch m-fetch "cairn moto" "lz4 (by name), 1 read per part" "s3://$MOTO_BUCKET/lz4" "${BACKUP_NAME[m-lz4]}" \
+    CAIRN_STORAGE_PARALLEL_READS=1
   rm "$WORK/moto-port"
   moto_stop
   # Azure Blob Storage (Azurite: one Node.js process, on disk); the WAL goes

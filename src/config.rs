@@ -86,6 +86,8 @@ pub struct Config {
     /// abandoned (and retried while `storage_timeout` allows).
     pub storage_idle_timeout: Duration,
     pub upload_part_size: usize,
+    /// Ranged reads of one large object in flight on a network store.
+    pub storage_parallel_reads: usize,
     pub wal_push_lookahead: usize,
     pub wal_fetch_prefetch: usize,
     /// Where wal-fetch's prefetch worker keeps segments downloaded ahead
@@ -155,6 +157,7 @@ impl Default for Config {
             storage_timeout: Duration::from_secs(60),
             storage_idle_timeout: Duration::from_secs(30),
             upload_part_size: 32 << 20,
+            storage_parallel_reads: crate::storage::windowed::READS_AHEAD,
             wal_push_lookahead: 8,
             wal_fetch_prefetch: 8,
             wal_fetch_spool: None,
@@ -302,6 +305,9 @@ impl Config {
             }
             "upload_part_size" => {
                 self.upload_part_size = number(v, 5 << 20, 5 << 30).map_err(bad)? as usize
+            }
+            "storage_parallel_reads" => {
+                self.storage_parallel_reads = number(v, 1, 64).map_err(bad)? as usize
             }
             "wal_push_lookahead" => {
                 self.wal_push_lookahead = number(v, 0, 256).map_err(bad)? as usize
@@ -461,6 +467,7 @@ impl Config {
             azure_endpoint: self.azure_endpoint.clone(),
             azure_secrets: crate::storage::AzureSecrets::from_env(),
             part_size: self.upload_part_size,
+            parallel_reads: self.storage_parallel_reads,
         }
     }
 }
@@ -759,6 +766,7 @@ mod tests {
         assert_eq!(c.zstd_level, d.zstd_level);
         assert_eq!(c.storage_timeout, d.storage_timeout);
         assert_eq!(c.upload_part_size, d.upload_part_size);
+        assert_eq!(c.storage_parallel_reads, d.storage_parallel_reads);
         assert_eq!(c.wal_push_lookahead, d.wal_push_lookahead);
         assert_eq!(c.wal_fetch_prefetch, d.wal_fetch_prefetch);
         assert_eq!(c.backup_part_size, d.backup_part_size);

@@ -56,6 +56,8 @@ pub struct AzureStorage {
     retry: RetryPolicy,
     part_size: usize,
     idle: Duration,
+    /// Ranged reads of one large object in flight (`storage_parallel_reads`).
+    parallel_reads: usize,
     /// Which credential the requests carry, for messages.
     credential: String,
 }
@@ -531,6 +533,7 @@ impl AzureStorage {
             location,
             retry: opts.retry,
             part_size: opts.part_size,
+            parallel_reads: opts.parallel_reads,
             idle: opts.idle_timeout,
             credential,
         })
@@ -766,7 +769,7 @@ impl Storage for AzureStorage {
     }
 
     fn reads_ahead(&self) -> usize {
-        super::windowed::READS_AHEAD
+        self.parallel_reads
     }
 
     async fn put(&self, key: &ObjectKey, body: PutBody, mode: PutMode) -> Result<(), StorageError> {

@@ -37,6 +37,8 @@ pub struct GcsStorage {
     part_size: usize,
     /// A request that makes no progress for this long is abandoned.
     idle: Duration,
+    /// Ranged reads of one large object in flight (`storage_parallel_reads`).
+    parallel_reads: usize,
 }
 
 impl std::fmt::Debug for GcsStorage {
@@ -141,6 +143,7 @@ impl GcsStorage {
             location,
             retry: opts.retry,
             part_size: (opts.part_size / CHUNK_UNIT).max(1) * CHUNK_UNIT,
+            parallel_reads: opts.parallel_reads,
             idle: opts.idle_timeout,
         })
     }
@@ -337,7 +340,7 @@ impl Storage for GcsStorage {
     }
 
     fn reads_ahead(&self) -> usize {
-        super::windowed::READS_AHEAD
+        self.parallel_reads
     }
 
     async fn put(&self, key: &ObjectKey, body: PutBody, mode: PutMode) -> Result<(), StorageError> {

@@ -241,6 +241,9 @@ pub struct StorageOptions {
     pub azure_secrets: AzureSecrets,
     /// Bodies larger than this go up in parts (S3 multipart, GCS resumable chunks).
     pub part_size: usize,
+    /// Ranged reads of one large object in flight ([`windowed`]); 1: one
+    /// stream, for servers that serve a range by reading the whole object.
+    pub parallel_reads: usize,
 }
 
 impl Default for StorageOptions {
@@ -257,6 +260,7 @@ impl Default for StorageOptions {
             azure_endpoint: None,
             azure_secrets: AzureSecrets::default(),
             part_size: 32 << 20,
+            parallel_reads: windowed::READS_AHEAD,
         }
     }
 }

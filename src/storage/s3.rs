@@ -47,6 +47,8 @@ pub struct S3Storage {
     /// Whether upload bodies are part of the signature (SHA-256 of every
     /// byte, on both sides): only where nothing else protects them.
     sign_payload: bool,
+    /// Ranged reads of one large object in flight (`storage_parallel_reads`).
+    parallel_reads: usize,
 }
 
 /// Whether an upload's answer says the server does not implement conditional writes.
@@ -199,6 +201,7 @@ impl S3Storage {
             location,
             retry: opts.retry,
             part_size: opts.part_size.max(5 << 20),
+            parallel_reads: opts.parallel_reads,
             endpoint: opts
                 .s3_endpoint
                 .clone()
@@ -565,7 +568,7 @@ impl Storage for S3Storage {
     }
 
     fn reads_ahead(&self) -> usize {
-        super::windowed::READS_AHEAD
+        self.parallel_reads
     }
 
     async fn put(&self, key: &ObjectKey, body: PutBody, mode: PutMode) -> Result<(), StorageError> {

@@ -17,7 +17,8 @@ use super::{ByteStream, ObjectKey, Storage, StorageError};
 /// MiB of memory.
 pub const WINDOW: u64 = 8 << 20;
 
-/// Windows in flight per object on a network store.
+/// Windows in flight per object on a network store, by default
+/// (`storage_parallel_reads`).
 pub const READS_AHEAD: usize = 4;
 
 /// Streams the object `key` of `size` bytes (its stored size, from a
