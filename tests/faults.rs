@@ -695,7 +695,8 @@ fn an_upload_damaged_on_the_way_is_never_stored() {
         write_seg(&d, &name, &fake_segment(16 * MIB, 1, 1), false);
         let a = Archive::new(Backend::S3).with("CAIRN_S3_CHECKSUM", checksum);
         let (proxy, s) = behind_proxy(&a);
-        proxy.inject(Fault::FlipRequestByte(MIB as u64), 1);
+        // Every connection: whichever carries the upload gets the flip.
+        proxy.inject(Fault::FlipRequestByte(MIB as u64), usize::MAX);
         let out = push(&s.clone_with("CAIRN_LOG_LEVEL", "debug"), &d, &name);
         assert_exit(&out, 0, "");
         // AWS answers a SHA-256 mismatch with XAmzContentSHA256Mismatch,

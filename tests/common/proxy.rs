@@ -49,9 +49,10 @@ pub enum Fault {
     /// AuthenticationFailed`, with the server's `Date`. Passes the others.
     /// (Azurite does not check the date.)
     AzureDateWindow,
-    /// Flips one bit of the byte at this offset of the client's request
-    /// (an upload's body, past its head), as a faulty NIC or middlebox
-    /// would, and passes everything else.
+    /// Flips one bit of the byte at this offset of a connection's request
+    /// stream (an upload's body, past its head), as a faulty NIC or
+    /// middlebox would: once, on the first connection to reach it, however
+    /// many connections the fault applies to; passes everything else.
     FlipRequestByte(u64),
 }
 
@@ -73,6 +74,8 @@ impl FaultProxy {
         let plan: Plan = Arc::new(Mutex::new(VecDeque::new()));
         let stop = Arc::new(AtomicBool::new(false));
         let (p, s) = (plan.clone(), stop.clone());
+        // Whether a `FlipRequestByte` has flipped its byte.
+        let f = Arc::new(AtomicBool::new(false));
         let accept = std::thread::spawn(move || {
             while !s.load(Ordering::Relaxed) {
                 match listener.accept() {
@@ -88,7 +91,8 @@ impl FaultProxy {
                             })
                         };
                         let stop = s.clone();
-                        std::thread::spawn(move || serve(client, upstream, fault, stop));
+                        let flipped = f.clone();
+                        std::thread::spawn(move || serve(client, upstream, fault, stop, flipped));
                     }
                     Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
                         std::thread::sleep(Duration::from_millis(5))
@@ -130,7 +134,13 @@ impl Drop for FaultProxy {
     }
 }
 
-fn serve(client: TcpStream, upstream: u16, fault: Option<Fault>, stop: Arc<AtomicBool>) {
+fn serve(
+    client: TcpStream,
+    upstream: u16,
+    fault: Option<Fault>,
+    stop: Arc<AtomicBool>,
+    flipped: Arc<AtomicBool>,
+) {
     if fault == Some(Fault::Refuse) {
         reset(&client);
         return;
@@ -225,8 +235,16 @@ fn serve(client: TcpStream, upstream: u16, fault: Option<Fault>, stop: Arc<Atomi
     // Either side ending ends the connection (a stalled direction included).
     let done = Arc::new(AtomicBool::new(false));
     let (stop2, done2) = (stop.clone(), done.clone());
-    let up = std::thread::spawn(move || pump(c2, s2, fault, false, stop2, done2));
-    pump(server, client, fault, true, stop, done);
+    let up = std::thread::spawn(move || pump(c2, s2, fault, false, stop2, done2, &flipped));
+    pump(
+        server,
+        client,
+        fault,
+        true,
+        stop,
+        done,
+        &AtomicBool::new(true),
+    );
     let _ = up.join();
 }
 
@@ -238,6 +256,7 @@ fn pump(
     response: bool,
     stop: Arc<AtomicBool>,
     done: Arc<AtomicBool>,
+    flipped: &AtomicBool,
 ) {
     from.set_read_timeout(Some(Duration::from_millis(100)))
         .unwrap();
@@ -285,6 +304,7 @@ fn pump(
                 if let Some(Fault::FlipRequestByte(at)) = fault
                     && !response
                     && (sent..sent + n as u64).contains(&at)
+                    && !flipped.swap(true, Ordering::Relaxed)
                 {
                     buf[(at - sent) as usize] ^= 0x10;
                 }
