@@ -222,6 +222,15 @@ fn a_damaged_archived_copy_is_replaced_by_the_good_one() {
 }
 
 /// The same archive reached through a fault proxy.
+/// A data directory in recovery (`recovery.signal`) with one 16 MiB
+/// segment of timeline 1 in pg_wal, and its name.
+fn recovering_with_one_segment(t: &TestDir) -> (std::path::PathBuf, String) {
+    let d = datadir(t, Some("recovery.signal"));
+    let name = seg_name(1, 1, 16 * MIB);
+    write_seg(&d, &name, &fake_segment(16 * MIB, 1, 1), false);
+    (d, name)
+}
+
 fn behind_proxy(a: &Archive) -> (FaultProxy, Archive) {
     let (port, var, path) = match a.backend {
         Backend::S3 => (a.s3.as_ref().unwrap().port, "CAIRN_S3_ENDPOINT", ""),
@@ -337,9 +346,7 @@ fn stalled_and_broken_connections_azure() {
 #[test]
 fn a_malformed_endpoint_is_a_configuration_error_at_once() {
     let t = TestDir::new();
-    let d = datadir(&t, Some("recovery.signal"));
-    let name = seg_name(1, 1, 16 * MIB);
-    write_seg(&d, &name, &fake_segment(16 * MIB, 1, 1), false);
+    let (d, name) = recovering_with_one_segment(&t);
     let a = Archive::new(Backend::S3);
     let port = a.s3.as_ref().unwrap().port;
     let bad = a.clone_with("CAIRN_S3_ENDPOINT", &format!("127.0.0.1:{port}"));
@@ -389,9 +396,7 @@ fn a_killed_writers_leftovers_are_garbage_a_live_ones_are_not() {
 #[test]
 fn errors_name_the_storage_s_real_cause() {
     let t = TestDir::new();
-    let d = datadir(&t, Some("recovery.signal"));
-    let name = seg_name(1, 1, 16 * MIB);
-    write_seg(&d, &name, &fake_segment(16 * MIB, 1, 1), false);
+    let (d, name) = recovering_with_one_segment(&t);
     // A full disk.
     let full = Tmpfs::mount(&t.path().join("full"), "4m");
     let a = Archive::new(Backend::File)
@@ -501,9 +506,7 @@ fn two_racing_writers_of_one_name_never_both_succeed() {
 #[test]
 fn azure_bad_credentials_and_containers_are_named() {
     let t = TestDir::new();
-    let d = datadir(&t, Some("recovery.signal"));
-    let name = seg_name(1, 1, 16 * MIB);
-    write_seg(&d, &name, &fake_segment(16 * MIB, 1, 1), false);
+    let (d, name) = recovering_with_one_segment(&t);
     let a = Archive::new(Backend::Azure);
     let server = a.azure.as_ref().unwrap();
     let nothing_written = || {
@@ -622,9 +625,7 @@ fn a_server_without_conditional_writes_is_named_or_asked_first_by_setting() {
 #[test]
 fn a_bucket_in_another_region_is_named_with_its_region() {
     let t = TestDir::new();
-    let d = datadir(&t, Some("recovery.signal"));
-    let name = seg_name(1, 1, 16 * MIB);
-    write_seg(&d, &name, &fake_segment(16 * MIB, 1, 1), false);
+    let (d, name) = recovering_with_one_segment(&t);
     let a = Archive::new(Backend::S3);
     let (proxy, s) = behind_proxy(&a);
     proxy.inject(Fault::BucketInRegion("eu-west-1"), usize::MAX);
@@ -662,9 +663,7 @@ fn a_bucket_in_another_region_is_named_with_its_region() {
 #[test]
 fn azure_refusing_a_skewed_clock_is_named() {
     let t = TestDir::new();
-    let d = datadir(&t, Some("recovery.signal"));
-    let name = seg_name(1, 1, 16 * MIB);
-    write_seg(&d, &name, &fake_segment(16 * MIB, 1, 1), false);
+    let (d, name) = recovering_with_one_segment(&t);
     let a = Archive::new(Backend::Azure);
     let (proxy, s) = behind_proxy(&a);
     proxy.inject(Fault::AzureDateWindow, usize::MAX);
@@ -690,9 +689,7 @@ fn azure_refusing_a_skewed_clock_is_named() {
 fn an_upload_damaged_on_the_way_is_never_stored() {
     for checksum in ["when_required", "when_supported"] {
         let t = TestDir::new();
-        let d = datadir(&t, Some("recovery.signal"));
-        let name = seg_name(1, 1, 16 * MIB);
-        write_seg(&d, &name, &fake_segment(16 * MIB, 1, 1), false);
+        let (d, name) = recovering_with_one_segment(&t);
         let a = Archive::new(Backend::S3).with("CAIRN_S3_CHECKSUM", checksum);
         let (proxy, s) = behind_proxy(&a);
         // Every connection: whichever carries the upload gets the flip.

@@ -63,6 +63,17 @@ fn azure_opts(server: &AzuriteServer) -> StorageOptions {
     }
 }
 
+/// Options for Azurite with a container SAS of `permissions` instead of the key.
+fn azure_sas_opts(server: &AzuriteServer, permissions: &str) -> StorageOptions {
+    StorageOptions {
+        azure_secrets: AzureSecrets {
+            sas: Some(server.container_sas(permissions)),
+            ..AzureSecrets::default()
+        },
+        ..azure_opts(server)
+    }
+}
+
 fn azure_url(server: &AzuriteServer, prefix: &str) -> StorageUrl {
     StorageUrl::Azure {
         account: common::AZURITE_ACCOUNT.into(),
@@ -532,13 +543,7 @@ fn main() {
                 // List (signed anew with the key), so racing commits leave
                 // one winner too; and so with a SAS, which signs no headers.
                 eight_racing_creates(&s, &key("wal/contested-blocks"), 3 * PART + 1, 8).await;
-                let sas = StorageOptions {
-                    azure_secrets: AzureSecrets {
-                        sas: Some(server.container_sas("racwl")),
-                        ..AzureSecrets::default()
-                    },
-                    ..azure_opts(&server)
-                };
+                let sas = azure_sas_opts(&server, "racwl");
                 let s = storage::open(&azure_url(&server, "race-sas/"), &sas)
                     .await
                     .unwrap();
@@ -601,13 +606,7 @@ fn main() {
                 );
                 // A SAS that may read and list, not write: refused by name,
                 // nothing stored.
-                let read_only = StorageOptions {
-                    azure_secrets: AzureSecrets {
-                        sas: Some(server.container_sas("rl")),
-                        ..AzureSecrets::default()
-                    },
-                    ..azure_opts(&server)
-                };
+                let read_only = azure_sas_opts(&server, "rl");
                 let s = storage::open(&azure_url(&server, "ro/"), &read_only)
                     .await
                     .unwrap();
