@@ -60,16 +60,64 @@ impl FrameCuts {
 /// The compressing stage of a framed encoder: buffers a frame's plain bytes,
 /// then writes them as one complete compression frame.
 pub(super) struct Framed<W: Write> {
-    out: W,
-    /// Compressed bytes written to `out`.
-    stored: u64,
-    compression: Compression,
-    zstd: Option<zstd::bulk::Compressor<'static>>,
+    sink: Sink<W>,
     cuts: Arc<FrameCuts>,
     /// Plain bytes of the frame being filled, which starts at `start`.
     buf: Vec<u8>,
     start: u64,
     frames: Vec<Frame>,
+}
+
+/// Where a frame's bytes go. The compressors live as long as the stream:
+/// a fresh lz4 encoder per frame would allocate (and the kernel fault in)
+/// megabytes of buffers for every megabyte compressed.
+enum Sink<W: Write> {
+    Plain(Counted<W>),
+    Lz4(Box<lz4_flex::frame::FrameEncoder<Counted<W>>>),
+    Zstd(Counted<W>, Box<zstd::bulk::Compressor<'static>>),
+}
+
+/// The lz4 frame settings: one block holds a whole frame (frames are at most
+/// [`UNIT`] plain bytes), so the encoder's and decoders' buffers need no more.
+fn lz4_frame_info() -> lz4_flex::frame::FrameInfo {
+    const _: () = assert!(UNIT <= 1 << 20);
+    lz4_flex::frame::FrameInfo::new().block_size(lz4_flex::frame::BlockSize::Max1MB)
+}
+
+impl<W: Write> Sink<W> {
+    /// Compressed bytes written so far.
+    fn stored(&self) -> u64 {
+        match self {
+            Sink::Plain(c) | Sink::Zstd(c, _) => c.n,
+            Sink::Lz4(enc) => enc.get_ref().n,
+        }
+    }
+
+    /// Writes `plain` as one complete frame.
+    fn frame(&mut self, plain: &[u8]) -> io::Result<()> {
+        match self {
+            Sink::Plain(c) => c.write_all(plain),
+            Sink::Lz4(enc) => {
+                // After `try_finish` the next write opens a new frame with
+                // the encoder's state reset: the same bytes a new encoder
+                // would write, without its allocations.
+                enc.write_all(plain)?;
+                enc.try_finish().map_err(io::Error::other)
+            }
+            Sink::Zstd(c, z) => {
+                let frame = z.compress(plain)?;
+                c.write_all(&frame)
+            }
+        }
+    }
+
+    fn into_inner(self) -> W {
+        match self {
+            Sink::Plain(c) | Sink::Zstd(c, _) => c.inner,
+            // Every frame was finished in `frame`: nothing is left buffered.
+            Sink::Lz4(enc) => enc.into_inner().inner,
+        }
+    }
 }
 
 impl<W: Write> Framed<W> {
@@ -79,15 +127,18 @@ impl<W: Write> Framed<W> {
         zstd_level: i32,
         cuts: Arc<FrameCuts>,
     ) -> io::Result<Self> {
-        let zstd = match compression {
-            Compression::Zstd => Some(zstd::bulk::Compressor::new(zstd_level)?),
-            _ => None,
+        let out = Counted { inner: out, n: 0 };
+        let sink = match compression {
+            Compression::None => Sink::Plain(out),
+            Compression::Lz4 => Sink::Lz4(Box::new(
+                lz4_flex::frame::FrameEncoder::with_frame_info(lz4_frame_info(), out),
+            )),
+            Compression::Zstd => {
+                Sink::Zstd(out, Box::new(zstd::bulk::Compressor::new(zstd_level)?))
+            }
         };
         Ok(Framed {
-            out,
-            stored: 0,
-            compression,
-            zstd,
+            sink,
             cuts,
             buf: Vec::with_capacity(UNIT as usize),
             start: 0,
@@ -110,34 +161,9 @@ impl<W: Write> Framed<W> {
         }
         self.frames.push(Frame {
             plain: self.start,
-            stored: self.stored,
+            stored: self.sink.stored(),
         });
-        let n = match self.compression {
-            Compression::None => {
-                self.out.write_all(&self.buf)?;
-                self.buf.len()
-            }
-            Compression::Lz4 => {
-                let mut counted = Counted {
-                    inner: &mut self.out,
-                    n: 0,
-                };
-                let mut enc = lz4_flex::frame::FrameEncoder::new(&mut counted);
-                enc.write_all(&self.buf)?;
-                enc.finish().map_err(io::Error::other)?;
-                counted.n
-            }
-            Compression::Zstd => {
-                let z = self
-                    .zstd
-                    .as_mut()
-                    .ok_or_else(|| io::Error::other("zstd compressor missing"))?;
-                let frame = z.compress(&self.buf)?;
-                self.out.write_all(&frame)?;
-                frame.len()
-            }
-        };
-        self.stored += n as u64;
+        self.sink.frame(&self.buf)?;
         self.start += self.buf.len() as u64;
         self.buf.clear();
         Ok(())
@@ -149,10 +175,11 @@ impl<W: Write> Framed<W> {
         self.end_frame()?;
         self.frames.push(Frame {
             plain: self.start,
-            stored: self.stored,
+            stored: self.sink.stored(),
         });
-        self.out.flush()?;
-        Ok((self.out, self.frames))
+        let mut out = self.sink.into_inner();
+        out.flush()?;
+        Ok((out, self.frames))
     }
 }
 
@@ -178,15 +205,16 @@ impl<W: Write> Write for Framed<W> {
     }
 }
 
-struct Counted<'a, W: Write> {
-    inner: &'a mut W,
-    n: usize,
+/// A writer that counts what passes through it.
+struct Counted<W: Write> {
+    inner: W,
+    n: u64,
 }
 
-impl<W: Write> Write for Counted<'_, W> {
+impl<W: Write> Write for Counted<W> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         let n = self.inner.write(buf)?;
-        self.n += n;
+        self.n += n as u64;
         Ok(n)
     }
     fn flush(&mut self) -> io::Result<()> {
