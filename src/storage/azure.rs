@@ -739,6 +739,7 @@ impl AzureStorage {
                     .map_err(|e| self.error("upload block of", key, &call, e))
             });
             let (part, following) = tokio::try_join!(upload, rest.next_chunk())?;
+            rest.recycle(chunk);
             parts.push(part);
             next = following;
         }

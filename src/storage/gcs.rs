@@ -310,7 +310,7 @@ impl GcsStorage {
             match (next, status) {
                 (None, UploadStatus::Ok(_)) => return Ok(()),
                 (Some(n), UploadStatus::ResumeIncomplete(_) | UploadStatus::NotStarted) => {
-                    current = n
+                    rest.recycle(std::mem::replace(&mut current, n))
                 }
                 (_, s) => {
                     return Err(StorageError::Permanent {

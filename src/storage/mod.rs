@@ -563,13 +563,19 @@ impl Upload {
 }
 
 /// Splits a stream into chunks of exactly `size` bytes (the last may be shorter),
-/// which is what multipart and resumable uploads need.
+/// which is what multipart and resumable uploads need. Each chunk is a buffer
+/// of its own, which the uploader hands back with [`Chunker::recycle`] once
+/// its request is done: a new buffer per part is megabytes for the kernel to
+/// map and fault in for every part sent.
 pub(crate) struct Chunker {
     stream: ByteStream,
     size: usize,
     key: String,
     location: String,
-    pending: bytes::BytesMut,
+    /// What the stream gave beyond the last chunk's end.
+    carry: Bytes,
+    /// A sent chunk's buffer, to fill again.
+    spare: Option<bytes::BytesMut>,
     done: bool,
 }
 
@@ -581,7 +587,8 @@ impl Chunker {
             size,
             key: key.to_string(),
             location: location.to_string(),
-            pending: bytes::BytesMut::new(),
+            carry: Bytes::new(),
+            spare: None,
             done: false,
         }
     }
@@ -590,34 +597,49 @@ impl Chunker {
     /// is permanent: its bytes cannot be read again.
     pub(crate) async fn next_chunk(&mut self) -> Result<Option<Bytes>, StorageError> {
         use futures::TryStreamExt;
-        while !self.done && self.pending.len() < self.size {
-            let next = self
-                .stream
-                .try_next()
-                .await
-                .map_err(|e| StorageError::Permanent {
-                    op: "read body for",
-                    key: self.key.clone(),
-                    location: self.location.clone(),
-                    message: e.to_string(),
-                })?;
-            match next {
-                Some(b) => {
-                    // One allocation per chunk: growing by doubling would copy
-                    // and, for a moment, hold one and a half chunks.
-                    if self.pending.capacity() - self.pending.len() < b.len() {
-                        self.pending.reserve(self.size.max(b.len()));
-                    }
-                    self.pending.extend_from_slice(&b)
+        let mut chunk = self
+            .spare
+            .take()
+            .unwrap_or_else(|| bytes::BytesMut::with_capacity(self.size));
+        while chunk.len() < self.size {
+            if self.carry.is_empty() {
+                if self.done {
+                    break;
                 }
-                None => self.done = true,
+                let next = self
+                    .stream
+                    .try_next()
+                    .await
+                    .map_err(|e| StorageError::Permanent {
+                        op: "read body for",
+                        key: self.key.clone(),
+                        location: self.location.clone(),
+                        message: e.to_string(),
+                    })?;
+                match next {
+                    Some(b) => self.carry = b,
+                    None => self.done = true,
+                }
+                continue;
             }
+            let n = self.carry.len().min(self.size - chunk.len());
+            chunk.extend_from_slice(&self.carry.split_to(n));
         }
-        if self.pending.is_empty() {
+        if chunk.is_empty() {
             return Ok(None);
         }
-        let n = self.pending.len().min(self.size);
-        Ok(Some(self.pending.split_to(n).freeze()))
+        Ok(Some(chunk.freeze()))
+    }
+
+    /// Takes back a chunk whose upload is over, to fill its buffer again;
+    /// one still referenced elsewhere is simply dropped.
+    pub(crate) fn recycle(&mut self, chunk: Bytes) {
+        if let Ok(mut buf) = chunk.try_into_mut()
+            && buf.capacity() >= self.size
+        {
+            buf.clear();
+            self.spare = Some(buf);
+        }
     }
 }
 
@@ -628,6 +650,39 @@ pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn chunks_are_exact_and_their_buffers_are_filled_again() {
+        // Pieces that straddle chunk ends, as a compressor's output does.
+        let pieces: Vec<Result<Bytes, std::io::Error>> =
+            (0..10u8).map(|i| Ok(Bytes::from(vec![i; 7]))).collect();
+        let mut chunker = Chunker::new(Box::pin(futures::stream::iter(pieces)), 16, "k", "mem");
+        let mut all = Vec::new();
+        let mut lens = Vec::new();
+        let mut recycled = None;
+        while let Some(chunk) = chunker.next_chunk().await.unwrap() {
+            if let Some(p) = recycled {
+                assert_eq!(chunk.as_ptr(), p, "a recycled buffer is filled again");
+            }
+            all.extend_from_slice(&chunk);
+            lens.push(chunk.len());
+            recycled = Some(chunk.as_ptr());
+            chunker.recycle(chunk);
+        }
+        assert_eq!(lens, [16, 16, 16, 16, 6]);
+        let want: Vec<u8> = (0..10u8).flat_map(|i| [i; 7]).collect();
+        assert_eq!(all, want);
+
+        // A chunk still held elsewhere (a retry's copy) is not reused.
+        let pieces = vec![Ok::<_, std::io::Error>(Bytes::from(vec![1u8; 40]))];
+        let mut chunker = Chunker::new(Box::pin(futures::stream::iter(pieces)), 16, "k", "mem");
+        let first = chunker.next_chunk().await.unwrap().unwrap();
+        let held = first.clone();
+        chunker.recycle(first);
+        let second = chunker.next_chunk().await.unwrap().unwrap();
+        assert_ne!(second.as_ptr(), held.as_ptr());
+        assert_eq!(held, Bytes::from(vec![1u8; 16]));
+    }
 
     #[test]
     fn keys_cannot_escape_the_prefix() {

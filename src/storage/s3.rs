@@ -499,6 +499,7 @@ impl S3Storage {
                     }
                 });
                 let (uploaded, following) = tokio::try_join!(upload, rest.next_chunk())?;
+                rest.recycle(chunk);
                 parts.push(
                     CompletedPart::builder()
                         .part_number(number)
