@@ -7,7 +7,7 @@
 
 use std::sync::Arc;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use futures::{FutureExt, StreamExt, TryStreamExt};
 
 use super::{ByteStream, ObjectKey, Storage, StorageError};
@@ -52,27 +52,32 @@ pub async fn get(
         }
         .boxed()
     }));
-    Ok(first.chain(rest).buffered(ahead).boxed())
+    Ok(first
+        .chain(rest)
+        .buffered(ahead)
+        .map_ok(|pieces| futures::stream::iter(pieces.into_iter().map(Ok)))
+        .try_flatten()
+        .boxed())
 }
 
-/// A window's bytes, which must be `len`.
-async fn collect(body: ByteStream, len: u64) -> std::io::Result<Bytes> {
-    let buf = body
-        .try_fold(
-            BytesMut::with_capacity(len as usize),
-            |mut buf, chunk| async move {
-                buf.extend_from_slice(&chunk);
-                Ok(buf)
-            },
-        )
+/// A window's bytes, which must be `len`, as the body's own pieces: copying
+/// them into one window-sized buffer would cost a fresh allocation (which
+/// the kernel faults in page by page) and a copy for every window.
+async fn collect(body: ByteStream, len: u64) -> std::io::Result<Vec<Bytes>> {
+    let (pieces, got) = body
+        .try_fold((Vec::new(), 0u64), |(mut pieces, got), chunk| async move {
+            let n = chunk.len() as u64;
+            pieces.push(chunk);
+            Ok((pieces, got + n))
+        })
         .await?;
-    if buf.len() as u64 != len {
+    if got != len {
         return Err(std::io::Error::new(
             std::io::ErrorKind::UnexpectedEof,
-            format!("a ranged read gave {} of {len} bytes", buf.len()),
+            format!("a ranged read gave {got} of {len} bytes"),
         ));
     }
-    Ok(buf.freeze())
+    Ok(pieces)
 }
 
 #[cfg(test)]
