@@ -190,6 +190,11 @@ fn usage_error(e: clap::Error, caller: Caller) -> ExitCode {
 ///   after nearly every chunk and regrew with page faults; a restore spent half
 ///   its system time there (backup-fetch of 1.6 GB: 1.6-1.8 s, 1.4 s with it).
 ///   wal-push keeps the low one: it holds less, and its RSS has a budget.
+///
+/// A buffer of 1 MiB or more is thus a fresh mapping, faulted in page by
+/// page: the streaming paths keep theirs (compressors, upload parts) rather
+/// than allocate one per chunk, which cost a backup-push a page fault per
+/// 4 KiB it stored.
 fn tune_allocator(streaming_gigabytes: bool) {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: mallopt only sets allocator parameters; called before any thread.

@@ -68,13 +68,15 @@ pub(super) struct Framed<W: Write> {
     frames: Vec<Frame>,
 }
 
-/// Where a frame's bytes go. The compressors live as long as the stream:
-/// a fresh lz4 encoder per frame would allocate (and the kernel fault in)
-/// megabytes of buffers for every megabyte compressed.
+/// Where a frame's bytes go. The compressors and their buffers live as long
+/// as the stream: buffers of a MiB or more are fresh mappings (main.rs,
+/// `tune_allocator`), so one per frame would have the kernel fault in
+/// megabytes of pages for every megabyte compressed.
 enum Sink<W: Write> {
     Plain(Counted<W>),
     Lz4(Box<lz4_flex::frame::FrameEncoder<Counted<W>>>),
-    Zstd(Counted<W>, Box<zstd::bulk::Compressor<'static>>),
+    /// With the buffer each frame is compressed into, kept for the next.
+    Zstd(Counted<W>, Box<zstd::bulk::Compressor<'static>>, Vec<u8>),
 }
 
 /// The lz4 frame settings: one block holds a whole frame (frames are at most
@@ -88,7 +90,7 @@ impl<W: Write> Sink<W> {
     /// Compressed bytes written so far.
     fn stored(&self) -> u64 {
         match self {
-            Sink::Plain(c) | Sink::Zstd(c, _) => c.n,
+            Sink::Plain(c) | Sink::Zstd(c, ..) => c.n,
             Sink::Lz4(enc) => enc.get_ref().n,
         }
     }
@@ -104,16 +106,18 @@ impl<W: Write> Sink<W> {
                 enc.write_all(plain)?;
                 enc.try_finish().map_err(io::Error::other)
             }
-            Sink::Zstd(c, z) => {
-                let frame = z.compress(plain)?;
-                c.write_all(&frame)
+            Sink::Zstd(c, z, out) => {
+                out.clear();
+                out.reserve(zstd::zstd_safe::compress_bound(plain.len()));
+                z.compress_to_buffer(plain, out)?;
+                c.write_all(out)
             }
         }
     }
 
     fn into_inner(self) -> W {
         match self {
-            Sink::Plain(c) | Sink::Zstd(c, _) => c.inner,
+            Sink::Plain(c) | Sink::Zstd(c, ..) => c.inner,
             // Every frame was finished in `frame`: nothing is left buffered.
             Sink::Lz4(enc) => enc.into_inner().inner,
         }
@@ -134,7 +138,8 @@ impl<W: Write> Framed<W> {
                 lz4_flex::frame::FrameEncoder::with_frame_info(lz4_frame_info(), out),
             )),
             Compression::Zstd => {
-                Sink::Zstd(out, Box::new(zstd::bulk::Compressor::new(zstd_level)?))
+                let z = zstd::bulk::Compressor::new(zstd_level)?;
+                Sink::Zstd(out, Box::new(z), Vec::new())
             }
         };
         Ok(Framed {
