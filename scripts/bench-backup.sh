@@ -68,19 +68,20 @@ dir_bytes() { find "$1" -type f -printf '%s\n' | awk '{ s += $1 } END { printf "
 # ---------------------------------------------------------------------------
 # Results: each run is one process call, timed from outside by run_call
 # ---------------------------------------------------------------------------
-declare -A SECS MBPS RSS
+declare -A SECS MBPS RSS CPU STORE_CPU
 # add_row <id> <tool> <variant> <stored bytes or "-"> : records the current run.
 add_row() {
-  local id=$1 tool=$2 variant=$3 stored=$4 row rss
-  rss=$(peak_rss_mib)
+  local id=$1 tool=$2 variant=$3 stored=$4 row rss cpu store
+  rss=$(peak_rss_mib) cpu=$(cpu_secs) store=$(store_cpu_secs)
   row=$(awk -v us="$CALL_US" -v raw="$RAW_BYTES" -v st="$stored" -v rss="$rss" \
-    -v t="$tool" -v v="$variant" 'BEGIN {
+    -v cpu="$cpu" -v store="$store" -v t="$tool" -v v="$variant" 'BEGIN {
       s = us / 1e6
       mb = (st == "-") ? "-" : sprintf("%.1f", st / 1e6)
       ratio = (st == "-") ? "-" : sprintf("%.3f", st / raw)
-      printf "%-13s | %-36s | %8.2f | %7.1f | %9s | %6s | %12s\n", t, v, s, raw / 1e6 / s, mb, ratio, rss
+      printf "%-13s | %-36s | %8.2f | %7.1f | %9s | %6s | %12s | %5.2f | %5s\n", t, v, s, raw / 1e6 / s, mb, ratio, rss, cpu, store
     }')
   SECS[$id]=$(awk -v us="$CALL_US" 'BEGIN { printf "%.6f", us / 1e6 }')
+  CPU[$id]=$cpu STORE_CPU[$id]=$store
   MBPS[$id]=$(awk -v us="$CALL_US" -v raw="$RAW_BYTES" 'BEGIN { printf "%.3f", raw / 1e6 / (us / 1e6) }')
   RSS[$id]=$rss
   record_row "$id" "$row"
@@ -264,6 +265,15 @@ declare -A BACKUP_NAME STORED
 # One backup-push of the running cluster into an empty storage (with PUSH_FLAGS, into
 # one that holds PUSH_BEFORE backups already).
 PUSH_FLAGS=() PUSH_BEFORE=0 RUN_PREFIX=()
+# store_of <storage-url>: the pid of the server behind it (STORE_PID), or none.
+store_of() {
+  case $1 in
+  "s3://$S3_BUCKET/"*) STORE_PID=$S3_PID ;;
+  "s3://$MOTO_BUCKET/"*) STORE_PID=${MOTO_PID:-} ;;
+  az://*) STORE_PID=${AZ_PID:-} ;;
+  *) STORE_PID="" ;;
+  esac
+}
 push() {
   local id=$1 tool=$2 variant=$3 url=$4 dir=$5 name
   shift 5
@@ -271,6 +281,7 @@ push() {
   cairn_env "$url" CAIRN_BACKUP_CONCURRENCY="$PARALLEL" "$@"
   # The local directory backend wants its directory to exist (like any repository).
   [[ $url != file://* ]] || mkdir -p "$dir"
+  store_of "$url"
   start_run "$id"
   # A remote backup reads no data directory: the server streams it.
   local target=("$PGDATA")
@@ -289,6 +300,7 @@ push() {
   # Every storage also holds the WAL (and maybe earlier backups): this backup's
   # own parts, as its manifest says.
   add_row "$id" "$tool" "backup-push $variant" "${STORED[$id]}"
+  STORE_PID=""
 }
 
 # fetch <id> <tool> <variant> <storage-url> <backup name or LATEST> [VAR=value]...
@@ -299,10 +311,12 @@ fetch() {
   log "$tool: backup-fetch $variant"
   cairn_env "$url" CAIRN_BACKUP_CONCURRENCY="$PARALLEL" "$@"
   mkdir -m 700 "$d"
+  store_of "$url"
   start_run "$id"
   run_call "$CAIRN" backup-fetch "$d" "$which"
-  verify_restore "$d" 1
   add_row "$id" "$tool" "backup-fetch $variant" -
+  STORE_PID=""
+  verify_restore "$d" 1
   rm -rf "$d"
 }
 
@@ -431,12 +445,13 @@ echo "PostgreSQL: $("$PGBIN/postgres" --version)"
 [[ $ONLY_BASELINES == 1 ]] || echo "cairn: $CAIRN ($("$CAIRN" --version 2>/dev/null || echo '?'))"
 ((HAVE_PGBR)) && echo "pgBackRest: $(pgbackrest version)"
 echo
-printf '%-13s | %-36s | %8s | %7s | %9s | %6s | %12s\n' tool run seconds "MB/s" "stored MB" ratio "peak RSS MiB"
-printf '%s\n' "--------------+--------------------------------------+----------+---------+-----------+--------+-------------"
+printf '%-13s | %-36s | %8s | %7s | %9s | %6s | %12s | %5s | %5s\n' tool run seconds "MB/s" "stored MB" ratio "peak RSS MiB" "CPU s" store
+printf '%s\n' "--------------+--------------------------------------+----------+---------+-----------+--------+--------------+-------+------"
 printf '%s\n' "${ROWS[@]}"
 echo
 echo "MB/s = PGDATA bytes (outside pg_wal) / seconds; ratio = stored bytes / PGDATA bytes;"
-echo "peak RSS = largest single process (MiB); MB = 10^6 bytes. Every restore matched the cluster."
+echo "peak RSS = largest single process (MiB); MB = 10^6 bytes; CPU s = user + system seconds of the"
+echo "run's processes; store = CPU seconds of the storage server in that time. Every restore matched the cluster."
 echo "tar does not fsync: a sync right after tar -xf took $TAR_X_SYNC s more."
 print_noisy_runs
 
@@ -457,6 +472,23 @@ if [[ $ONLY_BASELINES != 1 ]]; then
   fi
   target "backup-fetch vs tar -xf (floor)" "${SECS[l-fetch]}" "${SECS[tar-x]}" s "<=" 1.5
   target "backup-push --remote vs pg_basebackup" "${MBPS[l-remote]}" "${MBPS[pgbb]}" MB/s ">=" 1.0
+  echo
+  echo "Targets for the network stores (throughput against the local directory's, lz4):"
+  for pair in "s3s-fs:s" "moto:m" "Azurite:a"; do
+    store=${pair%%:*} p=${pair##*:}
+    target "backup-push to $store vs local" "${MBPS[$p-lz4]}" "${MBPS[l-lz4]}" MB/s ">=" 0.8
+    target "backup-fetch from $store vs local" "${MBPS[$p-fetch]}" "${MBPS[l-fetch]}" MB/s ">=" 0.8
+  done
+  if [[ -n ${MBPS[s-pinned]:-} ]]; then
+    target "push, s3s-fs on a CPU of its own" "${MBPS[s-pinned]}" "${MBPS[l-pinned]}" MB/s ">=" 0.8
+    target "the same, CRC32 (unsigned bodies)" "${MBPS[s-pinned-crc]}" "${MBPS[l-pinned]}" MB/s ">=" 0.8
+  fi
+  # On a machine whose CPUs the server shares, the pushes' time is the sum of
+  # both sides' CPU: what each side used says which one a missed target is on.
+  echo "Where a push's CPU goes (seconds: cairn's own, and the server's):"
+  for id in l-lz4 s-lz4 m-lz4 a-lz4; do
+    printf '  %-13s cairn %6.2f   server %6s\n' "$id" "${CPU[$id]}" "${STORE_CPU[$id]}"
+  done
   max_rss=0 max_id=""
   for id in l-lz4 l-lz4age l-zstd l-remote s-lz4 l-fetch s-fetch; do
     if awk -v a="${RSS[$id]}" -v b="$max_rss" 'BEGIN { exit !(a > b) }'; then max_rss=${RSS[$id]} max_id=$id; fi

@@ -406,7 +406,9 @@ make_age_key() {
 # Timing: each call runs under /usr/bin/time, timed from outside
 # ---------------------------------------------------------------------------
 CALL_US=0         # wall time of the calls of the current run, microseconds
-RSS_FILE=""       # /usr/bin/time appends each call's peak RSS (KiB) here
+RSS_FILE=""       # /usr/bin/time appends each call's peak RSS (KiB) and "cpu <user> <sys>" here
+STORE_PID=""      # the storage server the current run talks to, if any (its CPU is reported)
+STORE_TICKS0=0    # that server's CPU ticks when the run started
 RUN_ERR=""        # stderr of the run's calls, appended (detached workers write here too)
 RUN_OUT=/dev/null # stdout of the run's calls, appended, if KEEP_STDOUT=1
 ROWS=()           # the results table: one row per run, in run order
@@ -421,6 +423,7 @@ FAILURE_PG_LOG=0                # 1: that report also shows the end of $WORK/pos
 # start_run <id>: new counters and files for the run <id>.
 start_run() {
   CALL_US=0 RSS_FILE=$WORK/rss.$1 RUN_ERR=$WORK/stderr.$1 RUN_OUT=/dev/null
+  STORE_TICKS0=$(tree_ticks "$STORE_PID")
   : >"$RSS_FILE"
   : >"$RUN_ERR"
   if ((KEEP_STDOUT)); then
@@ -436,7 +439,7 @@ run_call() {
   local t0 t1 rc=0 off
   off=$(stat -c %s "$RUN_ERR")
   t0=${EPOCHREALTIME/./}
-  /usr/bin/time -f %M -a -o "$RSS_FILE" "$@" >>"$RUN_OUT" 2>>"$RUN_ERR" || rc=$?
+  /usr/bin/time -f $'%M\ncpu %U %S' -a -o "$RSS_FILE" "$@" >>"$RUN_OUT" 2>>"$RUN_ERR" || rc=$?
   t1=${EPOCHREALTIME/./}
   CALL_US=$((CALL_US + t1 - t0))
   if ((rc != 0)); then
@@ -457,6 +460,27 @@ run_call() {
 }
 
 peak_rss_mib() { awk '/^[0-9]+$/ { if ($1 > m) m = $1 } END { printf "%.1f", m / 1024 }' "$RSS_FILE"; }
+
+# cpu_secs: user + system CPU seconds of the current run's calls (with their children).
+cpu_secs() { awk '$1 == "cpu" { s += $2 + $3 } END { printf "%.2f", s }' "$RSS_FILE"; }
+
+# tree_ticks <pid or "">: CPU ticks (user + system) used so far by a process and
+# its descendants (a server started through a wrapper); 0 without a pid.
+tree_ticks() {
+  local pid=$1 t=0 child
+  [[ -n $pid && -r /proc/$pid/stat ]] || { echo 0; return; }
+  # Fields after the command name, which may hold spaces: utime is the 12th.
+  t=$(sed 's/.*) //' "/proc/$pid/stat" | awk '{ print $12 + $13 }')
+  for child in $(pgrep -P "$pid"); do t=$((t + $(tree_ticks "$child"))); done
+  echo "$t"
+}
+
+# store_cpu_secs: CPU seconds the current run's storage server used, or "-".
+store_cpu_secs() {
+  [[ -n $STORE_PID ]] || { echo -; return; }
+  awk -v a="$STORE_TICKS0" -v b="$(tree_ticks "$STORE_PID")" -v hz="$(getconf CLK_TCK)" \
+    'BEGIN { printf "%.2f", (b - a) / hz }'
+}
 
 # record_row <id> <row>: adds the current run's row to the table. Successful calls
 # should be silent at log level warn: keep whatever they said, for the report.
