@@ -88,6 +88,8 @@ pub struct Config {
     pub upload_part_size: usize,
     /// Ranged reads of one large object in flight on a network store.
     pub storage_parallel_reads: usize,
+    /// Parts of one large object uploaded at once (S3, Azure).
+    pub storage_parallel_writes: usize,
     pub wal_push_lookahead: usize,
     pub wal_fetch_prefetch: usize,
     /// Where wal-fetch's prefetch worker keeps segments downloaded ahead
@@ -158,6 +160,7 @@ impl Default for Config {
             storage_idle_timeout: Duration::from_secs(30),
             upload_part_size: 32 << 20,
             storage_parallel_reads: crate::storage::windowed::READS_AHEAD,
+            storage_parallel_writes: crate::storage::PARALLEL_WRITES,
             wal_push_lookahead: 8,
             wal_fetch_prefetch: 8,
             wal_fetch_spool: None,
@@ -308,6 +311,10 @@ impl Config {
             }
             "storage_parallel_reads" => {
                 self.storage_parallel_reads = number(v, 1, 64).map_err(bad)? as usize
+            }
+            "storage_parallel_writes" => {
+                let most = crate::storage::MAX_PARALLEL_WRITES as u64;
+                self.storage_parallel_writes = number(v, 1, most).map_err(bad)? as usize
             }
             "wal_push_lookahead" => {
                 self.wal_push_lookahead = number(v, 0, 256).map_err(bad)? as usize
@@ -468,6 +475,7 @@ impl Config {
             azure_secrets: crate::storage::AzureSecrets::from_env(),
             part_size: self.upload_part_size,
             parallel_reads: self.storage_parallel_reads,
+            parallel_writes: self.storage_parallel_writes,
         }
     }
 }
@@ -767,6 +775,7 @@ mod tests {
         assert_eq!(c.storage_timeout, d.storage_timeout);
         assert_eq!(c.upload_part_size, d.upload_part_size);
         assert_eq!(c.storage_parallel_reads, d.storage_parallel_reads);
+        assert_eq!(c.storage_parallel_writes, d.storage_parallel_writes);
         assert_eq!(c.wal_push_lookahead, d.wal_push_lookahead);
         assert_eq!(c.wal_fetch_prefetch, d.wal_fetch_prefetch);
         assert_eq!(c.backup_part_size, d.backup_part_size);

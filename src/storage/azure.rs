@@ -24,7 +24,7 @@ use object_store::client::{
     HttpResponseBody, HttpService,
 };
 use object_store::list::{PaginatedListOptions, PaginatedListStore};
-use object_store::multipart::{MultipartStore, PartId};
+use object_store::multipart::MultipartStore;
 use object_store::path::Path;
 use object_store::{
     ClientOptions, GetOptions, GetRange, ObjectStore, ObjectStoreExt, PutOptions, PutPayload,
@@ -58,6 +58,8 @@ pub struct AzureStorage {
     idle: Duration,
     /// Ranged reads of one large object in flight (`storage_parallel_reads`).
     parallel_reads: usize,
+    /// Blocks of one blob uploaded at once (`storage_parallel_writes`).
+    parallel_writes: usize,
     /// Which credential the requests carry, for messages.
     credential: String,
 }
@@ -534,6 +536,7 @@ impl AzureStorage {
             retry: opts.retry,
             part_size: opts.part_size,
             parallel_reads: opts.parallel_reads,
+            parallel_writes: opts.parallel_writes,
             idle: opts.idle_timeout,
             credential,
         })
@@ -717,32 +720,31 @@ impl AzureStorage {
             .create_multipart(&path)
             .await
             .map_err(|e| self.error("start upload of", key, &Call::new(Progress::new()), e))?;
-        let mut parts: Vec<PartId> = Vec::new();
-        let mut next = Some(first);
-        while let Some(chunk) = next {
-            if parts.len() == MAX_BLOCKS {
-                return Err(StorageError::Permanent {
-                    op: "put",
-                    key: key.to_string(),
-                    location: self.location.clone(),
-                    message: format!("more than {MAX_BLOCKS} blocks: raise part_size"),
-                });
+        let parts = super::upload_parts(first, &mut rest, self.parallel_writes, |number, chunk| {
+            let (path, id) = (&path, &id);
+            async move {
+                if number >= MAX_BLOCKS {
+                    return Err(StorageError::Permanent {
+                        op: "put",
+                        key: key.to_string(),
+                        location: self.location.clone(),
+                        message: format!("more than {MAX_BLOCKS} blocks: raise part_size"),
+                    });
+                }
+                self.retry
+                    .run(|| async {
+                        let call = Call::new(Progress::new());
+                        let put =
+                            self.store
+                                .put_part(path, id, number, PutPayload::from(chunk.clone()));
+                        self.watched("upload block of", key, &call, put)
+                            .await?
+                            .map_err(|e| self.error("upload block of", key, &call, e))
+                    })
+                    .await
             }
-            let number = parts.len();
-            let upload = self.retry.run(|| async {
-                let call = Call::new(Progress::new());
-                let put = self
-                    .store
-                    .put_part(&path, &id, number, PutPayload::from(chunk.clone()));
-                self.watched("upload block of", key, &call, put)
-                    .await?
-                    .map_err(|e| self.error("upload block of", key, &call, e))
-            });
-            let (part, following) = tokio::try_join!(upload, rest.next_chunk())?;
-            rest.recycle(chunk);
-            parts.push(part);
-            next = following;
-        }
+        })
+        .await?;
         self.retry
             .run(|| async {
                 let call = match mode {
@@ -766,7 +768,7 @@ impl Storage for AzureStorage {
     }
 
     fn put_buffering(&self, size: u64) -> u64 {
-        Upload::buffering(self.part_size, size)
+        Upload::buffering(self.part_size, self.parallel_writes, size)
     }
 
     fn reads_ahead(&self) -> usize {

@@ -336,7 +336,7 @@ impl Storage for GcsStorage {
     fn put_buffering(&self, size: u64) -> u64 {
         // A simple upload needs the whole body; a resumable one holds one chunk
         // back while sending another.
-        Upload::buffering(self.part_size, size)
+        Upload::buffering(self.part_size, 1, size)
     }
 
     fn reads_ahead(&self) -> usize {

@@ -244,6 +244,9 @@ pub struct StorageOptions {
     /// Ranged reads of one large object in flight ([`windowed`]); 1: one
     /// stream, for servers that serve a range by reading the whole object.
     pub parallel_reads: usize,
+    /// Parts of one object uploaded at once ([`upload_parts`]; S3 and
+    /// Azure: a GCS resumable upload takes its chunks in order).
+    pub parallel_writes: usize,
 }
 
 impl Default for StorageOptions {
@@ -261,6 +264,7 @@ impl Default for StorageOptions {
             azure_secrets: AzureSecrets::default(),
             part_size: 32 << 20,
             parallel_reads: windowed::READS_AHEAD,
+            parallel_writes: PARALLEL_WRITES,
         }
     }
 }
@@ -555,10 +559,14 @@ impl Upload {
     }
 
     /// What a put of about `size` bytes holds in memory: a single request
-    /// the whole body; parts, one in flight and the next filling.
-    pub(crate) fn buffering(part_size: usize, size: u64) -> u64 {
+    /// the whole body; parts, those in flight and the next filling.
+    pub(crate) fn buffering(part_size: usize, in_flight: usize, size: u64) -> u64 {
         let part = part_size as u64;
-        if size <= part { size } else { 2 * part }
+        if size <= part {
+            size
+        } else {
+            (in_flight.max(1) as u64 + 1) * part
+        }
     }
 }
 
@@ -574,8 +582,8 @@ pub(crate) struct Chunker {
     location: String,
     /// What the stream gave beyond the last chunk's end.
     carry: Bytes,
-    /// A sent chunk's buffer, to fill again.
-    spare: Option<bytes::BytesMut>,
+    /// Sent chunks' buffers, to fill again.
+    spare: Vec<bytes::BytesMut>,
     done: bool,
 }
 
@@ -588,7 +596,7 @@ impl Chunker {
             key: key.to_string(),
             location: location.to_string(),
             carry: Bytes::new(),
-            spare: None,
+            spare: Vec::new(),
             done: false,
         }
     }
@@ -599,7 +607,7 @@ impl Chunker {
         use futures::TryStreamExt;
         let mut chunk = self
             .spare
-            .take()
+            .pop()
             .unwrap_or_else(|| bytes::BytesMut::with_capacity(self.size));
         while chunk.len() < self.size {
             if self.carry.is_empty() {
@@ -634,11 +642,110 @@ impl Chunker {
     /// Takes back a chunk whose upload is over, to fill its buffer again;
     /// one still referenced elsewhere is simply dropped.
     pub(crate) fn recycle(&mut self, chunk: Bytes) {
+        // As many as can be in use at once: parts in flight and one filling.
+        const KEPT: usize = MAX_PARALLEL_WRITES + 1;
         if let Ok(mut buf) = chunk.try_into_mut()
             && buf.capacity() >= self.size
+            && self.spare.len() < KEPT
         {
             buf.clear();
-            self.spare = Some(buf);
+            self.spare.push(buf);
+        }
+    }
+}
+
+/// Most parts of one object in flight (`storage_parallel_writes`).
+pub const MAX_PARALLEL_WRITES: usize = 16;
+
+/// Parts of one object in flight by default: one connection to an object
+/// store carries about 100 MB/s (S3), less than one core compresses.
+pub const PARALLEL_WRITES: usize = 2;
+
+/// Sends a body in parts, `in_flight` at a time, while the next part is
+/// read (compressed, encrypted) from the body. `upload` sends one part,
+/// given its 0-based index and bytes, retrying as it sees fit; what it
+/// returns comes back in part order. The first failure ends the upload:
+/// the parts still in flight are dropped, and the caller aborts.
+pub(crate) async fn upload_parts<T, F, Fut>(
+    first: Bytes,
+    rest: &mut Chunker,
+    in_flight: usize,
+    upload: F,
+) -> Result<Vec<T>, StorageError>
+where
+    F: Fn(usize, Bytes) -> Fut,
+    Fut: std::future::Future<Output = Result<T, StorageError>>,
+{
+    use futures::stream::{FuturesUnordered, StreamExt};
+    let in_flight = in_flight.clamp(1, MAX_PARALLEL_WRITES);
+    let start = |index: usize, chunk: Bytes| {
+        let sent = upload(index, chunk.clone());
+        // The chunk comes back with the result, for its buffer to be reused
+        // once the request (and any retry's copy) is gone.
+        async move { sent.await.map(|out| (index, out, chunk)) }
+    };
+    let mut running = FuturesUnordered::new();
+    let mut results: Vec<Option<T>> = Vec::new();
+    let mut finished = Vec::new();
+    let mut next = Some(first);
+    let mut reading = true;
+    loop {
+        while running.len() < in_flight
+            && let Some(chunk) = next.take()
+        {
+            running.push(start(results.len(), chunk));
+            results.push(None);
+        }
+        if next.is_none() && reading {
+            // Read the next part while the ones in flight go on.
+            let read = rest.next_chunk();
+            let drive = drive(&mut running, &mut finished);
+            match tokio::select! {
+                biased;
+                chunk = read => chunk?,
+                e = drive => return Err(e),
+            } {
+                Some(chunk) => next = Some(chunk),
+                None => reading = false,
+            }
+        } else {
+            match running.next().await {
+                Some(done) => finished.push(done?),
+                None => break,
+            }
+        }
+        for (index, out, chunk) in finished.drain(..) {
+            results[index] = Some(out);
+            rest.recycle(chunk);
+        }
+    }
+    // The loop ends once every part read has finished; a part without its
+    // result would make the object shorter than its body, so none may pass.
+    results
+        .into_iter()
+        .map(|r| {
+            r.ok_or_else(|| StorageError::Permanent {
+                op: "upload",
+                key: rest.key.clone(),
+                location: rest.location.clone(),
+                message: "a part's upload ended without a result".into(),
+            })
+        })
+        .collect()
+}
+
+/// Polls the uploads in flight until one fails (its error is returned),
+/// collecting those that finish; never returns while they succeed.
+async fn drive<T, S>(running: &mut S, finished: &mut Vec<T>) -> StorageError
+where
+    S: futures::Stream<Item = Result<T, StorageError>> + Unpin,
+{
+    use futures::StreamExt;
+    loop {
+        match running.next().await {
+            Some(Ok(done)) => finished.push(done),
+            Some(Err(e)) => return e,
+            None => std::future::pending::<()>().await,
         }
     }
 }
@@ -682,6 +789,59 @@ mod tests {
         let second = chunker.next_chunk().await.unwrap().unwrap();
         assert_ne!(second.as_ptr(), held.as_ptr());
         assert_eq!(held, Bytes::from(vec![1u8; 16]));
+    }
+
+    #[tokio::test]
+    async fn parts_go_up_several_at_once_and_come_back_in_order() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let body = || -> ByteStream {
+            let pieces: Vec<std::io::Result<Bytes>> =
+                (0..50u8).map(|i| Ok(Bytes::from(vec![i; 10]))).collect();
+            Box::pin(futures::stream::iter(pieces))
+        };
+        for in_flight in [1, 3] {
+            let mut rest = Chunker::new(body(), 16, "k", "mem");
+            let first = rest.next_chunk().await.unwrap().unwrap();
+            let (now, most) = (AtomicUsize::new(0), AtomicUsize::new(0));
+            let parts = upload_parts(first, &mut rest, in_flight, |i, chunk| {
+                let (now, most) = (&now, &most);
+                async move {
+                    let n = now.fetch_add(1, Ordering::SeqCst) + 1;
+                    most.fetch_max(n, Ordering::SeqCst);
+                    // Later parts finish first.
+                    tokio::time::sleep(std::time::Duration::from_millis(40 - i as u64)).await;
+                    now.fetch_sub(1, Ordering::SeqCst);
+                    Ok((i, chunk))
+                }
+            })
+            .await
+            .unwrap();
+            assert_eq!(most.load(Ordering::SeqCst), in_flight);
+            let indexes: Vec<usize> = parts.iter().map(|(i, _)| *i).collect();
+            assert_eq!(indexes, (0..32).collect::<Vec<_>>());
+            let all: Vec<u8> = parts.iter().flat_map(|(_, c)| c.to_vec()).collect();
+            let want: Vec<u8> = (0..50u8).flat_map(|i| [i; 10]).collect();
+            assert_eq!(all, want);
+        }
+
+        // A part that fails ends the upload with its error.
+        let mut rest = Chunker::new(body(), 16, "k", "mem");
+        let first = rest.next_chunk().await.unwrap().unwrap();
+        let e = upload_parts(first, &mut rest, 2, |i, _| async move {
+            if i == 5 {
+                Err(StorageError::Permanent {
+                    op: "upload part of",
+                    key: "k".into(),
+                    location: "mem".into(),
+                    message: "refused".into(),
+                })
+            } else {
+                Ok(i)
+            }
+        })
+        .await
+        .unwrap_err();
+        assert!(e.to_string().contains("refused"), "{e}");
     }
 
     #[test]

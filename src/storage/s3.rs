@@ -49,6 +49,8 @@ pub struct S3Storage {
     sign_payload: bool,
     /// Ranged reads of one large object in flight (`storage_parallel_reads`).
     parallel_reads: usize,
+    /// Parts of one object uploaded at once (`storage_parallel_writes`).
+    parallel_writes: usize,
 }
 
 /// Whether an upload's answer says the server does not implement conditional writes.
@@ -202,6 +204,7 @@ impl S3Storage {
             retry: opts.retry,
             part_size: opts.part_size.max(5 << 20),
             parallel_reads: opts.parallel_reads,
+            parallel_writes: opts.parallel_writes,
             endpoint: opts
                 .s3_endpoint
                 .clone()
@@ -471,44 +474,41 @@ impl S3Storage {
                 message: "server returned no upload id".into(),
             })?;
         let result = async {
-            let mut parts = Vec::new();
-            let mut next = Some(first);
-            let mut number = 1;
-            while let Some(chunk) = next {
-                // The next chunk is read (compressed, encrypted) while this
-                // one goes up: one part in flight and one filling, so that
-                // neither the producer nor the network waits for the other.
-                let upload = self.retry.run(|| async {
-                    let progress = Progress::new();
-                    let req = self
-                        .client
-                        .upload_part()
-                        .bucket(&self.bucket)
-                        .key(&full)
-                        .upload_id(&upload_id)
-                        .part_number(number)
-                        .body(Self::body(chunk.clone(), &progress));
-                    let req = if self.sign_payload {
-                        Either::Left(req.send())
-                    } else {
-                        Either::Right(req.customize().disable_payload_signing().send())
-                    };
-                    match self.watched("upload part of", key, &progress, req).await? {
-                        Ok(out) => Ok(out),
-                        Err(e) => Err(self.upload_error("upload part of", key, e).await),
-                    }
-                });
-                let (uploaded, following) = tokio::try_join!(upload, rest.next_chunk())?;
-                rest.recycle(chunk);
-                parts.push(
-                    CompletedPart::builder()
+            let parts = super::upload_parts(first, &mut rest, self.parallel_writes, |i, chunk| {
+                let (full, upload_id) = (&full, &upload_id);
+                // S3 numbers parts from 1.
+                let number = i as i32 + 1;
+                async move {
+                    let uploaded = self
+                        .retry
+                        .run(|| async {
+                            let progress = Progress::new();
+                            let req = self
+                                .client
+                                .upload_part()
+                                .bucket(&self.bucket)
+                                .key(full)
+                                .upload_id(upload_id)
+                                .part_number(number)
+                                .body(Self::body(chunk.clone(), &progress));
+                            let req = if self.sign_payload {
+                                Either::Left(req.send())
+                            } else {
+                                Either::Right(req.customize().disable_payload_signing().send())
+                            };
+                            match self.watched("upload part of", key, &progress, req).await? {
+                                Ok(out) => Ok(out),
+                                Err(e) => Err(self.upload_error("upload part of", key, e).await),
+                            }
+                        })
+                        .await?;
+                    Ok(CompletedPart::builder()
                         .part_number(number)
                         .set_e_tag(uploaded.e_tag)
-                        .build(),
-                );
-                number += 1;
-                next = following;
-            }
+                        .build())
+                }
+            })
+            .await?;
             let done = CompletedMultipartUpload::builder()
                 .set_parts(Some(parts))
                 .build();
@@ -564,8 +564,8 @@ impl Storage for S3Storage {
 
     fn put_buffering(&self, size: u64) -> u64 {
         // A single PUT needs the whole body (S3 wants its length); multipart
-        // uploads hold the part in flight and the next one filling.
-        Upload::buffering(self.part_size, size)
+        // uploads hold the parts in flight and the next one filling.
+        Upload::buffering(self.part_size, self.parallel_writes, size)
     }
 
     fn reads_ahead(&self) -> usize {
