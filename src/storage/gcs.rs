@@ -285,32 +285,36 @@ impl GcsStorage {
                 .map_err(|e| self.error("start upload of", key, e))
             })
             .await?;
-        // Hold one chunk back so the last one can carry the total size.
+        // The last chunk must carry the total size, so each chunk goes up
+        // once the one after it is read; meanwhile the one after that is
+        // read, so that compressing and sending overlap.
         let mut offset = 0u64;
         let mut current = first;
+        let mut next = rest.next_chunk().await?;
         loop {
-            let next = rest.next_chunk().await?;
             let len = current.len() as u64;
             let total = next.is_none().then_some(offset + len);
             let range = ChunkSize::new(offset, offset + len - 1, total);
-            let status = self
-                .retry
-                .run(|| async {
-                    let progress = Progress::new();
-                    let body =
-                        reqwest::Body::wrap_stream(sliced(current.clone(), progress.clone()));
-                    self.watched("upload part of", key, &progress, async {
-                        session.upload_multiple_chunk(body, &range).await
-                    })
-                    .await?
-                    .map_err(|e| self.error("upload part of", key, e))
+            let upload = self.retry.run(|| async {
+                let progress = Progress::new();
+                let body = reqwest::Body::wrap_stream(sliced(current.clone(), progress.clone()));
+                self.watched("upload part of", key, &progress, async {
+                    session.upload_multiple_chunk(body, &range).await
                 })
-                .await?;
+                .await?
+                .map_err(|e| self.error("upload part of", key, e))
+            });
+            let (status, after) = if next.is_some() {
+                tokio::try_join!(upload, rest.next_chunk())?
+            } else {
+                (upload.await?, None)
+            };
             offset += len;
             match (next, status) {
                 (None, UploadStatus::Ok(_)) => return Ok(()),
                 (Some(n), UploadStatus::ResumeIncomplete(_) | UploadStatus::NotStarted) => {
-                    rest.recycle(std::mem::replace(&mut current, n))
+                    rest.recycle(std::mem::replace(&mut current, n));
+                    next = after;
                 }
                 (_, s) => {
                     return Err(StorageError::Permanent {
@@ -334,9 +338,9 @@ impl Storage for GcsStorage {
     }
 
     fn put_buffering(&self, size: u64) -> u64 {
-        // A simple upload needs the whole body; a resumable one holds one chunk
-        // back while sending another.
-        Upload::buffering(self.part_size, 1, size)
+        // A simple upload needs the whole body; a resumable one sends a
+        // chunk while it holds the next and reads the one after.
+        Upload::buffering(self.part_size, 2, size)
     }
 
     fn reads_ahead(&self) -> usize {
